@@ -1,0 +1,51 @@
+"""featviz: show what a convolutional network sees.
+
+``import featviz`` is cheap: torch and friends load on first use of the API below.
+
+>>> import featviz
+>>> results = featviz.visualize("sample_images/chelsea.jpg", model="alexnet", layers=[0], weights="none")
+>>> results[0].grid()            # PIL image of every channel
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatvizError",
+    "LayerResult",
+    "RenderOptions",
+    "Visualizer",
+    "__version__",
+    "load_image",
+    "load_model",
+    "visualize",
+]
+
+_LAZY = {
+    "visualize": "featviz.pipeline",
+    "Visualizer": "featviz.pipeline",
+    "LayerResult": "featviz.pipeline",
+    "RenderOptions": "featviz.pipeline",
+    "load_model": "featviz.models",
+    "load_image": "featviz.images",
+    "FeatvizError": "featviz.errors",
+}
+
+if TYPE_CHECKING:
+    from featviz.errors import FeatvizError
+    from featviz.images import load_image
+    from featviz.models import load_model
+    from featviz.pipeline import LayerResult, RenderOptions, Visualizer, visualize
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featviz' has no attribute {name!r}")

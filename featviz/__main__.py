@@ -1,0 +1,5 @@
+"""``python -m featviz``: the same as the ``featviz`` command."""
+
+from featviz.cli import main
+
+main()

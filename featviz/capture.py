@@ -1,0 +1,163 @@
+"""The only place hooks live: collect the outputs of chosen modules during one forward pass.
+
+Hooks are registered when the ``with`` block starts and removed when it ends, also when the
+forward pass raises; the model's training flags are restored; gradients are never recorded.
+The forward pass is cut short once every requested module has produced its output, so asking
+for AlexNet's layer 0 does not pay for the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import LayerError
+from featviz.layers import LayerRef, _is_script, feature_stack
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised from the last hook to end the forward pass early; never escapes this module."""
+
+
+def _as_tensor(output: Any, path: str) -> torch.Tensor:
+    """The tensor a module produced: itself, or the first tensor of a tuple/list/dict output."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output
+    if isinstance(values, (tuple, list)) or isinstance(output, dict):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    raise LayerError(f"layer {path} produced {type(output).__name__}, not a tensor",
+                     hint="choose a layer whose output is a feature map")
+
+
+class ActivationCapture:
+    """Context manager that records what the given layers output.
+
+    >>> with ActivationCapture(model, layers) as capture:
+    ...     activations = capture.run(batch)   # {path: float32 (N, C, H, W)}
+
+    Each hook keeps its own copy of the output: an in-place op after the layer (AlexNet's
+    ``ReLU(inplace=True)`` after ``features.0``) would otherwise change what was captured.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], stop_early: bool = True,
+                 copy: bool = True) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.stop_early = stop_early
+        self.copy = copy
+        self.activations: dict[str, torch.Tensor] = {}
+        self._stack: ExitStack | None = None
+        self._training: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> ActivationCapture:
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self._stack = ExitStack()
+        if not _is_script(self.model):
+            try:
+                for ref in self.layers:
+                    handle = ref.module.register_forward_hook(self._make_hook(ref.path))
+                    self._stack.callback(handle.remove)
+            except BaseException:
+                self._stack.close()
+                raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._stack is not None:
+                self._stack.close()
+        finally:
+            for module, training in self._training:
+                module.train(training)
+            self._stack = None
+
+    def _make_hook(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if path in self.activations:  # a module called twice: keep its first output
+                return
+            tensor = _as_tensor(output, path).detach()
+            self.activations[path] = tensor.clone() if self.copy else tensor
+            if self.stop_early and len(self.activations) == len(self.layers):
+                raise _StopForward
+
+        return hook
+
+    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward ``batch`` (float32 (N, 3, H, W) on the model's device); return the captures
+        keyed by layer path, in the order the layers were requested."""
+        import torch
+
+        self.activations = {}
+        with torch.no_grad():
+            if _is_script(self.model):
+                self._run_stack(batch)
+            else:
+                try:
+                    self.model(batch)
+                except _StopForward:
+                    pass
+        missing = [ref.path for ref in self.layers if ref.path not in self.activations]
+        if missing:
+            raise LayerError(
+                f"layer {missing[0]} was never run by the model's forward pass",
+                hint="choose a module that the forward pass calls (see `featviz layers`)",
+            )
+        return {ref.path: self.activations[ref.path] for ref in self.layers}
+
+    def _run_stack(self, batch: torch.Tensor) -> None:
+        """TorchScript modules take no Python hooks: run the feature stack one module after the
+        other, as the seed script does, and record the requested entries."""
+        stack = feature_stack(self.model)
+        wanted = {ref.path for ref in self.layers}
+        unknown = wanted - {path for path, _ in stack}
+        if unknown:
+            raise LayerError(
+                f"layer {sorted(unknown)[0]} cannot be captured in a TorchScript model",
+                hint="TorchScript takes no hooks: pick layers by index in its feature stack",
+            )
+        x = batch
+        for path, module in stack:
+            x = module(x)
+            if path in wanted:
+                self.activations[path] = x.detach().clone() if self.copy else x.detach()
+                if self.stop_early and len(self.activations) == len(self.layers):
+                    return
+
+
+def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward pass of ``batch``; the outputs of ``layers`` keyed by path. See
+    :class:`ActivationCapture`."""
+    with ActivationCapture(model, layers) as recorder:
+        return recorder.run(batch)
+
+
+def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:
+    """Output shape of each layer (without the batch dimension) for ``example``; layers the
+    forward pass does not reach are absent. Nothing is copied."""
+    recorder = ActivationCapture(model, layers, stop_early=False, copy=False)
+    shapes: dict[str, list[int]] = {}
+    with recorder:
+        try:
+            import torch
+
+            with torch.no_grad():
+                if _is_script(model):
+                    recorder._run_stack(example)
+                else:
+                    model(example)
+        except (LayerError, RuntimeError):
+            pass  # a layer that breaks the pass: the shapes recorded so far still stand
+    for path, tensor in recorder.activations.items():
+        shapes[path] = list(tensor.shape[1:])
+    return shapes

@@ -1,0 +1,329 @@
+"""The ``featviz`` command: parse options, call the library, print. No computation here.
+
+Heavy modules (torch, torchvision, matplotlib) are imported inside the commands, so
+``featviz --help`` stays instant.
+
+Exit codes: 0 everything done; 1 some images failed (the others were done); 2 usage error
+(bad option, unknown model, weights that do not fit, layer out of range), reported before any
+image is processed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from featviz import __version__
+from featviz.errors import FeatvizError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0  everything was done
+  1  some images failed (each is named on stderr; the others were done)
+  2  usage error: bad option, unknown model or weights, layer out of range
+"""
+
+
+class FeatvizClickError(click.ClickException):
+    """A library error shown as one line, with its hint on a second line."""
+
+    def __init__(self, error: FeatvizError) -> None:
+        super().__init__(error.message)
+        self.hint = error.hint
+        self.exit_code = 2 if isinstance(error, UsageError) else 1
+
+    def show(self, file: Any = None) -> None:
+        stream = file or sys.stderr
+        click.echo(f"Error: {self.message}", file=stream)
+        if self.hint:
+            click.echo(f"Hint: {self.hint}", file=stream)
+
+
+def reports_errors(command: F) -> F:
+    """Turn :class:`FeatvizError` into a clean message and exit code instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FeatvizError as error:
+            raise FeatvizClickError(error) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- option bundles -----------------------------------------------------------------------
+
+def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+model_options = _compose(
+    click.option("--model", "-m", default="alexnet", show_default=True,
+                 help="torchvision classification model name, a TorchScript file, or package.module:factory."),
+    click.option("--weights", "-w", default="DEFAULT", show_default=True,
+                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
+    click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+)
+
+preprocess_options = _compose(
+    click.option("--resize", type=int, default=None, help="Resize the shorter side to this many pixels (default: the weights' own, else 256)."),
+    click.option("--crop", type=int, default=None, help="Centre-crop to this square size (default: the weights' own, else 224)."),
+    click.option("--no-crop", is_flag=True, help="Do not crop: the network sees the whole resized photo."),
+)
+
+render_options = _compose(
+    click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
+                 help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and comma-separated."),
+    click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
+    click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
+    click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
+    click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo."),
+    click.option("--labels", is_flag=True, help="Write channel numbers on the grid tiles."),
+    click.option("--channels", default=None, help="Channels to draw, like 0-15,32 (default: all)."),
+    click.option("--top-k", type=int, default=None, help="Draw only the N channels with the largest channel-attention weight."),
+    click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
+    click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
+                 help="Order of the grid tiles."),
+    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default="mean", show_default=True,
+                 help="Spatial attention: mean over channels, max, or CBAM's average of both."),
+    click.option("--channel", type=click.Choice(["se", "cbam"]), default="se", show_default=True,
+                 help="Channel attention: SE squeeze (average pooling) or CBAM (average + max pooling)."),
+    click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
+    click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
+                 help="PNG compression level (1 is ~3x faster to write than 6, files ~2x larger)."),
+)
+
+run_options = _compose(
+    click.option("--out", "-o", "out", default="featviz-out", show_default=True,
+                 type=click.Path(file_okay=False, path_type=Path), help="Output folder."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
+    click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096),
+                 help="Photos per forward pass."),
+    click.option("--workers", default=None, type=click.IntRange(1, 512),
+                 help="PNG-encoding threads [default: number of cores]."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    click.option("--progress", is_flag=True, help="Show the progress bar even when stderr is not a terminal."),
+)
+
+
+def _build_visualizer(params: dict[str, Any]) -> Any:
+    from featviz.pipeline import RenderOptions, Visualizer, parse_channels
+
+    options = RenderOptions(
+        size=params["size"], cmap=params["cmap"], heat_cmap=params["heat_cmap"], alpha=params["alpha"],
+        labels=params["labels"], channels=parse_channels(params["channels"]), top_k=params["top_k"],
+        max_channels=params["max_channels"], sort_by=params["sort_by"], spatial=params["spatial"],
+        channel=params["channel"], save_raw=params["save_raw"], png_level=params["png_level"],
+    )
+    return Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
+                      device=params["device"], resize=params["resize"], crop=params["crop"],
+                      no_crop=params["no_crop"], options=options)
+
+
+class _Progress:
+    """A click progress bar on stderr, or nothing."""
+
+    def __init__(self, total: int, enabled: bool, label: str) -> None:
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
+                                     show_eta=True) if enabled and total else None
+        if self.bar is not None:
+            self.bar.__enter__()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _progress_enabled(params: dict[str, Any]) -> bool:
+    if params["quiet"]:
+        return False
+    return bool(params["progress"]) or sys.stderr.isatty()
+
+
+def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_records: bool,
+         skip_existing: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+    """Shared by show and export: build the model, run the batch, report bad images on stderr."""
+    from featviz.export import Exporter
+
+    visualizer = _build_visualizer(params)
+    records: list[dict[str, Any]] = []
+    progress = _Progress(len(images), _progress_enabled(params), "featviz")
+
+    def on_record(record: dict[str, Any]) -> None:
+        if record["status"] == "error":
+            click.echo(f"error: {record['error']}", err=True)
+        if stream_records:
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            records.append(record)
+
+    exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
+                        skip_existing=skip_existing, manifest=manifest, on_record=on_record,
+                        on_image_done=progress.advance)
+    try:
+        report = exporter.run(images)
+    finally:
+        progress.close()
+    return report, records
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="featviz")
+def main() -> None:
+    """Show what a convolutional network sees: channel grids, per-channel maps and attention
+    overlays for a layer of a torchvision (or your own) CNN."""
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@preprocess_options
+@render_options
+@run_options
+@click.option("--open", "open_viewer", is_flag=True, help="Open the first grid in the system image viewer.")
+@reports_errors
+def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
+    """Visualise LAYER activations of each IMAGE into OUT/<image stem>/<layer>/.
+
+    Writes grid.png, channels/NNNN.png, spatial_attention.png, channel_attention.png and
+    summary.json per image and layer, then prints the paths it wrote (--json: one JSON document).
+    """
+    from pathlib import PurePosixPath
+
+    from featviz.export import stem_keys
+    from featviz.images import InputImage
+
+    inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images))]
+    report, records = _run(inputs, params, manifest=False, stream_records=False)
+    for record in records:
+        record["files"] = _written_files(params["out"], record)
+    if params["as_json"]:
+        click.echo(json.dumps({"ok": report.ok, "failed": report.failed, "results": records},
+                              indent=2, ensure_ascii=False))
+    else:
+        for record in records:
+            for file in record["files"]:
+                click.echo(file)
+    if open_viewer:
+        grids = [f for r in records for f in r["files"] if f.endswith("grid.png")]
+        if grids:
+            click.launch(grids[0])
+    sys.exit(report.exit_code)
+
+
+def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
+    if record["status"] != "ok":
+        return []
+    folder = out / record["output"]
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    return [str(folder / name) for name in [*summary["files"], "summary.json"]]
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("inputs", nargs=-1, required=True)
+@model_options
+@preprocess_options
+@render_options
+@run_options
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete (resume).")
+@click.option("--shard", default=None, metavar="I/N", help="Process only the I-th of N deterministic slices (1-based).")
+@reports_errors
+def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard: str | None, **params: Any) -> None:
+    """Export every image in INPUTS (files, folders, quoted globs, or - for paths on stdin).
+
+    Outputs mirror each image's path relative to the folder it was found in:
+    OUT/<relative path without suffix>/<layer>/. One line per image and layer is appended to
+    OUT/manifest.jsonl as it finishes (--json streams the same lines to stdout).
+    """
+    from featviz.export import shard as take_shard
+    from featviz.images import find_images
+
+    shard_index = _parse_shard(shard)
+    found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
+    for missing in found.missing:
+        click.echo(f"error: {missing}: no such file, folder or matching glob", err=True)
+    images = take_shard(found.images, *shard_index) if shard_index else found.images
+    skipped = found.skipped_hidden + found.skipped_not_image
+    if skipped and not params["quiet"]:
+        click.echo(f"skipped {found.skipped_hidden} hidden and {found.skipped_not_image} non-image file(s)", err=True)
+    report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
+                     skip_existing=skip_existing)
+    if not params["quiet"]:
+        click.echo(f"{report.ok} done, {report.skipped} skipped, {report.failed} failed -> {params['out']}", err=True)
+    sys.exit(1 if report.failed or found.missing else 0)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, slash, count = text.partition("/")
+    try:
+        if not slash:
+            raise ValueError
+        parsed = int(index), int(count)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not I/N, e.g. 1/4", param_hint="--shard") from None
+    if parsed[1] < 1 or not 1 <= parsed[0] <= parsed[1]:
+        raise click.BadParameter(f"{text!r}: I must be between 1 and N", param_hint="--shard")
+    return parsed
+
+
+@main.command()
+@model_options
+@preprocess_options
+@click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
+@reports_errors
+def layers(model: str, weights: str, seed: int, device: str, resize: int | None, crop: int | None,
+           no_crop: bool, include_all: bool, as_json: bool) -> None:
+    """List the layers --layer can name: index, module path, type and output shape.
+
+    Shapes are for the model's input size (its weights' crop, else 224). Pretrained weights are
+    not downloaded for this: only a state-dict file is loaded, to check that it fits.
+    """
+    import torch
+
+    from featviz.layers import describe_layers
+    from featviz.models import load_model
+
+    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False)
+    preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
+    side = preprocess.crop or preprocess.resize or 224
+    example = torch.zeros(1, 3, side, side, device=loaded.device)
+    rows = describe_layers(loaded.module, example, include_all=include_all)
+    if as_json:
+        click.echo(json.dumps({"model": loaded.name, "input_size": [side, side], "layers": rows}, indent=2))
+        return
+    click.echo(f"{loaded.name}: input 3x{side}x{side}")
+    width = max([len(r["path"]) for r in rows] + [4])
+    type_width = max([len(r["type"]) for r in rows] + [4])
+    click.echo(f"{'index':>5}  {'path':<{width}}  {'type':<{type_width}}  output shape")
+    for row in rows:
+        index = "" if row["index"] is None else str(row["index"])
+        shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
+        click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

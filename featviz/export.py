@@ -1,0 +1,410 @@
+"""The only writer: output layout, atomic files, the manifest, and batches over many photos.
+
+Every file is written to a temporary name in its own folder and renamed into place, so a run
+that is interrupted leaves whole files or none; ``summary.json`` is written last, so a folder
+with a summary whose listed files all exist is complete (what ``--skip-existing`` checks).
+Nothing is written outside the output folder.
+
+For speed, PNG encoding (Pillow releases the GIL while zlib works) runs on a thread pool while
+the main thread decodes and runs the next batch through the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import FeatvizError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from featviz.images import InputImage
+    from featviz.pipeline import LayerResult, PreparedImage, Visualizer
+
+SUMMARY = "summary.json"
+MANIFEST = "manifest.jsonl"
+TMP_MARK = ".featviz-tmp"
+
+Producer = Callable[[], bytes]
+
+
+# --- layout -------------------------------------------------------------------------------
+
+def _clean_component(part: str) -> str:
+    cleaned = part.replace("\x00", "").replace("/", "_").replace("\\", "_")
+    return "_" if cleaned in {"", ".", ".."} else cleaned
+
+
+def layer_dir(out: Path, key: str, layer_path: str) -> Path:
+    """``out/<key>/<layer path>``, refusing anything that would land outside ``out``."""
+    parts = [_clean_component(p) for p in PurePosixPath(key).parts if p not in {"/"}]
+    target = out.joinpath(*parts, _clean_component(layer_path))
+    root = out.resolve()
+    resolved = target.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UsageError(f"refusing to write {target}: it is outside the output folder {out}")
+    return target
+
+
+def stem_keys(paths: Sequence[Path]) -> list[str]:
+    """Output keys for ``show``: each photo's stem; a stem seen before gets ``~2``, ``~3``..."""
+    seen: dict[str, int] = {}
+    keys = []
+    for path in paths:
+        stem = _clean_component(Path(path).stem)
+        seen[stem] = seen.get(stem, 0) + 1
+        keys.append(stem if seen[stem] == 1 else f"{stem}~{seen[stem]}")
+    return keys
+
+
+# --- atomic files -------------------------------------------------------------------------
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_MARK}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files an interrupted run left in ``directory`` (and ``channels/``)."""
+    for folder in (directory, directory / "channels"):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.name.endswith(TMP_MARK):
+                    entry.unlink(missing_ok=True)
+
+
+def png_bytes(image: Image.Image, level: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: Any) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def json_bytes(document: Any) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished result: a readable summary whose files all exist."""
+    try:
+        summary = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
+        return all((directory / name).is_file() for name in summary.get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# --- what one result writes ---------------------------------------------------------------
+
+def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
+    """The files of one result (relative name, function producing its bytes), summary excluded.
+
+    Producers are pure and independent, so they can run on any thread in any order. The
+    per-channel tiles are computed once (``result.tiles``) and shared by the grid and the
+    channel files: nothing is upsampled or encoded twice.
+    """
+    from PIL import Image
+
+    level = result.options.png_level
+    tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
+    files: list[tuple[str, Producer]] = [
+        ("grid.png", lambda: png_bytes(result.grid(), level)),
+        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
+        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
+    ]
+    for position, channel in enumerate(result.drawn_channels):
+        files.append((f"channels/{channel:04d}.png",
+                      lambda p=position: png_bytes(Image.fromarray(tiles[p]), level)))
+    if result.options.save_raw:
+        activations = result.activations.float().cpu().numpy()
+        spatial = result.spatial_raw.float().cpu().numpy()
+        channel = result.channel_raw.float().cpu().numpy()
+        files.append(("activations.npy", lambda: npy_bytes(activations)))
+        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel)))
+    return files
+
+
+def write_result(result: LayerResult, directory: Path) -> list[Path]:
+    """Write one result's files into ``directory`` on this thread; summary last."""
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
+    files = result_files(result)
+    for name, produce in files:
+        atomic_write(directory / name, produce())
+    names = [name for name, _ in files]
+    atomic_write(directory / SUMMARY, json_bytes(result.summary(names)))
+    return [directory / name for name in [*names, SUMMARY]]
+
+
+# --- batches ------------------------------------------------------------------------------
+
+@dataclass
+class ExportReport:
+    """Counts for a run; per-image details went to the manifest and the record callback."""
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+class _PendingResult:
+    """Files of one (photo, layer) being encoded; the last one to finish writes the summary."""
+
+    def __init__(self, result: LayerResult, directory: Path, files: list[tuple[str, Producer]],
+                 on_done: Callable[[_PendingResult], None]) -> None:
+        self.result = result
+        self.directory = directory
+        self.names = [name for name, _ in files]
+        self.remaining = len(files)
+        self.error: str | None = None
+        self.seconds = 0.0
+        self.futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._on_done = on_done
+
+    def file_done(self, seconds: float, error: str | None) -> None:
+        with self._lock:
+            self.remaining -= 1
+            self.seconds += seconds
+            if error and not self.error:
+                self.error = error
+            last = self.remaining == 0
+        if last:
+            self._on_done(self)
+
+
+class Exporter:
+    """Runs photos through a :class:`~featviz.pipeline.Visualizer` and writes every result.
+
+    ``layout(image)`` gives the folder key for an input (by default its ``key``). ``on_record``
+    receives each manifest record (one per photo and layer, or one per failed photo) as it is
+    made; ``on_image_done`` is called once per input photo. Both may be called from worker
+    threads, never at the same time.
+    """
+
+    def __init__(self, visualizer: Visualizer, out: Path, *, batch_size: int = 8, workers: int | None = None,
+                 skip_existing: bool = False, manifest: bool = True,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 on_image_done: Callable[[], None] | None = None) -> None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        self.visualizer = visualizer
+        self.out = Path(out)
+        self.batch_size = batch_size
+        self.workers = workers or os.cpu_count() or 1
+        self.skip_existing = skip_existing
+        self.write_manifest = manifest
+        self.on_record = on_record
+        self.on_image_done = on_image_done
+        self.report = ExportReport()
+        self._lock = threading.Lock()
+        self._layers_left: dict[str, int] = {}
+        self._image_failed: dict[str, bool] = {}
+
+    # Records ----------------------------------------------------------------------------
+    def _emit(self, record: dict[str, Any]) -> None:
+        """Append a manifest line and pass the record on; serialised by the caller's lock."""
+        if self.write_manifest:
+            with open(self.out / MANIFEST, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def _fail_image(self, image: InputImage, message: str, seconds: float = 0.0) -> None:
+        with self._lock:
+            self.report.failed += 1
+            if len(self.report.errors) < 1000:
+                self.report.errors.append(message)
+            self._emit({"input": str(image.path), "key": str(image.key), "layer": None, "output": None,
+                        "status": "error", "error": message, "shape": None, "top_channels": None,
+                        "seconds": round(seconds, 4)})
+            if self.on_image_done:
+                self.on_image_done()
+
+    def _result_done(self, pending: _PendingResult) -> None:
+        result = pending.result
+        error = pending.error
+        if error is None:
+            try:
+                atomic_write(pending.directory / SUMMARY, json_bytes(result.summary(pending.names)))
+            except OSError as exc:
+                error = f"{pending.directory}: cannot write summary ({exc})"
+        with self._lock:
+            key = result.key
+            self._layers_left[key] -= 1
+            if error:
+                self._image_failed[key] = True
+                if len(self.report.errors) < 1000:
+                    self.report.errors.append(error)
+            self._emit({
+                "input": str(result.image_path), "key": key, "layer": result.layer.path,
+                "output": pending.directory.relative_to(self.out).as_posix(),
+                "status": "error" if error else "ok", "error": error,
+                "shape": list(result.activations.shape),
+                "top_channels": result.ranking[: result.options.summary_top],
+                "seconds": round(pending.seconds, 4),
+            })
+            if self._layers_left[key] == 0:
+                del self._layers_left[key]
+                if self._image_failed.pop(key, False):
+                    self.report.failed += 1
+                else:
+                    self.report.ok += 1
+                if self.on_image_done:
+                    self.on_image_done()
+
+    # Work -------------------------------------------------------------------------------
+    def _directories(self, image: InputImage) -> list[Path]:
+        return [layer_dir(self.out, str(image.key), ref.path) for ref in self.visualizer.layers]
+
+    def _already_done(self, image: InputImage) -> bool:
+        return self.skip_existing and all(is_complete(d) for d in self._directories(image))
+
+    def _skip(self, image: InputImage) -> None:
+        with self._lock:
+            self.report.skipped += 1
+            for ref, directory in zip(self.visualizer.layers, self._directories(image)):
+                self._emit({"input": str(image.path), "key": str(image.key), "layer": ref.path,
+                            "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
+                            "error": None, "shape": None, "top_channels": None, "seconds": 0.0})
+            if self.on_image_done:
+                self.on_image_done()
+
+    def _prepare(self, image: InputImage) -> PreparedImage:
+        return self.visualizer.prepare(image.path, key=str(image.key))
+
+    def run(self, images: Sequence[InputImage]) -> ExportReport:
+        """Process every image; returns the counts. Bad images are recorded, never raised."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for image in images:
+            if self._already_done(image):
+                self._skip(image)
+            else:
+                todo.append(image)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="featviz") as pool:
+            in_flight: deque[_PendingResult] = deque()
+            batches = _chunks(todo, self.batch_size)
+            decoding = self._decode_async(pool, next(batches, []))
+            while decoding:
+                current = decoding
+                decoding = self._decode_async(pool, next(batches, []))  # overlaps the forward pass
+                prepared = self._collect(current)
+                for pending in self._forward_and_submit(pool, prepared):
+                    in_flight.append(pending)
+                # Keep memory flat: at most about two batches of results waiting for encoding.
+                while len(in_flight) > 2 * self.batch_size * len(self.visualizer.layers):
+                    for future in in_flight.popleft().futures:
+                        future.result()
+            for pending in in_flight:
+                for future in pending.futures:
+                    future.result()
+        return self.report
+
+    def _decode_async(self, pool: ThreadPoolExecutor, batch: list[InputImage]) -> list[tuple[InputImage, Future[PreparedImage], float]]:
+        return [(image, pool.submit(self._prepare, image), time.perf_counter()) for image in batch]
+
+    def _collect(self, decoding: list[tuple[InputImage, Future[PreparedImage], float]]) -> list[tuple[InputImage, PreparedImage]]:
+        prepared = []
+        for image, future, started in decoding:
+            try:
+                prepared.append((image, future.result()))
+            except FeatvizError as exc:
+                self._fail_image(image, str(exc), time.perf_counter() - started)
+            except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+                self._fail_image(image, f"{image.path}: {type(exc).__name__}: {exc}", time.perf_counter() - started)
+        return prepared
+
+    def _forward_and_submit(self, pool: ThreadPoolExecutor, prepared: list[tuple[InputImage, PreparedImage]]) -> Iterator[_PendingResult]:
+        if not prepared:
+            return
+        started = time.perf_counter()
+        try:
+            outputs = list(zip(prepared, self.visualizer.forward([p for _, p in prepared])))
+        except RuntimeError:
+            outputs = []
+            for item in prepared:  # find the photo the batch failed on; the others go on
+                try:
+                    outputs.append((item, self.visualizer.forward([item[1]])[0]))
+                except RuntimeError as exc:
+                    self._fail_image(item[0], f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
+        share = (time.perf_counter() - started) / max(1, len(outputs))
+        for (image, _), results in outputs:
+            with self._lock:
+                self._layers_left[str(image.key)] = len(results)
+            for result in results:
+                yield self._submit(pool, result, share / len(results))
+
+    def _submit(self, pool: ThreadPoolExecutor, result: LayerResult, forward_seconds: float) -> _PendingResult:
+        directory = layer_dir(self.out, result.key, result.layer.path)
+        begun = time.perf_counter()
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(directory)
+        files = result_files(result)
+        pending = _PendingResult(result, directory, files, self._result_done)
+        pending.seconds = forward_seconds + (time.perf_counter() - begun)
+        for name, produce in files:
+            pending.futures.append(pool.submit(_write_job, pending, directory / name, produce))
+        return pending
+
+
+def _write_job(pending: _PendingResult, path: Path, produce: Producer) -> None:
+    started = time.perf_counter()
+    error = None
+    try:
+        atomic_write(path, produce())
+    except (OSError, ValueError, FeatvizError) as exc:
+        error = f"{path}: {exc}"
+    pending.file_done(time.perf_counter() - started, error)
+
+
+def _chunks(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def shard(items: Sequence[InputImage], index: int, count: int) -> list[InputImage]:
+    """The ``index``-th (1-based) of ``count`` deterministic, disjoint slices of sorted inputs:
+    every ``count``-th item, starting at ``index - 1``."""
+    if count < 1 or not 1 <= index <= count:
+        raise UsageError(f"--shard {index}/{count} is not valid", hint="use I/N with 1 <= I <= N")
+    return list(items[index - 1::count])

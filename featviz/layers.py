@@ -1,0 +1,142 @@
+"""Which modules: resolve ``--layer`` specs to modules, and list the layers a user can pick.
+
+A layer is named by its position in the model's *feature stack* (``model.features`` where the
+model has one, as the seed script uses for AlexNet; otherwise the model's top-level children,
+so ResNet's 0..7 are conv1 .. layer4) or by a dotted module path (``layer3.1.conv2``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import LayerError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+_INDEX = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One module to capture: its dotted path, its feature-stack index (if any) and the module."""
+
+    path: str
+    index: int | None
+    module: nn.Module
+
+    @property
+    def type_name(self) -> str:
+        return type(self.module).__name__ if not _is_script(self.module) else self.module.original_name
+
+
+def _is_script(module: Any) -> bool:
+    return hasattr(module, "original_name") and type(module).__name__ == "RecursiveScriptModule"
+
+
+def feature_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The indexable layers: ``model.features``' children, else the model's top-level children."""
+    features = getattr(model, "features", None)
+    if features is not None and hasattr(features, "named_children"):
+        children = list(features.named_children())
+        if children:
+            return [(f"features.{name}", module) for name, module in children]
+    return list(model.named_children())
+
+
+def split_specs(specs: Iterable[str | int]) -> list[str]:
+    """``["0,3", 6]`` -> ``["0", "3", "6"]``: ``--layer`` is repeatable and comma-separated."""
+    parts: list[str] = []
+    for spec in specs:
+        parts.extend(p.strip() for p in str(spec).split(",") if p.strip())
+    return parts
+
+
+def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str = "the model") -> list[LayerRef]:
+    """Turn layer specs (indices, negative indices, dotted paths, ``all``) into modules.
+
+    The result keeps the order given, without duplicates. Raises :class:`LayerError` with the
+    valid range or the closest module names.
+    """
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    parts = split_specs(specs)
+    if not parts:
+        raise LayerError("no layer was given", hint="pass --layer K, a module path, or all")
+    refs: list[LayerRef] = []
+    for part in parts:
+        if part.lower() == "all":
+            refs.extend(LayerRef(p, i, m) for i, (p, m) in enumerate(stack))
+        elif _INDEX.match(part):
+            refs.append(_by_index(stack, int(part), model_name))
+        else:
+            module = _by_path(model, part, model_name)
+            refs.append(LayerRef(part, index_of.get(part), module))
+    unique: dict[str, LayerRef] = {}
+    for ref in refs:
+        unique.setdefault(ref.path, ref)
+    return list(unique.values())
+
+
+def _stack_name(stack: Sequence[tuple[str, nn.Module]]) -> str:
+    return "feature layers" if stack and stack[0][0].startswith("features.") else "top-level layers"
+
+
+def _by_index(stack: Sequence[tuple[str, nn.Module]], index: int, model_name: str) -> LayerRef:
+    count = len(stack)
+    if count == 0:
+        raise LayerError(f"{model_name} has no sub-modules to index", hint="name a module path instead")
+    if not -count <= index < count:
+        raise LayerError(
+            f"layer {index} is out of range: {model_name} has {_stack_name(stack)} 0..{count - 1}"
+            f" (or -{count}..-1 from the end)",
+            hint=f"run `featviz layers --model {model_name}` to list them",
+        )
+    position = index % count
+    path, module = stack[position]
+    return LayerRef(path, position, module)
+
+
+def _by_path(model: nn.Module, path: str, model_name: str) -> nn.Module:
+    names = [name for name, _ in model.named_modules() if name]
+    if path in names:
+        return model.get_submodule(path)
+    close = difflib.get_close_matches(path, names, n=4, cutoff=0.5)
+    hint = ("did you mean " + ", ".join(close) + "?") if close else (
+        f"run `featviz layers --model {model_name} --all` to list module paths"
+    )
+    raise LayerError(f"{model_name} has no module named {path!r}", hint=hint)
+
+
+def describe_layers(
+    model: nn.Module, example: torch.Tensor, include_all: bool = False
+) -> list[dict[str, Any]]:
+    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
+
+    ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
+    with hooks on every listed module; a module the forward pass never reaches has shape None.
+    """
+    from featviz.capture import output_shapes
+
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    if include_all:
+        listed = [(name, module) for name, module in model.named_modules() if name]
+    else:
+        listed = stack
+    shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    rows = []
+    for path, module in listed:
+        ref = LayerRef(path, index_of.get(path), module)
+        rows.append({
+            "index": index_of.get(path),
+            "path": path,
+            "type": ref.type_name,
+            "output_shape": shapes.get(path),
+        })
+    return rows

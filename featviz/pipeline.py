@@ -1,0 +1,396 @@
+"""The Python API: from photos and a model to activations, attention maps and pictures.
+
+``Visualizer`` holds a loaded model and the chosen layers, runs batches of photos through the
+model once (all layers captured in that pass) and returns one :class:`LayerResult` per photo
+and layer. Nothing here writes files: :meth:`LayerResult.save` and :mod:`featviz.export` do.
+
+>>> import featviz
+>>> result = featviz.visualize("sample_images/chelsea.jpg", layers=[0], weights="none")[0]
+>>> result.activations.shape, result.grid().size
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featviz.attention import CHANNEL_MODES, SPATIAL_MODES
+from featviz.errors import LayerError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from featviz.layers import LayerRef
+    from featviz.models import CropBox, LoadedModel
+
+SORT_ORDERS = ("index", "weight")
+
+
+def parse_channels(text: str | None) -> tuple[int, ...] | None:
+    """``"0-15,32"`` -> (0, 1, ..., 15, 32); None stays None."""
+    if text is None or not str(text).strip():
+        return None
+    chosen: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            if dash:
+                start, stop = int(low), int(high)
+                if stop < start:
+                    raise ValueError
+                chosen.extend(range(start, stop + 1))
+            else:
+                chosen.append(int(part))
+        except ValueError:
+            raise UsageError(f"cannot read channel selection {part!r}",
+                             hint="write channels like 0-15,32") from None
+    return tuple(dict.fromkeys(chosen))
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What to draw and how: everything between captured activations and pictures."""
+
+    size: int = 256
+    cmap: str = "gray"
+    heat_cmap: str = "jet"
+    alpha: float = 0.5
+    labels: bool = False
+    channels: tuple[int, ...] | None = None
+    top_k: int | None = None
+    max_channels: int | None = None
+    sort_by: str = "index"
+    spatial: str = "mean"
+    channel: str = "se"
+    save_raw: bool = False
+    png_level: int = 1
+    summary_top: int = 10
+
+    def validate(self) -> RenderOptions:
+        """Raise :class:`UsageError` for values no image could satisfy."""
+        from featviz.render import colormap_lut
+
+        if not 1 <= self.size <= 4096:
+            raise UsageError(f"--size {self.size} is out of range", hint="use 1..4096 pixels")
+        if self.sort_by not in SORT_ORDERS:
+            raise UsageError(f"unknown sort order {self.sort_by!r}", hint="use index or weight")
+        if self.spatial not in SPATIAL_MODES:
+            raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
+        if self.channel not in CHANNEL_MODES:
+            raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
+        for name, value in (("--top-k", self.top_k), ("--max-channels", self.max_channels)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.png_level <= 9:
+            raise UsageError(f"PNG compression level {self.png_level} is out of range", hint="use 0..9")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha {self.alpha} is out of range", hint="use 0..1")
+        if self.channels is not None and any(c < 0 for c in self.channels):
+            raise UsageError("channel numbers start at 0")
+        colormap_lut(self.cmap)
+        colormap_lut(self.heat_cmap)
+        return self
+
+
+@dataclass
+class LayerResult:
+    """One photo seen through one layer.
+
+    ``activations``: float32 (C, H, W) as captured, on the model's device.
+    ``spatial``: float32 (H, W) in [0, 1]; ``channel_weights``: float32 (C,) in [0, 1];
+    ``channel_map``: float32 (H, W) in [0, 1], the map sum_c w_c A_c.
+    """
+
+    key: str
+    image_path: Path | None
+    layer: LayerRef
+    photo: Image.Image
+    box: CropBox
+    input_size: tuple[int, int]
+    activations: torch.Tensor
+    spatial_raw: torch.Tensor
+    channel_raw: torch.Tensor
+    channel_weights: torch.Tensor
+    channel_map_raw: torch.Tensor
+    options: RenderOptions
+    model_name: str
+    weights: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.activations.shape[0])
+
+    @cached_property
+    def spatial(self) -> torch.Tensor:
+        from featviz.attention import normalized_map
+
+        return normalized_map(self.spatial_raw[None])[0]
+
+    @cached_property
+    def channel_map(self) -> torch.Tensor:
+        from featviz.attention import normalized_map
+
+        return normalized_map(self.channel_map_raw[None])[0]
+
+    @cached_property
+    def ranking(self) -> list[int]:
+        """Channels by descending weight (ties by channel number)."""
+        weights = self.channel_weights.cpu().tolist()
+        return sorted(range(len(weights)), key=lambda c: (-weights[c], c))
+
+    @cached_property
+    def drawn_channels(self) -> list[int]:
+        """The channels that get a PNG: ``--channels``, else ``--top-k`` by weight, else all."""
+        count = self.num_channels
+        if self.options.channels is not None:
+            bad = [c for c in self.options.channels if c >= count]
+            if bad:
+                raise LayerError(
+                    f"channel {bad[0]} is out of range: layer {self.layer.path} has channels 0..{count - 1}",
+                    hint="check --channels",
+                )
+            return list(self.options.channels)
+        if self.options.top_k is not None:
+            return self.ranking[: self.options.top_k]
+        return list(range(count))
+
+    @cached_property
+    def grid_channels(self) -> list[int]:
+        """The drawn channels in grid order (``--sort-by``), at most ``--max-channels``."""
+        chosen = list(self.drawn_channels)
+        if self.options.sort_by == "weight":
+            rank = {c: i for i, c in enumerate(self.ranking)}
+            chosen.sort(key=rank.__getitem__)
+        if self.options.max_channels is not None:
+            chosen = chosen[: self.options.max_channels]
+        return chosen
+
+    @cached_property
+    def tiles(self) -> np.ndarray:
+        """uint8 (K, size, size): the drawn channels, upsampled and min-max scaled, on the CPU."""
+        from featviz.render import channel_tiles
+
+        return channel_tiles(self.activations, self.options.size, self.drawn_channels)
+
+    def tile(self, channel: int) -> np.ndarray:
+        return self.tiles[self.drawn_channels.index(channel)]
+
+    def channel_image(self, channel: int) -> Image.Image:
+        """One channel as an 8-bit grey PIL image, ``size`` pixels square."""
+        from PIL import Image
+
+        return Image.fromarray(self.tile(channel))
+
+    def grid(self) -> Image.Image:
+        from featviz.render import grid_image
+
+        position = {c: i for i, c in enumerate(self.drawn_channels)}
+        tiles = self.tiles[[position[c] for c in self.grid_channels]]
+        labels = [str(c) for c in self.grid_channels] if self.options.labels else None
+        return grid_image(tiles, cmap=self.options.cmap, labels=labels)
+
+    def spatial_overlay(self) -> Image.Image:
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, self.spatial, self.box, cmap=self.options.heat_cmap,
+                            alpha=self.options.alpha)
+
+    def channel_overlay(self) -> Image.Image:
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, self.channel_map, self.box, cmap=self.options.heat_cmap,
+                            alpha=self.options.alpha)
+
+    def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
+        """Everything a script needs to know about this result, JSON-ready."""
+        acts = self.activations.float()
+        means = acts.mean(dim=(1, 2)).cpu().tolist()
+        maxes = acts.amax(dim=(1, 2)).cpu().tolist()
+        weights = self.channel_weights.cpu().tolist()
+        return {
+            "image": str(self.image_path) if self.image_path is not None else None,
+            "image_size": list(self.photo.size),
+            "model": self.model_name,
+            "weights": self.weights,
+            "layer": {"path": self.layer.path, "index": self.layer.index, "type": self.layer.type_name},
+            "input_size": list(self.input_size),
+            "crop_box": self.box.as_list(),
+            "activation_shape": list(self.activations.shape),
+            "spatial_attention": self.options.spatial,
+            "channel_attention": self.options.channel,
+            "channel_mean": means,
+            "channel_max": maxes,
+            "channel_weights": weights,
+            "top_channels": self.ranking[: self.options.summary_top],
+            "drawn_channels": self.drawn_channels,
+            **self.extra,
+            "files": list(files),
+        }
+
+    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write this result's files into ``directory`` (see :func:`featviz.export.write_result`)."""
+        from featviz.export import write_result
+
+        return write_result(self, Path(directory))
+
+
+@dataclass
+class PreparedImage:
+    """A decoded photo and the tensor the network gets from it."""
+
+    key: str
+    path: Path | None
+    photo: Image.Image
+    tensor: torch.Tensor  # float32 (3, H, W), normalised
+
+
+class Visualizer:
+    """A model, its layers and the drawing options, ready to run over photos.
+
+    Build once, call :meth:`run` many times: loading the model is the slow part.
+    """
+
+    def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
+                 *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
+                 no_crop: bool = False, options: RenderOptions | None = None,
+                 loaded: LoadedModel | None = None) -> None:
+        from featviz.layers import resolve_layers
+        from featviz.models import load_model
+
+        self.options = (options or RenderOptions()).validate()
+        self.loaded = loaded or load_model(model, weights, seed=seed, device=device)
+        self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
+        for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be a positive number of pixels, got {value}")
+        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name)
+        self._check_layers()
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def _check_layers(self) -> None:
+        """One forward pass on a blank input, so that a layer that yields no feature map is
+        reported before any photo is read."""
+        import torch
+
+        from featviz.capture import capture
+
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        blank = torch.zeros(1, 3, height, width, device=self.device)
+        try:
+            captured = capture(self.loaded.module, self.layers, blank)
+        except RuntimeError as exc:
+            raise LayerError(
+                f"{self.loaded.name} cannot run on a {height}x{width} input "
+                f"({str(exc).splitlines()[0][:160]})",
+                hint="check --resize/--crop, or that the model takes 3-channel images",
+            ) from exc
+        for ref in self.layers:
+            shape = tuple(captured[ref.path].shape)
+            if len(shape) != 4:
+                raise LayerError(
+                    f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
+                    hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
+                )
+
+    def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
+        """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
+        from PIL import Image
+
+        from featviz.images import load_image
+
+        if isinstance(source, Image.Image):
+            photo, path = source.convert("RGB"), None
+        else:
+            path = Path(source)
+            photo = load_image(path)
+        tensor = self.preprocess(photo)
+        return PreparedImage(key or (path.stem if path else "image"), path, photo, tensor)
+
+    def forward(self, batch: Sequence[PreparedImage]) -> list[list[LayerResult]]:
+        """Run prepared photos through the model in one pass per same-sized group.
+
+        Returns, for each photo in order, one result per layer (in layer order).
+        """
+        results: list[list[LayerResult]] = []
+        for group in _same_size_groups(batch):
+            results.extend(self._forward_group(group))
+        return results
+
+    def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
+        import torch
+
+        from featviz.attention import channel_attention, minmax, spatial_attention, weighted_channel_map
+        from featviz.capture import capture
+
+        stacked = torch.stack([p.tensor for p in group]).to(self.device)
+        captured = capture(self.loaded.module, self.layers, stacked)
+        per_image: list[list[LayerResult]] = [[] for _ in group]
+        for ref in self.layers:
+            acts = captured[ref.path].float()
+            spatial = spatial_attention(acts, self.options.spatial)
+            channel_raw = channel_attention(acts, self.options.channel)
+            weights = minmax(channel_raw, dims=(1,))
+            channel_map = weighted_channel_map(acts, weights)
+            for i, prepared in enumerate(group):
+                width, height = prepared.photo.size
+                per_image[i].append(LayerResult(
+                    key=prepared.key, image_path=prepared.path, layer=ref, photo=prepared.photo,
+                    box=self.preprocess.crop_box(width, height),
+                    input_size=tuple(prepared.tensor.shape[1:]), activations=acts[i],
+                    spatial_raw=spatial[i], channel_raw=channel_raw[i], channel_weights=weights[i],
+                    channel_map_raw=channel_map[i], options=self.options, model_name=self.loaded.name,
+                    weights=self.loaded.weights,
+                ))
+        return per_image
+
+    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
+        """Photos (paths or PIL images) -> results, photo-major then layer order."""
+        items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
+        prepared = [self.prepare(item) for item in items]
+        return [result for per_photo in self.forward(prepared) for result in per_photo]
+
+
+def _same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]]:
+    """Consecutive runs of tensors with equal shapes (only ``--no-crop`` makes them differ)."""
+    groups: list[list[PreparedImage]] = []
+    for item in batch:
+        if groups and groups[-1][0].tensor.shape == item.tensor.shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], model: str = "alexnet",
+              layers: Iterable[str | int] = (0,), weights: str | None = "DEFAULT", *,
+              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> list[LayerResult]:
+    """One call from photos to results; with ``out``, also write each result's files there
+    (``out/<image stem>/<layer path>/``).
+
+    ``kwargs``: ``seed``, ``device``, ``resize``, ``crop``, ``no_crop`` for :class:`Visualizer`,
+    anything else a :class:`RenderOptions` field (``size=128, cmap="viridis"``).
+    """
+    visualizer_keys = {"seed", "device", "resize", "crop", "no_crop"}
+    vis_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in visualizer_keys}
+    if isinstance(kwargs.get("channels"), str):
+        kwargs["channels"] = parse_channels(kwargs["channels"])
+    options = RenderOptions(**kwargs)
+    visualizer = Visualizer(model, weights, layers, options=options, **vis_kwargs)
+    results = visualizer.run(images)
+    if out is not None:
+        for result in results:
+            result.save(Path(out) / result.key / result.layer.path)
+    return results
