@@ -1,0 +1,53 @@
+"""Shared fixtures: sample photos, a synthetic photo, tiny models. Nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point torch's cache at an empty folder and make any download attempt fail loudly."""
+    import socket
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access is disabled in the tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def cat_photo() -> Path:
+    return SAMPLES / "chelsea.jpg"
+
+
+@pytest.fixture
+def sample_photos() -> list[Path]:
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture
+def patch_photo(tmp_path: Path) -> Path:
+    """A 400x300 dark photo with a bright 40x40 square whose top-left corner is at (250, 120)."""
+    pixels = np.full((300, 400, 3), 20, dtype=np.uint8)
+    pixels[120:160, 250:290] = 235
+    path = tmp_path / "patch.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``tinymodels`` importable in subprocesses too."""
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
