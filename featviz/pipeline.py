@@ -358,8 +358,11 @@ class Visualizer:
 
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
         """Photos (paths or PIL images) -> results, photo-major then layer order."""
+        from featviz.export import stem_keys
+
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
-        prepared = [self.prepare(item) for item in items]
+        stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
+        prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
         return [result for per_photo in self.forward(prepared) for result in per_photo]
 
 
