@@ -15,6 +15,7 @@ device; nothing is modified in place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from featviz.errors import UsageError
@@ -23,9 +24,10 @@ if TYPE_CHECKING:
     import torch
 
 SpatialMode = Literal["mean", "max", "meanmax"]
-ChannelMode = Literal["se", "cbam"]
+ChannelMode = Literal["se", "cbam", "dct", "learned"]
 SPATIAL_MODES: tuple[str, ...] = ("mean", "max", "meanmax")
-CHANNEL_MODES: tuple[str, ...] = ("se", "cbam")
+CHANNEL_MODES: tuple[str, ...] = ("se", "cbam", "dct", "learned")
+ATTENTION_ORDERS: tuple[str, ...] = ("separate", "cbam")
 
 
 def _check(activations: torch.Tensor) -> None:
@@ -46,14 +48,21 @@ def spatial_attention(activations: torch.Tensor, mode: str = "mean") -> torch.Te
     raise UsageError(f"unknown spatial attention {mode!r}", hint="use one of " + ", ".join(SPATIAL_MODES))
 
 
-def channel_attention(activations: torch.Tensor, mode: str = "se") -> torch.Tensor:
-    """(N, C, H, W) -> (N, C), unnormalised: the pooled statistic of each channel."""
+def channel_attention(activations: torch.Tensor, mode: str = "se",
+                      frequencies: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C), unnormalised: the pooled statistic of each channel
+    (``dct``: FcaNet's, at ``frequencies`` on its 7x7 grid, default its top 16)."""
     _check(activations)
     x = activations.float()
     if mode == "se":
         return x.mean(dim=(2, 3))
     if mode == "cbam":
         return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
+    if mode == "dct":
+        return dct_channel_attention(x, frequencies or FCANET_TOP16)
+    if mode == "learned":
+        raise UsageError("learned channel attention is an SE block's gate, not a statistic of activations",
+                         hint="use featviz.learned for SE blocks")
     raise UsageError(f"unknown channel attention {mode!r}", hint="use one of " + ", ".join(CHANNEL_MODES))
 
 
@@ -65,9 +74,10 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return ((x - low) / safe) * (span > 0)
 
 
-def channel_weights(activations: torch.Tensor, mode: str = "se") -> torch.Tensor:
+def channel_weights(activations: torch.Tensor, mode: str = "se",
+                    frequencies: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
     """(N, C, H, W) -> w: (N, C) in [0, 1], the channel attention min-max normalised over C."""
-    return minmax(channel_attention(activations, mode), dims=(1,))
+    return minmax(channel_attention(activations, mode, frequencies), dims=(1,))
 
 
 def weighted_channel_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -79,3 +89,92 @@ def weighted_channel_map(activations: torch.Tensor, weights: torch.Tensor) -> to
 def normalized_map(maps: torch.Tensor) -> torch.Tensor:
     """(N, H, W) -> (N, H, W) in [0, 1], each map scaled on its own."""
     return minmax(maps, dims=(1, 2))
+
+
+# --- FcaNet: multi-spectral channel attention ----------------------------------------------
+
+#: FcaNet's "top16" frequency selection on its 7x7 reference grid (Qin et al. 2021, code
+#: ``get_freq_indices('top16')``): (u, v) pairs, u along height, v along width, best first.
+FCANET_TOP16: tuple[tuple[int, int], ...] = tuple(zip(
+    (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2),
+    (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2),
+))
+FCANET_GRID = 7
+
+
+def dct_basis_1d(frequency: int, length: int) -> list[float]:
+    """Orthonormal DCT-II basis vector: cos(pi f (x + 1/2) / L) / sqrt(L), times sqrt(2) for f > 0
+    (FcaNet's ``build_filter``)."""
+    import math
+
+    scale = 1.0 if frequency == 0 else math.sqrt(2.0)
+    return [scale * math.cos(math.pi * frequency * (x + 0.5) / length) / math.sqrt(length) for x in range(length)]
+
+
+def dct_basis(u: int, v: int, height: int, width: int) -> torch.Tensor:
+    """float32 (H, W): the 2-D DCT basis image of frequency (u, v); orthonormal over (u, v)."""
+    import torch
+
+    rows = torch.tensor(dct_basis_1d(u, height), dtype=torch.float64)
+    cols = torch.tensor(dct_basis_1d(v, width), dtype=torch.float64)
+    return torch.outer(rows, cols).float()
+
+
+def scale_frequencies(frequencies: Sequence[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
+    """Map (u, v) on FcaNet's 7x7 reference grid to a layer of H x W, as its code does
+    (u * (H // 7)); below 7 pixels the step is 1 and frequencies are clipped to H-1, W-1."""
+    step_h, step_w = max(1, height // FCANET_GRID), max(1, width // FCANET_GRID)
+    return [(min(u * step_h, height - 1), min(v * step_w, width - 1)) for u, v in frequencies]
+
+
+def dct_channel_attention(activations: torch.Tensor,
+                          frequencies: Sequence[tuple[int, int]] = FCANET_TOP16) -> torch.Tensor:
+    """FcaNet's multi-spectral statistic: (N, C, H, W) -> (N, C).
+
+    The channels are split into len(frequencies) consecutive groups (FcaNet requires C to be a
+    multiple; featviz spreads any remainder evenly: channel c is in group c * n // C), and
+    channel c's statistic is its 2-D DCT coefficient at its group's frequency:
+    y_c = sum_{h,w} A_c(h, w) B_{u_g, v_g}(h, w). With the single frequency (0, 0) this is
+    sqrt(H W) times the SE squeeze.
+    """
+    import torch
+
+    _check(activations)
+    n, c, h, w = activations.shape
+    if not frequencies:
+        raise UsageError("no DCT frequency was given", hint="e.g. --dct-frequencies 0,0;0,1")
+    scaled = scale_frequencies(frequencies, h, w)
+    bases = torch.stack([dct_basis(u, v, h, w) for u, v in scaled]).to(activations.device)
+    group = torch.arange(c, device=activations.device) * len(scaled) // c
+    return (activations.float() * bases[group][None]).sum(dim=(2, 3))
+
+
+def parse_frequencies(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """``"0,0;0,1;6,0"`` -> ((0, 0), (0, 1), (6, 0)), on FcaNet's 7x7 grid; ``top16`` -> the
+    paper's set; None stays None."""
+    if text is None or not text.strip():
+        return None
+    if text.strip().lower() == "top16":
+        return FCANET_TOP16
+    pairs = []
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        try:
+            u, v = (int(x) for x in part.split(","))
+        except ValueError:
+            raise UsageError(f"cannot read DCT frequency {part!r}",
+                             hint="write frequencies as u,v pairs separated by ';', e.g. 0,0;0,1;1,0") from None
+        if u < 0 or v < 0:
+            raise UsageError(f"DCT frequency {part!r} is negative")
+        pairs.append((u, v))
+    return tuple(pairs)
+
+
+# --- CBAM, in its order ---------------------------------------------------------------------
+
+def cbam_refine(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CBAM's sequence without its learned layers: channel attention first, then the features it
+    refines. Returns (w (N, C) in [0, 1] from average + max pooling, refined F' = w * F)."""
+    weights = minmax(channel_attention(activations, "cbam"), dims=(1,))
+    return weights, activations.float() * weights[:, :, None, None]

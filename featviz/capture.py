@@ -50,9 +50,11 @@ class ActivationCapture:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerRef], stop_early: bool = True,
-                 copy: bool = True) -> None:
+                 copy: bool = True, inputs_of: Sequence[str] = ()) -> None:
         self.model = model
         self.layers = list(layers)
+        self.inputs_of = set(inputs_of)  # paths whose input is also kept, as "<path>:input"
+        self.expected = len(self.layers) + len(self.inputs_of)
         self.stop_early = stop_early
         self.copy = copy
         self.activations: dict[str, torch.Tensor] = {}
@@ -88,7 +90,10 @@ class ActivationCapture:
                 return
             tensor = _as_tensor(output, path).detach()
             self.activations[path] = tensor.clone() if self.copy else tensor
-            if self.stop_early and len(self.activations) == len(self.layers):
+            if path in self.inputs_of:
+                given = _as_tensor(inputs, path).detach()
+                self.activations[f"{path}:input"] = given.clone() if self.copy else given
+            if self.stop_early and len(self.activations) == self.expected:
                 raise _StopForward
 
         return hook
@@ -108,12 +113,14 @@ class ActivationCapture:
                 except _StopForward:
                     pass
         missing = [ref.path for ref in self.layers if ref.path not in self.activations]
+        if _is_script(self.model) and self.inputs_of:
+            raise LayerError("layer inputs cannot be captured in a TorchScript model")
         if missing:
             raise LayerError(
                 f"layer {missing[0]} was never run by the model's forward pass",
                 hint="choose a module that the forward pass calls (see `featviz layers`)",
             )
-        return {ref.path: self.activations[ref.path] for ref in self.layers}
+        return dict(self.activations)
 
     def _run_stack(self, batch: torch.Tensor) -> None:
         """TorchScript modules take no Python hooks: run the feature stack one module after the
@@ -131,14 +138,15 @@ class ActivationCapture:
             x = module(x)
             if path in wanted:
                 self.activations[path] = x.detach().clone() if self.copy else x.detach()
-                if self.stop_early and len(self.activations) == len(self.layers):
+                if self.stop_early and len(self.activations) == self.expected:
                     return
 
 
-def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One forward pass of ``batch``; the outputs of ``layers`` keyed by path. See
-    :class:`ActivationCapture`."""
-    with ActivationCapture(model, layers) as recorder:
+def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
+            inputs_of: Sequence[str] = (), stop_early: bool = True) -> dict[str, torch.Tensor]:
+    """One forward pass of ``batch``; the outputs of ``layers`` keyed by path (and the inputs of
+    the paths in ``inputs_of``, keyed ``<path>:input``). See :class:`ActivationCapture`."""
+    with ActivationCapture(model, layers, stop_early=stop_early, inputs_of=inputs_of) as recorder:
         return recorder.run(batch)
 
 

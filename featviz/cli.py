@@ -100,10 +100,17 @@ render_options = _compose(
     click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
     click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
                  help="Order of the grid tiles."),
-    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default="mean", show_default=True,
-                 help="Spatial attention: mean over channels, max, or CBAM's average of both."),
-    click.option("--channel", type=click.Choice(["se", "cbam"]), default="se", show_default=True,
-                 help="Channel attention: SE squeeze (average pooling) or CBAM (average + max pooling)."),
+    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None,
+                 help="Spatial attention: mean over channels, max, or the average of both [default: mean; meanmax with --attention cbam]."),
+    click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
+                 help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
+                      "frequencies, or the learned gate of a squeeze-and-excitation block."),
+    click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
+                 help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
+                      "of the channel-refined features (CBAM's order)."),
+    click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
+                 help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
+    click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
     click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
     click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
                  help="PNG compression level (1 is ~3x faster to write than 6, files ~2x larger)."),
@@ -123,13 +130,16 @@ run_options = _compose(
 
 
 def _build_visualizer(params: dict[str, Any]) -> Any:
+    from featviz.attention import parse_frequencies
     from featviz.pipeline import RenderOptions, Visualizer, parse_channels
 
     options = RenderOptions(
         size=params["size"], cmap=params["cmap"], heat_cmap=params["heat_cmap"], alpha=params["alpha"],
         labels=params["labels"], channels=parse_channels(params["channels"]), top_k=params["top_k"],
         max_channels=params["max_channels"], sort_by=params["sort_by"], spatial=params["spatial"],
-        channel=params["channel"], save_raw=params["save_raw"], png_level=params["png_level"],
+        channel=params["channel"], attention=params["attention"],
+        dct_frequencies=parse_frequencies(params["dct_frequencies"]),
+        stn=params["stn"], save_raw=params["save_raw"], png_level=params["png_level"],
     )
     return Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                       device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -174,7 +184,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
             click.echo(f"error: {record['error']}", err=True)
         if stream_records:
             click.echo(json.dumps(record, ensure_ascii=False))
-        else:
+        elif not manifest:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
     exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
@@ -305,6 +315,7 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     import torch
 
     from featviz.layers import describe_layers
+    from featviz.learned import find_se_blocks
     from featviz.models import load_model
 
     loaded = load_model(model, weights, seed=seed, device=device, pretrained=False)
@@ -312,8 +323,12 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
+    se_blocks = [b.path for b in find_se_blocks(loaded.module)]
+    for row in rows:
+        row["se_block"] = row["path"] in se_blocks
     if as_json:
-        click.echo(json.dumps({"model": loaded.name, "input_size": [side, side], "layers": rows}, indent=2))
+        click.echo(json.dumps({"model": loaded.name, "input_size": [side, side], "layers": rows,
+                               "se_blocks": se_blocks}, indent=2))
         return
     click.echo(f"{loaded.name}: input 3x{side}x{side}")
     width = max([len(r["path"]) for r in rows] + [4])
@@ -322,7 +337,11 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     for row in rows:
         index = "" if row["index"] is None else str(row["index"])
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
-        click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}")
+        mark = "  [SE block]" if row["se_block"] else ""
+        click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")
+    if se_blocks and not include_all:
+        click.echo(f"{len(se_blocks)} squeeze-and-excitation blocks, e.g. {se_blocks[0]}: `--all` lists them; "
+                   "show their learned gates with --layer PATH --channel learned")
 
 
 if __name__ == "__main__":  # pragma: no cover

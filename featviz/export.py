@@ -147,6 +147,10 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     for position, channel in enumerate(result.drawn_channels):
         files.append((f"channels/{channel:04d}.png",
                       lambda p=position: png_bytes(Image.fromarray(tiles[p]), level)))
+    if result.stn_theta is not None:
+        files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
+    if result.before is not None:
+        files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
     if result.options.save_raw:
         activations = result.activations.float().cpu().numpy()
         spatial = result.spatial_raw.float().cpu().numpy()

@@ -122,15 +122,16 @@ class Preprocess:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        tensor = F.pil_to_tensor(image)
+        # Resize and crop the PIL image (PIL's resampling), then convert: the order of the
+        # preset, whose output differs by up to one grey level from resizing a uint8 tensor.
         if self.resize is not None:
-            tensor = F.resize(
-                tensor, [self.resize], interpolation=InterpolationMode(self.interpolation),
+            image = F.resize(
+                image, [self.resize], interpolation=InterpolationMode(self.interpolation),
                 antialias=True,
             )
         if self.crop is not None:
-            tensor = F.center_crop(tensor, [self.crop])
-        tensor = F.convert_image_dtype(tensor, torch.float)
+            image = F.center_crop(image, [self.crop])
+        tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
         return F.normalize(tensor, mean=list(self.mean), std=list(self.std))
 
     def describe(self) -> dict[str, Any]:
@@ -318,9 +319,13 @@ def _download_guarded(build: Any, weights: Any) -> Any:
 
     filename = os.path.basename(weights.url)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
+    import contextlib
+    import pickle
+
     try:
-        return build()
-    except (OSError, RuntimeError, ValueError) as exc:
+        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout
+            return build()
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         cached = (cache / filename).exists()
         what = "could not be loaded" if cached else "are not cached and could not be downloaded"
@@ -359,13 +364,16 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
 def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     """Load a state dict file into ``module``, safely (``weights_only=True``)."""
     import pickle
+    import warnings
 
     import torch
 
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before refusing a file
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(

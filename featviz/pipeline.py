@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.attention import CHANNEL_MODES, SPATIAL_MODES
+from featviz.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
 from featviz.errors import LayerError, UsageError
 
 if TYPE_CHECKING:
@@ -69,11 +69,26 @@ class RenderOptions:
     top_k: int | None = None
     max_channels: int | None = None
     sort_by: str = "index"
-    spatial: str = "mean"
+    spatial: str | None = None
     channel: str = "se"
+    attention: str = "separate"
+    dct_frequencies: tuple[tuple[int, int], ...] | None = None
+    stn: bool = False
     save_raw: bool = False
     png_level: int = 1
     summary_top: int = 10
+
+    @property
+    def spatial_mode(self) -> str:
+        """``--spatial``, defaulting to ``mean``, or to ``meanmax`` in CBAM order (CBAM pools both)."""
+        if self.spatial is not None:
+            return self.spatial
+        return "meanmax" if self.attention == "cbam" else "mean"
+
+    @property
+    def channel_mode(self) -> str:
+        """CBAM order uses CBAM's channel statistic (average + max pooling)."""
+        return "cbam" if self.attention == "cbam" and self.channel == "se" else self.channel
 
     def validate(self) -> RenderOptions:
         """Raise :class:`UsageError` for values no image could satisfy."""
@@ -83,7 +98,14 @@ class RenderOptions:
             raise UsageError(f"--size {self.size} is out of range", hint="use 1..4096 pixels")
         if self.sort_by not in SORT_ORDERS:
             raise UsageError(f"unknown sort order {self.sort_by!r}", hint="use index or weight")
-        if self.spatial not in SPATIAL_MODES:
+        if self.attention not in ATTENTION_ORDERS:
+            raise UsageError(f"unknown attention order {self.attention!r}", hint="use " + ", ".join(ATTENTION_ORDERS))
+        if self.attention == "cbam" and self.channel not in ("se", "cbam"):
+            raise UsageError(f"--attention cbam computes CBAM's own channel attention; it cannot use --channel {self.channel}",
+                             hint="leave --channel out, or drop --attention cbam")
+        if self.dct_frequencies is not None and self.channel != "dct":
+            raise UsageError("--dct-frequencies needs --channel dct")
+        if self.spatial is not None and self.spatial not in SPATIAL_MODES:
             raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
         if self.channel not in CHANNEL_MODES:
             raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
@@ -124,6 +146,8 @@ class LayerResult:
     options: RenderOptions
     model_name: str
     weights: str
+    before: torch.Tensor | None = None
+    stn_theta: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -168,7 +192,7 @@ class LayerResult:
     def grid_channels(self) -> list[int]:
         """The drawn channels in grid order (``--sort-by``), at most ``--max-channels``."""
         chosen = list(self.drawn_channels)
-        if self.options.sort_by == "weight":
+        if self.options.sort_by == "weight" or self.options.channel == "learned":
             rank = {c: i for i, c in enumerate(self.ranking)}
             chosen.sort(key=rank.__getitem__)
         if self.options.max_channels is not None:
@@ -211,6 +235,25 @@ class LayerResult:
         return heat_overlay(self.photo, self.channel_map, self.box, cmap=self.options.heat_cmap,
                             alpha=self.options.alpha)
 
+    def se_reweight(self) -> Image.Image:
+        """Learned SE attention only: the grid of the block's input (left) beside its output
+        (right), channels in gate order, one grey scale shared by both halves, so channels the
+        gate turned down are visibly darker on the right."""
+        from featviz.render import side_by_side_grids
+
+        if self.before is None:
+            raise UsageError("se_reweight needs --channel learned at a squeeze-and-excitation block")
+        order = self.grid_channels
+        return side_by_side_grids(self.before[order], self.activations[order], self.options.size)
+
+    def stn_grid(self) -> Image.Image:
+        """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
+        from featviz.stn import draw_sampling_grid
+
+        if self.stn_theta is None:
+            raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
+        return draw_sampling_grid(self.photo, self.stn_theta, self.box)
+
     def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
         """Everything a script needs to know about this result, JSON-ready."""
         acts = self.activations.float()
@@ -226,8 +269,9 @@ class LayerResult:
             "input_size": list(self.input_size),
             "crop_box": self.box.as_list(),
             "activation_shape": list(self.activations.shape),
-            "spatial_attention": self.options.spatial,
-            "channel_attention": self.options.channel,
+            "spatial_attention": self.options.spatial_mode,
+            "channel_attention": self.options.channel_mode,
+            "attention_order": self.options.attention,
             "channel_mean": means,
             "channel_max": maxes,
             "channel_weights": weights,
@@ -274,7 +318,41 @@ class Visualizer:
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name)
+        self.se_blocks: dict[str, Any] = {}
+        if self.options.channel == "learned":
+            self._use_se_blocks()
         self._check_layers()
+
+    def _use_se_blocks(self) -> None:
+        """``--channel learned``: each layer becomes the SE block it names or contains; its gate
+        and its input are captured in the same pass."""
+        from featviz.layers import LayerRef
+        from featviz.learned import se_block_for
+
+        refs = []
+        for ref in self.layers:
+            block = se_block_for(self.loaded.module, ref, self.loaded.name)
+            self.se_blocks[block.path] = block
+            refs.append(LayerRef(block.path, ref.index if ref.path == block.path else None, block.module))
+        self.layers = list({ref.path: ref for ref in refs}.values())
+
+    def _capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        from featviz.capture import capture
+        from featviz.layers import LayerRef
+
+        gates = [LayerRef(b.gate_path, None, b.gate) for b in self.se_blocks.values()]
+        refs, inputs_of = [*self.layers, *gates], list(self.se_blocks)
+        if not self.options.stn:
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of)
+        from featviz.stn import AffineGridRecorder
+
+        with AffineGridRecorder() as recorder:  # the whole pass: the STN may come after the layers
+            captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False)
+        if not recorder.thetas:
+            raise UsageError(f"--stn: {self.loaded.name} never called torch.nn.functional.affine_grid",
+                             hint="--stn draws the sampling grid of a spatial transformer; leave it out for this model")
+        captured[":stn_theta"] = recorder.thetas[0]
+        return captured
 
     @property
     def device(self) -> torch.device:
@@ -285,12 +363,10 @@ class Visualizer:
         reported before any photo is read."""
         import torch
 
-        from featviz.capture import capture
-
         height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
         blank = torch.zeros(1, 3, height, width, device=self.device)
         try:
-            captured = capture(self.loaded.module, self.layers, blank)
+            captured = self._capture(blank)
         except RuntimeError as exc:
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
@@ -303,6 +379,11 @@ class Visualizer:
                 raise LayerError(
                     f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
                     hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
+                )
+            if self.options.channels is not None and max(self.options.channels) >= shape[1]:
+                raise LayerError(
+                    f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels 0..{shape[1] - 1}",
+                    hint="check --channels",
                 )
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
@@ -332,18 +413,15 @@ class Visualizer:
     def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
         import torch
 
-        from featviz.attention import channel_attention, minmax, spatial_attention, weighted_channel_map
-        from featviz.capture import capture
-
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
-        captured = capture(self.loaded.module, self.layers, stacked)
+        captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         for ref in self.layers:
             acts = captured[ref.path].float()
-            spatial = spatial_attention(acts, self.options.spatial)
-            channel_raw = channel_attention(acts, self.options.channel)
-            weights = minmax(channel_raw, dims=(1,))
-            channel_map = weighted_channel_map(acts, weights)
+            spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
+            theta = captured.get(":stn_theta")
+            if theta is not None:
+                extra["stn_theta"] = theta
             for i, prepared in enumerate(group):
                 width, height = prepared.photo.size
                 per_image[i].append(LayerResult(
@@ -352,9 +430,50 @@ class Visualizer:
                     input_size=tuple(prepared.tensor.shape[1:]), activations=acts[i],
                     spatial_raw=spatial[i], channel_raw=channel_raw[i], channel_weights=weights[i],
                     channel_map_raw=channel_map[i], options=self.options, model_name=self.loaded.name,
-                    weights=self.loaded.weights,
+                    weights=self.loaded.weights, before=None if before is None else before[i],
+                    stn_theta=None if theta is None else theta[i],
+                    extra=_per_image(extra, i),
                 ))
         return per_image
+
+    def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+        """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
+        or None, extra summary fields) for one layer, by the chosen attention definitions."""
+        from featviz.attention import (
+            cbam_refine,
+            channel_attention,
+            minmax,
+            spatial_attention,
+            weighted_channel_map,
+        )
+
+        options = self.options
+        before = None
+        extra: dict[str, Any] = {}
+        if options.channel == "learned":
+            block = self.se_blocks[ref.path]
+            gate = captured[block.gate_path].float().reshape(acts.shape[0], -1)
+            if gate.shape[1] != acts.shape[1]:
+                raise LayerError(f"the gate of {block.path} has {gate.shape[1]} values for {acts.shape[1]} channels")
+            channel_raw, weights = gate, gate
+            before = captured[f"{block.path}:input"].float()
+            extra = {"se_block": block.path, "gate_module": block.gate_path, "gate": gate}
+        else:
+            channel_raw = channel_attention(acts, options.channel_mode, options.dct_frequencies)
+            weights = minmax(channel_raw, dims=(1,))
+            if options.channel_mode == "dct":
+                from featviz.attention import FCANET_TOP16, scale_frequencies
+
+                chosen = options.dct_frequencies or FCANET_TOP16
+                extra = {"dct_frequencies": [list(f) for f in chosen],
+                         "dct_frequencies_scaled": [list(f) for f in scale_frequencies(chosen, *acts.shape[2:])]}
+        if options.attention == "cbam":
+            weights, refined = cbam_refine(acts)
+            spatial = spatial_attention(refined, options.spatial_mode)
+        else:
+            spatial = spatial_attention(acts, options.spatial_mode)
+        channel_map = weighted_channel_map(acts, weights)
+        return spatial, channel_raw, weights, channel_map, before, extra
 
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
         """Photos (paths or PIL images) -> results, photo-major then layer order."""
@@ -364,6 +483,14 @@ class Visualizer:
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
         return [result for per_photo in self.forward(prepared) for result in per_photo]
+
+
+def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:
+    """Summary fields for one photo of the batch: tensors are sliced and made JSON-ready."""
+    import torch
+
+    return {key: value[index].cpu().tolist() if isinstance(value, torch.Tensor) else value
+            for key, value in extra.items()}
 
 
 def _same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]]:

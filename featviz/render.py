@@ -164,3 +164,31 @@ def heat_overlay(photo: Image.Image, heat: torch.Tensor, box: CropBox, cmap: str
         colour = colorize(heat_bytes[y0 - top:y1 - top, x0 - left:x1 - left], cmap).astype(np.float32)
         out[y0:y1, x0:x1] = base[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
     return Image.fromarray((out + 0.5).astype(np.uint8), mode=None)
+
+
+def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: int = 16,
+                       titles: tuple[str, str] = ("before the gate", "after the gate")) -> Image.Image:
+    """Two (K, H, W) stacks as two grey grids side by side, on ONE shared scale.
+
+    Per-channel scaling would hide exactly what a channel gate does (multiply a whole channel by
+    a number), so both stacks are min-max scaled together: a channel the gate turned down is
+    darker on the right.
+    """
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    both = torch.stack([upsample(left, size), upsample(right, size)])  # (2, K, S, S)
+    low, high = both.amin(), both.amax()
+    scaled = ((both - low) / (high - low).clamp_min(1e-12) * (high > low) * 255 + 0.5).floor()
+    tiles = scaled.clamp(0, 255).to(torch.uint8).cpu().numpy()
+    grids = [grid_image(tiles[0]), grid_image(tiles[1])]
+    header = max(14, size // 10)
+    width = grids[0].width + gap + grids[1].width
+    canvas = Image.new("L", (width, grids[0].height + header), 255)
+    canvas.paste(grids[0], (0, header))
+    canvas.paste(grids[1], (grids[0].width + gap, header))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, header - 4))
+    draw.text((2, 1), titles[0], fill=0, font=font)
+    draw.text((grids[0].width + gap + 2, 1), titles[1], fill=0, font=font)
+    return canvas

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Regenerates the README's pictures from sample_images/ (random weights: no download needed).
+# Run from the repository root with featviz installed: bash docs/make_pictures.sh
+set -euo pipefail
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+cat=sample_images/chelsea.jpg
+featviz show "$cat" --layer 0 --weights none --out "$out/plain" --quiet >/dev/null
+featviz show "$cat" --layer 3 --weights none --attention cbam --out "$out/cbam" --quiet >/dev/null
+featviz show "$cat" --layer 3 --weights none --channel dct --out "$out/dct" --quiet >/dev/null
+featviz show "$cat" --model mobilenet_v3_small --layer features.1 --weights none --channel learned \
+    --out "$out/se" --quiet >/dev/null
+PYTHONPATH=tests featviz show "$cat" --model stnmodels:fixed_stn --weights none --stn --out "$out/stn" \
+    --quiet >/dev/null
+python - "$out" <<'PY'
+import sys
+from PIL import Image
+
+out = sys.argv[1]
+def save(src, dst, width=None):
+    image = Image.open(f"{out}/{src}")
+    if width and image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    image.save(f"docs/{dst}", optimize=True)
+
+save("plain/chelsea/features.0/grid.png", "chelsea-grid.png", 512)
+save("plain/chelsea/features.0/spatial_attention.png", "chelsea-spatial.png")
+save("plain/chelsea/features.0/channel_attention.png", "chelsea-channel.png")
+save("cbam/chelsea/features.3/spatial_attention.png", "chelsea-cbam-spatial.png")
+save("dct/chelsea/features.3/channel_attention.png", "chelsea-dct-channel.png")
+save("se/chelsea/features.1.block.1/se_reweight.png", "chelsea-se-reweight.png", 900)
+save("stn/chelsea/features.0/stn_grid.png", "chelsea-stn-grid.png")
+PY
+echo "pictures written to docs/"
