@@ -21,11 +21,13 @@ __all__ = [
     "__version__",
     "load_image",
     "load_model",
+    "sweep",
     "visualize",
 ]
 
 _LAZY = {
     "visualize": "featviz.pipeline",
+    "sweep": "featviz.pipeline",
     "Visualizer": "featviz.pipeline",
     "LayerResult": "featviz.pipeline",
     "RenderOptions": "featviz.pipeline",
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from featviz.errors import FeatvizError
     from featviz.images import load_image
     from featviz.models import load_model
-    from featviz.pipeline import LayerResult, RenderOptions, Visualizer, visualize
+    from featviz.pipeline import LayerResult, RenderOptions, Visualizer, sweep, visualize
 
 
 def __getattr__(name: str) -> Any:

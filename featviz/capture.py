@@ -58,6 +58,7 @@ class ActivationCapture:
         self.stop_early = stop_early
         self.copy = copy
         self.activations: dict[str, torch.Tensor] = {}
+        self.output: torch.Tensor | None = None  # the model's output, when the pass ran to the end
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
 
@@ -70,6 +71,9 @@ class ActivationCapture:
                 for ref in self.layers:
                     handle = ref.module.register_forward_hook(self._make_hook(ref.path))
                     self._stack.callback(handle.remove)
+                    if ref.path in self.inputs_of:  # before the module runs: it may change its input in place
+                        handle = ref.module.register_forward_pre_hook(self._make_input_hook(ref.path))
+                        self._stack.callback(handle.remove)
             except BaseException:
                 self._stack.close()
                 raise
@@ -90,11 +94,17 @@ class ActivationCapture:
                 return
             tensor = _as_tensor(output, path).detach()
             self.activations[path] = tensor.clone() if self.copy else tensor
-            if path in self.inputs_of:
-                given = _as_tensor(inputs, path).detach()
-                self.activations[f"{path}:input"] = given.clone() if self.copy else given
             if self.stop_early and len(self.activations) == self.expected:
                 raise _StopForward
+
+        return hook
+
+    def _make_input_hook(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            key = f"{path}:input"
+            if key not in self.activations:  # a module called twice: keep its first input
+                given = _as_tensor(inputs, path).detach()
+                self.activations[key] = given.clone() if self.copy else given
 
         return hook
 
@@ -104,12 +114,15 @@ class ActivationCapture:
         import torch
 
         self.activations = {}
+        self.output = None
         with torch.no_grad():
             if _is_script(self.model):
                 self._run_stack(batch)
+                if not self.stop_early:
+                    self.output = _as_tensor(self.model(batch), "output")
             else:
                 try:
-                    self.model(batch)
+                    self.output = _as_tensor(self.model(batch), "output")
                 except _StopForward:
                     pass
         missing = [ref.path for ref in self.layers if ref.path not in self.activations]
@@ -143,11 +156,15 @@ class ActivationCapture:
 
 
 def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
-            inputs_of: Sequence[str] = (), stop_early: bool = True) -> dict[str, torch.Tensor]:
+            inputs_of: Sequence[str] = (), stop_early: bool = True,
+            keep_output: bool = False) -> dict[str, torch.Tensor]:
     """One forward pass of ``batch``; the outputs of ``layers`` keyed by path (and the inputs of
     the paths in ``inputs_of``, keyed ``<path>:input``). See :class:`ActivationCapture`."""
-    with ActivationCapture(model, layers, stop_early=stop_early, inputs_of=inputs_of) as recorder:
-        return recorder.run(batch)
+    with ActivationCapture(model, layers, stop_early=stop_early and not keep_output, inputs_of=inputs_of) as recorder:
+        captured = recorder.run(batch)
+    if keep_output:  # the whole pass ran: its result is the model's output
+        captured[":output"] = recorder.output
+    return captured
 
 
 def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:

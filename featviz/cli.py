@@ -111,6 +111,11 @@ render_options = _compose(
     click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
                  help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
     click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
+    click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel", show_default=True,
+                 help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across all layers of the image."),
+    click.option("--clip-percentile", type=float, default=None, metavar="P",
+                 help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot pixels cannot wash a tile out."),
+    click.option("--predict", is_flag=True, help="Also run the rest of the network and record the top-5 classes."),
     click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
     click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
                  help="PNG compression level (1 is ~3x faster to write than 6, files ~2x larger)."),
@@ -139,7 +144,8 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         max_channels=params["max_channels"], sort_by=params["sort_by"], spatial=params["spatial"],
         channel=params["channel"], attention=params["attention"],
         dct_frequencies=parse_frequencies(params["dct_frequencies"]),
-        stn=params["stn"], save_raw=params["save_raw"], png_level=params["png_level"],
+        stn=params["stn"], normalize=params["normalize"], clip_percentile=params["clip_percentile"],
+        predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
     )
     return Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                       device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -234,11 +240,27 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
         for record in records:
             for file in record["files"]:
                 click.echo(file)
+        if params["predict"]:
+            for line in _prediction_lines(params["out"], records):
+                click.echo(line)
     if open_viewer:
         grids = [f for r in records for f in r["files"] if f.endswith("grid.png")]
         if grids:
             click.launch(grids[0])
     sys.exit(report.exit_code)
+
+
+def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
+    """``prediction: <image>: label (p%), ...``, once per image."""
+    lines, seen = [], set()
+    for record in records:
+        if record["status"] != "ok" or record["input"] in seen:
+            continue
+        seen.add(record["input"])
+        summary = json.loads((out / record["output"] / "summary.json").read_text(encoding="utf-8"))
+        top = ", ".join(f"{p['label']} ({100 * p['probability']:.1f}%)" for p in summary.get("predictions", []))
+        lines.append(f"prediction: {record['input']}: {top}")
+    return lines
 
 
 def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
@@ -297,6 +319,57 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if parsed[1] < 1 or not 1 <= parsed[0] <= parsed[1]:
         raise click.BadParameter(f"{text!r}: I must be between 1 and N", param_hint="--shard")
     return parsed
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@preprocess_options
+@click.option("--layer", "-l", "layers", multiple=True,
+              help="Stages to show (indices or module paths, comma-separated) [default: after each ReLU/pool of "
+                   "`features`, else the convolution blocks, e.g. ResNet's conv1, layer1..layer4].")
+@click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None, help="Spatial attention [default: mean].")
+@click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays.")
+@click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo.")
+@click.option("--out", "-o", "out", default="featviz-out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
+@reports_errors
+def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device: str, resize: int | None,
+          crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
+          alpha: float, out: Path, as_json: bool) -> None:
+    """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
+    spatial-attention overlay at each stage side by side, with the stage's name and activation
+    shape, all captured in one forward pass per image."""
+    from featviz.errors import ImageError
+    from featviz.export import atomic_write, png_bytes, stem_keys
+    from featviz.layers import resolve_layers, sweep_layers
+    from featviz.models import load_model
+    from featviz.pipeline import RenderOptions, Visualizer
+
+    loaded = load_model(model, weights, seed=seed, device=device)
+    chosen = list(layers) if layers else sweep_layers(loaded.module)
+    resolve_layers(loaded.module, chosen, loaded.name)  # usage errors before any image
+    options = RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha)
+    visualizer = Visualizer(model, weights, chosen, resize=resize, crop=crop, no_crop=no_crop,
+                            options=options, loaded=loaded)
+    documents, failed = [], 0
+    for path, key in zip(images, stem_keys(images)):
+        try:
+            picture, results = visualizer.sweep(path)
+        except ImageError as error:
+            click.echo(f"error: {error}", err=True)
+            failed += 1
+            continue
+        target = out / key / "sweep.png"
+        atomic_write(target, png_bytes(picture, 1))
+        documents.append({"input": str(path), "output": str(target),
+                          "stages": [{"layer": r.layer.path, "shape": list(r.activations.shape)} for r in results]})
+        if not as_json:
+            click.echo(str(target))
+    if as_json:
+        click.echo(json.dumps({"ok": len(documents), "failed": failed, "results": documents}, indent=2, ensure_ascii=False))
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

@@ -147,6 +147,8 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     for position, channel in enumerate(result.drawn_channels):
         files.append((f"channels/{channel:04d}.png",
                       lambda p=position: png_bytes(Image.fromarray(tiles[p]), level)))
+    files.append(("channel_weights.png", lambda: png_bytes(result.channel_chart(), level)))
+    files.append(("channel_weights.csv", lambda: result.channel_csv().encode("utf-8")))
     if result.stn_theta is not None:
         files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
     if result.before is not None:
@@ -286,6 +288,7 @@ class Exporter:
                 "shape": list(result.activations.shape),
                 "top_channels": result.ranking[: result.options.summary_top],
                 "seconds": round(pending.seconds, 4),
+                **_report_fields(result, pending.names),
             })
             if self._layers_left[key] == 0:
                 del self._layers_left[key]
@@ -389,6 +392,23 @@ class Exporter:
         for name, produce in files:
             pending.futures.append(pool.submit(_write_job, pending, directory / name, produce))
         return pending
+
+
+def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
+    """What the HTML report shows of a result, carried in its manifest line so that the report
+    can be rebuilt from the manifest alone (no summary has to be re-read)."""
+    drawn = set(result.drawn_channels)
+    fields: dict[str, Any] = {
+        "model": result.model_name,
+        "weights": result.weights,
+        "layer_index": result.layer.index,
+        "layer_type": result.layer.type_name,
+        "files": list(names),
+        "top_channel_files": [f"channels/{c:04d}.png" for c in result.ranking[: result.options.summary_top] if c in drawn],
+    }
+    if "predictions" in result.extra:
+        fields["predictions"] = result.extra["predictions"]
+    return fields
 
 
 def _write_job(pending: _PendingResult, path: Path, produce: Producer) -> None:

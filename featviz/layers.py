@@ -140,3 +140,23 @@ def describe_layers(
             "output_shape": shapes.get(path),
         })
     return rows
+
+
+_STAGE_BREAKS = ("ReLU", "ReLU6", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
+_NOT_STAGES = ("BatchNorm", "GroupNorm", "LayerNorm", "ReLU", "SiLU", "GELU", "Hardswish", "Dropout",
+               "MaxPool", "AvgPool", "Identity", "Flatten", "Linear")
+
+
+def sweep_layers(model: nn.Module) -> list[str]:
+    """Default stages of ``featviz sweep``, shallow to deep.
+
+    A ``features`` stack with ReLUs and pools (AlexNet, VGG): the output after each of them.
+    Otherwise the feature-stack entries that do real work (convolutions and blocks, not norms,
+    activations, pools or the classifier): ResNet gives conv1, layer1 .. layer4.
+    """
+    stack = feature_stack(model)
+    if stack and stack[0][0].startswith("features."):
+        breaks = [path for path, module in stack if type(module).__name__ in _STAGE_BREAKS]
+        if breaks:
+            return breaks
+    return [path for path, module in stack if not any(word in type(module).__name__ for word in _NOT_STAGES)]

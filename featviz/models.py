@@ -272,7 +272,10 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
 
     if _is_none(weights):
         module = _seeded_build(lambda: get_model(name, weights=None), seed)
-        return LoadedModel(module, name, f"none (seed {seed})", Preprocess(), _cpu())
+        # Class names still come from the default weights' metadata (no download needed).
+        default = get_model_weights(name).DEFAULT
+        categories = list(default.meta.get("categories") or []) or None
+        return LoadedModel(module, name, f"none (seed {seed})", Preprocess(), _cpu(), categories)
     if _is_default(weights) or not _looks_like_path(weights):
         enum = get_model_weights(name)
         chosen = _pick_weights(name, enum, weights)

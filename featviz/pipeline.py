@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from featviz.models import CropBox, LoadedModel
 
 SORT_ORDERS = ("index", "weight")
+NORMALIZE_SCOPES = ("channel", "layer", "image")
+TOP_PREDICTIONS = 5
 
 
 def parse_channels(text: str | None) -> tuple[int, ...] | None:
@@ -74,6 +76,9 @@ class RenderOptions:
     attention: str = "separate"
     dct_frequencies: tuple[tuple[int, int], ...] | None = None
     stn: bool = False
+    normalize: str = "channel"
+    clip_percentile: float | None = None
+    predict: bool = False
     save_raw: bool = False
     png_level: int = 1
     summary_top: int = 10
@@ -96,6 +101,11 @@ class RenderOptions:
 
         if not 1 <= self.size <= 4096:
             raise UsageError(f"--size {self.size} is out of range", hint="use 1..4096 pixels")
+        if self.normalize not in NORMALIZE_SCOPES:
+            raise UsageError(f"unknown normalisation {self.normalize!r}", hint="use " + ", ".join(NORMALIZE_SCOPES))
+        if self.clip_percentile is not None and not 50 < self.clip_percentile <= 100:
+            raise UsageError(f"--clip-percentile {self.clip_percentile} is out of range",
+                             hint="use a percentile above 50 and at most 100, e.g. 99.5")
         if self.sort_by not in SORT_ORDERS:
             raise UsageError(f"unknown sort order {self.sort_by!r}", hint="use index or weight")
         if self.attention not in ATTENTION_ORDERS:
@@ -148,6 +158,7 @@ class LayerResult:
     weights: str
     before: torch.Tensor | None = None
     stn_theta: torch.Tensor | None = None
+    image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,16 +206,33 @@ class LayerResult:
         if self.options.sort_by == "weight" or self.options.channel == "learned":
             rank = {c: i for i, c in enumerate(self.ranking)}
             chosen.sort(key=rank.__getitem__)
+        else:  # index order, also for --top-k (which picks channels in weight order)
+            chosen.sort()
         if self.options.max_channels is not None:
             chosen = chosen[: self.options.max_channels]
         return chosen
 
     @cached_property
+    def tile_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The grey scale of the tiles: None (each channel min-max on its own), or (low, high),
+        per channel (C,) with ``clip_percentile``, or one pair for the layer or the image."""
+        from featviz.render import percentile_bounds
+
+        scope, percentile = self.options.normalize, self.options.clip_percentile
+        acts = self.activations.float()
+        if scope == "channel":
+            return None if percentile is None else percentile_bounds(acts.flatten(1), percentile)
+        values = acts.flatten() if scope == "layer" or self.image_values is None else self.image_values
+        if percentile is None:
+            return values.amin(), values.amax()
+        return percentile_bounds(values, percentile)
+
+    @cached_property
     def tiles(self) -> np.ndarray:
-        """uint8 (K, size, size): the drawn channels, upsampled and min-max scaled, on the CPU."""
+        """uint8 (K, size, size): the drawn channels, upsampled and scaled, on the CPU."""
         from featviz.render import channel_tiles
 
-        return channel_tiles(self.activations, self.options.size, self.drawn_channels)
+        return channel_tiles(self.activations, self.options.size, self.drawn_channels, self.tile_bounds)
 
     def tile(self, channel: int) -> np.ndarray:
         return self.tiles[self.drawn_channels.index(channel)]
@@ -246,6 +274,15 @@ class LayerResult:
         order = self.grid_channels
         return side_by_side_grids(self.before[order], self.activations[order], self.options.size)
 
+    def sweep_panel(self) -> Image.Image:
+        """The spatial-attention overlay cut to the part of the photo the network saw."""
+        import math
+
+        box = self.box
+        crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
+                min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
+        return self.spatial_overlay().crop(crop)
+
     def stn_grid(self) -> Image.Image:
         """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
         from featviz.stn import draw_sampling_grid
@@ -253,6 +290,34 @@ class LayerResult:
         if self.stn_theta is None:
             raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
         return draw_sampling_grid(self.photo, self.stn_theta, self.box)
+
+    def channel_table(self) -> list[dict[str, Any]]:
+        """One row per channel: channel, mean, max, weight, rank (1 = largest weight)."""
+        acts = self.activations.float()
+        means = acts.mean(dim=(1, 2)).cpu().tolist()
+        maxes = acts.amax(dim=(1, 2)).cpu().tolist()
+        weights = self.channel_weights.cpu().tolist()
+        rank = {c: i + 1 for i, c in enumerate(self.ranking)}
+        return [{"channel": c, "mean": means[c], "max": maxes[c], "weight": weights[c], "rank": rank[c]}
+                for c in range(len(weights))]
+
+    def channel_csv(self) -> str:
+        """``channel_weights.csv``: the channel table as CSV."""
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["channel", "mean", "max", "weight", "rank"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.channel_table())
+        return buffer.getvalue()
+
+    def channel_chart(self) -> Image.Image:
+        """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
+        from featviz.render import bar_chart
+
+        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}, top channels labelled"
+        return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
 
     def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
         """Everything a script needs to know about this result, JSON-ready."""
@@ -276,6 +341,8 @@ class LayerResult:
             "channel_max": maxes,
             "channel_weights": weights,
             "top_channels": self.ranking[: self.options.summary_top],
+            "normalize": self.options.normalize,
+            "clip_percentile": self.options.clip_percentile,
             "drawn_channels": self.drawn_channels,
             **self.extra,
             "files": list(files),
@@ -342,12 +409,15 @@ class Visualizer:
 
         gates = [LayerRef(b.gate_path, None, b.gate) for b in self.se_blocks.values()]
         refs, inputs_of = [*self.layers, *gates], list(self.se_blocks)
+        if self.options.predict:
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True)
         if not self.options.stn:
             return capture(self.loaded.module, refs, batch, inputs_of=inputs_of)
         from featviz.stn import AffineGridRecorder
 
         with AffineGridRecorder() as recorder:  # the whole pass: the STN may come after the layers
-            captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False)
+            captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False,
+                               keep_output=self.options.predict)
         if not recorder.thetas:
             raise UsageError(f"--stn: {self.loaded.name} never called torch.nn.functional.affine_grid",
                              hint="--stn draws the sampling grid of a spatial transformer; leave it out for this model")
@@ -416,6 +486,10 @@ class Visualizer:
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
         captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
+        predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
+        image_values = None
+        if self.options.normalize == "image":
+            image_values = torch.cat([captured[ref.path].float().flatten(1) for ref in self.layers], dim=1)
         for ref in self.layers:
             acts = captured[ref.path].float()
             spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
@@ -432,7 +506,8 @@ class Visualizer:
                     channel_map_raw=channel_map[i], options=self.options, model_name=self.loaded.name,
                     weights=self.loaded.weights, before=None if before is None else before[i],
                     stn_theta=None if theta is None else theta[i],
-                    extra=_per_image(extra, i),
+                    image_values=None if image_values is None else image_values[i],
+                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {}),
                 ))
         return per_image
 
@@ -475,6 +550,33 @@ class Visualizer:
         channel_map = weighted_channel_map(acts, weights)
         return spatial, channel_raw, weights, channel_map, before, extra
 
+    def sweep(self, image: str | os.PathLike[str] | Image.Image) -> tuple[Image.Image, list[LayerResult]]:
+        """One photo through every layer of this visualizer (one forward pass); the overlays of
+        all layers side by side, captioned with layer path, type and activation shape."""
+        from featviz.render import sweep_picture
+
+        results = self.run(image)
+        panels = [(r.sweep_panel(), f"{r.layer.path} ({r.layer.type_name})\n{'x'.join(map(str, r.activations.shape))}")
+                  for r in results]
+        title = (f"{self.loaded.name}, weights {self.loaded.weights}: "
+                 f"spatial attention ({self.options.spatial_mode}) by depth")
+        return sweep_picture(panels, title=title), results
+
+    def _predictions(self, output: torch.Tensor | None, count: int) -> list[list[dict[str, Any]]]:
+        """Top-5 classes per photo from the model's output logits: label (from the weights'
+        ``meta["categories"]``, else "class K"), index and softmax probability."""
+        import torch
+
+        if output is None or output.dim() != 2 or output.shape[0] != count:
+            shape = None if output is None else tuple(output.shape)
+            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
+        probabilities = torch.softmax(output.float(), dim=1)
+        top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
+        names = self.loaded.categories
+        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k, "probability": p}
+                 for p, k in zip(values.tolist(), indices.tolist())]
+                for values, indices in zip(top.values, top.indices)]
+
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
         """Photos (paths or PIL images) -> results, photo-major then layer order."""
         from featviz.export import stem_keys
@@ -483,6 +585,22 @@ class Visualizer:
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
         return [result for per_photo in self.forward(prepared) for result in per_photo]
+
+
+def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", layers: Iterable[str | int] | None = None,
+          weights: str | None = "DEFAULT", **kwargs: Any) -> tuple[Image.Image, list[LayerResult]]:
+    """How attention changes with depth: one picture with the spatial-attention overlay of each
+    stage side by side, captured in ONE forward pass. ``layers`` default to
+    :func:`featviz.layers.sweep_layers`. Returns the picture and the per-stage results."""
+    from featviz.layers import sweep_layers
+    from featviz.models import load_model
+
+    vis_keys = {"seed", "device", "resize", "crop", "no_crop"}
+    vis_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in vis_keys}
+    loaded = load_model(model, weights, seed=vis_kwargs.pop("seed", 0), device=vis_kwargs.pop("device", "cpu"))
+    chosen = list(layers) if layers else sweep_layers(loaded.module)
+    visualizer = Visualizer(model, weights, chosen, options=RenderOptions(**kwargs), loaded=loaded, **vis_kwargs)
+    return visualizer.sweep(image)
 
 
 def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:

@@ -32,29 +32,64 @@ def upsample(activations: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=True)[0]
 
 
-def to_uint8(maps: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) float -> uint8, each map min-max scaled to 0..255 and rounded half up
-    (scipy's old ``bytescale``, which the seed's ``imsave`` used); a constant map is black."""
+def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(..., H, W) float -> uint8, rounded half up (scipy's old ``bytescale``, which the seed's
+    ``imsave`` used).
+
+    Without ``bounds`` each map is min-max scaled on its own (a constant map is black). With
+    ``bounds`` = (low, high), broadcastable to ``maps`` (one pair per map, or one for all), values
+    are clipped to [low, high] and scaled from there: one scale for a whole layer or image.
+    """
     import torch
 
     from featviz.attention import minmax
 
-    dims = (-2, -1)
-    scaled = minmax(maps.float(), dims=dims) * 255.0 + 0.5
+    if bounds is None:
+        scaled = minmax(maps.float(), dims=(-2, -1)) * 255.0 + 0.5
+    else:
+        low, high = (b.to(maps.device, torch.float32) for b in bounds)
+        span = high - low
+        unit = (maps.float().clamp(min=low, max=high) - low) / span.clamp_min(1e-12) * (span > 0)
+        scaled = unit * 255.0 + 0.5
     return scaled.floor_().clamp_(0, 255).to(torch.uint8)
 
 
-def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] | None = None) -> np.ndarray:
+def percentile_bounds(values: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension
+    (nearest rank), so one hot pixel cannot set the scale. ``values``: float (..., M)."""
+    count = values.shape[-1]
+    high_rank = max(1, min(count, round(percentile / 100 * count)))
+    low_rank = max(1, min(count, count + 1 - high_rank))
+    low = values.float().kthvalue(low_rank, dim=-1).values
+    high = values.float().kthvalue(high_rank, dim=-1).values
+    return low, high
+
+
+def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] | None = None,
+                  bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
     """activations (C, H, W) -> uint8 (K, size, size) numpy, one tile per selected channel.
 
+    ``bounds``: see :func:`to_uint8`; per-channel bounds are (C,) and follow the selection.
     The work is done on the activations' device; only the final bytes move to the CPU.
     """
     import torch
 
-    selected = activations if channels is None else activations[torch.as_tensor(list(channels), dtype=torch.long, device=activations.device)]
+    index = None if channels is None else torch.as_tensor(list(channels), dtype=torch.long, device=activations.device)
+    selected = activations if index is None else activations[index]
     if selected.shape[0] == 0:
         return np.zeros((0, size, size), dtype=np.uint8)
-    return to_uint8(upsample(selected, size)).cpu().numpy()
+    if bounds is not None:
+        low, high = bounds
+        if low.dim() == 1:  # one pair per channel
+            if index is not None:
+                low, high = low.to(index.device)[index], high.to(index.device)[index]
+            low, high = low[:, None, None], high[:, None, None]
+        bounds = (low, high)
+    tiles = to_uint8(upsample(selected, size), bounds)
+    if bounds is None:  # constant before upsampling: black (interpolation adds ulp-sized noise)
+        flat = selected.flatten(1).amax(dim=1) == selected.flatten(1).amin(dim=1)
+        tiles[flat] = 0
+    return tiles.cpu().numpy()
 
 
 @lru_cache(maxsize=32)
@@ -191,4 +226,69 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
     font = ImageFont.load_default(size=max(10, header - 4))
     draw.text((2, 1), titles[0], fill=0, font=font)
     draw.text((grids[0].width + gap + 2, 1), titles[1], fill=0, font=font)
+    return canvas
+
+
+def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "channel weights",
+              width: int = 900, height: int = 260) -> Image.Image:
+    """A bar per channel (values in [0, 1]), the ``highlight`` channels in orange with their
+    numbers above them. Drawn with PIL: fast enough to make one per image in a batch."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    count = max(1, len(values))
+    margin_left, margin_right, margin_top, margin_bottom = 40, 10, 28, 24
+    plot_w, plot_h = width - margin_left - margin_right, height - margin_top - margin_bottom
+    picture = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=11)
+    draw.text((margin_left, 6), title, fill=(0, 0, 0), font=font)
+    base_y = margin_top + plot_h
+    for tick in (0.0, 0.5, 1.0):
+        y = base_y - tick * plot_h
+        draw.line((margin_left - 4, y, margin_left + plot_w, y), fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{tick:.1f}", fill=(90, 90, 90), font=font)
+    step = plot_w / count
+    marked = set(highlight)
+    for channel, value in enumerate(values):
+        x0 = margin_left + channel * step
+        x1 = max(x0 + 1, x0 + step * 0.8)
+        top = base_y - max(0.0, min(1.0, float(value))) * plot_h
+        draw.rectangle((x0, top, x1, base_y), fill=(230, 120, 20) if channel in marked else (70, 110, 170))
+    for channel in highlight:
+        if 0 <= channel < len(values):
+            x = margin_left + (channel + 0.4) * step
+            y = base_y - max(0.0, min(1.0, float(values[channel]))) * plot_h
+            label = str(channel)
+            box = draw.textbbox((0, 0), label, font=font)
+            draw.text((x - (box[2] - box[0]) / 2, max(margin_top - 14, y - 14)), label, fill=(160, 60, 0), font=font)
+    draw.line((margin_left, base_y, margin_left + plot_w, base_y), fill=(0, 0, 0))
+    draw.text((margin_left, base_y + 6), f"channel 0 .. {count - 1}", fill=(90, 90, 90), font=font)
+    return picture
+
+
+def sweep_picture(panels: Sequence[tuple[Image.Image, str]], height: int = 224, per_row: int = 8,
+                  title: str | None = None) -> Image.Image:
+    """Panels (picture, caption) side by side, ``per_row`` to a row, each scaled to ``height``
+    pixels high with its caption underneath."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    caption_h, gap, header = 36, 8, 24 if title else 0
+    scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.BILINEAR) for p, _ in panels]
+    rows = [scaled[i:i + per_row] for i in range(0, len(scaled), per_row)]
+    width = max(sum(p.width for p in row) + gap * (len(row) + 1) for row in rows)
+    total_h = header + len(rows) * (height + caption_h + gap) + gap
+    canvas = Image.new("RGB", (width, total_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, 6), title, fill=(0, 0, 0), font=font)
+    index = 0
+    for r, row in enumerate(rows):
+        x, y = gap, header + gap + r * (height + caption_h + gap)
+        for picture in row:
+            canvas.paste(picture, (x, y))
+            for line_no, line in enumerate(panels[index][1].split("\n")[:2]):
+                draw.text((x, y + height + 3 + 15 * line_no), line, fill=(0, 0, 0), font=font)
+            x += picture.width + gap
+            index += 1
     return canvas
