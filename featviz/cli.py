@@ -177,7 +177,7 @@ def _progress_enabled(params: dict[str, Any]) -> bool:
 
 
 def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_records: bool,
-         skip_existing: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+         skip_existing: bool = False, collect: bool = False) -> tuple[Any, list[dict[str, Any]]]:
     """Shared by show and export: build the model, run the batch, report bad images on stderr."""
     from featviz.export import Exporter
 
@@ -190,7 +190,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
             click.echo(f"error: {record['error']}", err=True)
         if stream_records:
             click.echo(json.dumps(record, ensure_ascii=False))
-        elif not manifest:  # show lists what it wrote; export's record is the manifest (memory stays flat)
+        elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
     exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
@@ -223,6 +223,7 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
 
     Writes grid.png, channels/NNNN.png, spatial_attention.png, channel_attention.png and
     summary.json per image and layer, then prints the paths it wrote (--json: one JSON document).
+    Like export, it also appends to OUT/manifest.jsonl and rewrites the report OUT/index.html.
     """
     from pathlib import PurePosixPath
 
@@ -230,7 +231,7 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     from featviz.images import InputImage
 
     inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images))]
-    report, records = _run(inputs, params, manifest=False, stream_records=False)
+    report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True)
     for record in records:
         record["files"] = _written_files(params["out"], record)
     if params["as_json"]:

@@ -245,6 +245,7 @@ class Exporter:
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}
         self._image_failed: dict[str, bool] = {}
+        self._report_writer: Any = None  # featviz.report.ReportWriter while run() writes a manifest
 
     # Records ----------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
@@ -252,6 +253,8 @@ class Exporter:
         if self.write_manifest:
             with open(self.out / MANIFEST, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if self._report_writer is not None:
+                self._report_writer.update()  # OUT/index.html, rewritten every few seconds
         if self.on_record is not None:
             self.on_record(record)
 
@@ -320,7 +323,19 @@ class Exporter:
         return self.visualizer.prepare(image.path, key=str(image.key))
 
     def run(self, images: Sequence[InputImage]) -> ExportReport:
-        """Process every image; returns the counts. Bad images are recorded, never raised."""
+        """Process every image; returns the counts. Bad images are recorded, never raised.
+        With the manifest comes OUT/index.html (featviz.report), up to date even if interrupted."""
+        from featviz.report import ReportWriter
+
+        self._report_writer = ReportWriter(self.out) if self.write_manifest else None
+        try:
+            return self._run(images)
+        finally:
+            if self._report_writer is not None:
+                self._report_writer.close()
+                self._report_writer = None
+
+    def _run(self, images: Sequence[InputImage]) -> ExportReport:
         self.out.mkdir(parents=True, exist_ok=True)
         todo = []
         for image in images:

@@ -45,13 +45,16 @@ def se_gate(module: nn.Module) -> tuple[str, nn.Module] | None:
 
     Recognised: ``torchvision.ops.SqueezeExcitation``, and any module whose children are, in
     order, at least two 1x1 convolutions or linear layers that map C channels back to C, and a
-    last child that is a Sigmoid or Hardsigmoid (the structure of SENet's block).
+    last child that is a Sigmoid or Hardsigmoid (the structure of SENet's block). Not an
+    ``nn.Sequential``: its output is the gate itself, not the features scaled by it.
     """
     from torch import nn
     from torchvision.ops import SqueezeExcitation
 
     if isinstance(module, SqueezeExcitation):
         return "scale_activation", module.scale_activation
+    if isinstance(module, nn.Sequential):  # returns its last child's output: the gate, unscaled
+        return None
     children = list(module.named_children())
     if len(children) < 3 or not isinstance(children[-1][1], (nn.Sigmoid, nn.Hardsigmoid)):
         return None

@@ -51,3 +51,33 @@ def tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``tinymodels`` importable in subprocesses too."""
     here = str(Path(__file__).resolve().parent)
     monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """Write Python source as an importable module of the test's own; returns its module name.
+
+    For a hand-built model loaded the way a user's is: ``--model <name>:<factory>``. The name is
+    unique to the test, the folder is on ``sys.path`` for this test only, and the module is
+    forgotten afterwards.
+    """
+    import importlib
+    import re
+    import sys
+    import textwrap
+
+    folder = tmp_path / "user_modules"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    written: list[str] = []
+
+    def write(source: str) -> str:
+        name = "fv_user_" + re.sub(r"\W", "_", request.node.name) + f"_{len(written)}"
+        (folder / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        written.append(name)
+        importlib.invalidate_caches()
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
