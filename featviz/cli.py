@@ -30,6 +30,7 @@ Exit codes:
   0  everything was done
   1  some images failed (each is named on stderr; the others were done)
   2  usage error: bad option, unknown model or weights, layer out of range
+  130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
 """
 
 
@@ -49,7 +50,8 @@ class FeatvizClickError(click.ClickException):
 
 
 def reports_errors(command: F) -> F:
-    """Turn :class:`FeatvizError` into a clean message and exit code instead of a traceback."""
+    """Turn :class:`FeatvizError` into a clean message and exit code instead of a traceback;
+    Ctrl-C ends with the shell's usual 130 (every file already written is whole)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,6 +59,10 @@ def reports_errors(command: F) -> F:
             return command(*args, **kwargs)
         except FeatvizError as error:
             raise FeatvizClickError(error) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: the files written so far are complete; rerun with --skip-existing "
+                       "to resume", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -153,21 +159,45 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
 
 
 class _Progress:
-    """A click progress bar on stderr, or nothing."""
+    """Images done, images/s and time left, on stderr.
+
+    On a terminal one line is redrawn in place (at most 10 times a second); elsewhere (forced
+    with --progress, e.g. into a job scheduler's log) a full line is written every few seconds,
+    so logs stay readable.
+    """
 
     def __init__(self, total: int, enabled: bool, label: str) -> None:
-        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
-                                     show_eta=True) if enabled and total else None
-        if self.bar is not None:
-            self.bar.__enter__()
+        import time
+
+        self.total, self.enabled, self.label = total, enabled and total > 0, label
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.interactive = sys.stderr.isatty()
 
     def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        import time
+
+        self.done += 1
+        now = time.monotonic()
+        pause = 0.1 if self.interactive else 5.0
+        if self.enabled and (now - self.last >= pause or self.done == self.total):
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        text = (f"{self.label}: {self.done}/{self.total} images, {rate:.2f} images/s, "
+                f"{left:.0f} s left")
+        if self.interactive:
+            click.echo("\r" + text.ljust(70), nl=False, err=True)
+        else:
+            click.echo(text, err=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+        if self.enabled and self.interactive:
+            click.echo("", err=True)
 
 
 def _progress_enabled(params: dict[str, Any]) -> bool:

@@ -327,6 +327,8 @@ class Exporter:
         With the manifest comes OUT/index.html (featviz.report), up to date even if interrupted."""
         from featviz.report import ReportWriter
 
+        if self.out.is_dir():  # a killed run may have left the report half-written
+            remove_stale_temporaries(self.out)
         self._report_writer = ReportWriter(self.out) if self.write_manifest else None
         try:
             return self._run(images)

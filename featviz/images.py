@@ -393,12 +393,23 @@ def _first_visit(folder: Path, visited: set[Path]) -> bool:
     return True
 
 
+def _image_suffixes() -> frozenset[str]:
+    """File name endings PIL reads (``.png``, ``.jpg``, ...), lower case."""
+    Image.init()
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
 def _is_image(path: Path) -> bool:
     """Sniff the header like PIL does, without decoding pixels.
 
     A file too large to decode is still an image: it belongs in the batch, where it fails
-    with a clear message. An unreadable file is kept for the same reason.
+    with a clear message. An unreadable file is kept for the same reason, and so is a file
+    whose name says it is an image (``.png``, ``.jpg``, ...) but that PIL cannot identify:
+    an empty, truncated or mislabelled picture is an error to report, not a file to ignore.
+    Only files that neither look like nor are named like images are skipped.
     """
+    if path.suffix.lower() in _image_suffixes():
+        return True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -387,15 +387,23 @@ class Visualizer:
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name)
         self.se_blocks: dict[str, Any] = {}
         if self.options.channel == "learned":
-            self._use_se_blocks()
+            from featviz.layers import split_specs
+
+            self._use_se_blocks(every_block="all" in [p.lower() for p in split_specs(layers)])
         self._check_layers()
 
-    def _use_se_blocks(self) -> None:
-        """``--channel learned``: each layer becomes the SE block it names or contains; its gate
-        and its input are captured in the same pass."""
+    def _use_se_blocks(self, every_block: bool = False) -> None:
+        """``--channel learned``: each layer becomes the SE block it names or contains (``all``:
+        every SE block of the model); its gate and its input are captured in the same pass."""
         from featviz.layers import LayerRef
-        from featviz.learned import se_block_for
+        from featviz.learned import find_se_blocks, se_block_for
 
+        if every_block:
+            blocks = find_se_blocks(self.loaded.module)
+            if blocks:
+                self.se_blocks = {b.path: b for b in blocks}
+                self.layers = [LayerRef(b.path, None, b.module) for b in blocks]
+                return
         refs = []
         for ref in self.layers:
             block = se_block_for(self.loaded.module, ref, self.loaded.name)
@@ -449,6 +457,13 @@ class Visualizer:
                 raise LayerError(
                     f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
                     hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
+                )
+            block = self.se_blocks.get(ref.path)
+            if block is not None and captured[block.gate_path].numel() != shape[1]:
+                raise LayerError(
+                    f"{block.path} looks like a squeeze-and-excitation block, but its gate has "
+                    f"{captured[block.gate_path].numel()} values for {shape[1]} channels",
+                    hint="it is not a channel gate; use --channel se, cbam or dct at this layer",
                 )
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(

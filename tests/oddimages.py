@@ -122,8 +122,8 @@ class PhotoFolder:
 
     root: Path  # the folder given to ``featviz export --recursive``
     good: dict[str, Path] = field(default_factory=dict)  # expected output key -> file
-    bad: list[Path] = field(default_factory=list)  # in root: PIL identifies them, decoding fails
-    loose: list[Path] = field(default_factory=list)  # outside root, named one by one: not images at all
+    bad: list[Path] = field(default_factory=list)  # in root, named like images: each must fail
+    loose: list[Path] = field(default_factory=list)  # outside root, named one by one (none by default)
     hidden: list[Path] = field(default_factory=list)  # hidden files and folders in root
     not_images: list[Path] = field(default_factory=list)  # other files in root that are no images
 
@@ -134,9 +134,9 @@ class PhotoFolder:
 
 def make_photo_folder(base: Path) -> PhotoFolder:
     """``base/photos``: good, odd-but-valid and bad images, hidden files and notes, in
-    sub-folders; ``base/loose``: files that only look like images (empty, noise, text named
-    .png). Inside a folder, featviz recognises images by what PIL can identify, so those are
-    skipped there as non-images; named explicitly they must each fail visibly."""
+    sub-folders. The bad ones include files that only look like images (empty, noise, text
+    named .png): their image names keep them in the batch, where each must fail visibly;
+    ``notes.txt`` is neither named like nor is an image, so it is skipped."""
     root = base / "photos"
     folder = PhotoFolder(root)
     for sample in ("chelsea.jpg", "coffee.jpg"):
@@ -167,10 +167,9 @@ def make_photo_folder(base: Path) -> PhotoFolder:
     notes = _parent(root / "good" / "notes.txt")
     notes.write_text("holiday photos\n", encoding="utf-8")
     folder.not_images = [notes]
-    loose = base / "loose"
-    folder.loose = [
-        make_empty(loose / "empty.jpg"),
-        make_random_bytes(loose / "noise.jpg"),
-        make_text_as_png(loose / "text.png"),
+    folder.bad += [
+        make_empty(root / "bad" / "empty.jpg"),
+        make_random_bytes(root / "bad" / "noise.jpg"),
+        make_text_as_png(root / "bad" / "text.png"),
     ]
     return folder

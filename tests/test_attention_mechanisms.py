@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from click.testing import CliRunner, Result
 from PIL import Image
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+import featviz
 import semodels
 from featviz.attention import (
     FCANET_TOP16,
@@ -809,3 +811,11 @@ def test_learned_and_cbam_results_are_layer_results(cat_photo: Path) -> None:
                                attention="cbam", spatial="mean", size=8)
     expected = cbam_by_hand(semodels.random_activations(*semodels.CBAM_SHAPE, seed=11)[0], "mean")
     torch.testing.assert_close(cbam.spatial_raw.double(), expected["spatial"], atol=1e-5, rtol=1e-5)
+
+
+def test_layer_all_with_learned_channel_attention_means_every_se_block(cat_photo: Path) -> None:
+    results = featviz.visualize(cat_photo, model="mobilenet_v3_small", weights="none", layers=["all"],
+                                channel="learned", size=8)
+    expected = [name for name, module in torchvision.models.mobilenet_v3_small().named_modules()
+                if isinstance(module, torchvision.ops.SqueezeExcitation)]
+    assert [r.layer.path for r in results] == expected

@@ -463,30 +463,36 @@ def tree(tmp_path: Path) -> Path:
 
 def test_folder_not_recursive(tree: Path) -> None:
     found = find_images([str(tree)])
-    assert keys(found) == ["a", "b", "no_extension", "wrong"]
+    # empty.png is named like an image, so it is kept and will be reported as an error
+    assert keys(found) == ["a", "b", "empty", "no_extension", "wrong"]
     assert [image.path for image in found.images] == [
         tree / "a.png",
         tree / "b.jpg",
+        tree / "empty.png",
         tree / "no_extension",
         tree / "wrong.txt",
     ]
     assert found.skipped_hidden == 1  # .hidden.png; .thumbs would not be entered anyway
-    assert found.skipped_not_image == 2  # notes.txt, empty.png
+    assert found.skipped_not_image == 1  # notes.txt
     assert found.missing == []
     assert_safe_keys(found)
 
 
 def test_folder_recursive(tree: Path) -> None:
     found = find_images([str(tree)], recursive=True)
-    assert keys(found) == ["a", "b", "no_extension", "sub/c", "sub/deeper/d", "wrong"]
+    assert keys(found) == ["a", "b", "empty", "no_extension", "sub/c", "sub/deeper/d", "wrong"]
     assert found.skipped_hidden == 2  # .hidden.png and .thumbs/
-    assert found.skipped_not_image == 3  # notes.txt, empty.png, sub/readme.md
+    assert found.skipped_not_image == 2  # notes.txt, sub/readme.md
     assert_safe_keys(found)
 
 
 def test_found_images_load(tree: Path) -> None:
     for image in find_images([str(tree)], recursive=True).images:
-        check_rgb(load_image(image.path), (4, 4))
+        if image.path.name == "empty.png":  # kept so that the batch reports it
+            with pytest.raises(ImageError, match="empty.png: empty file"):
+                load_image(image.path)
+        else:
+            check_rgb(load_image(image.path), (4, 4))
 
 
 def test_symlink_loop_terminates(tmp_path: Path) -> None:
