@@ -10,6 +10,7 @@ featviz show "$cat" --layer 3 --weights none --attention cbam --out "$out/cbam" 
 featviz show "$cat" --layer 3 --weights none --channel dct --out "$out/dct" --quiet >/dev/null
 featviz show "$cat" --model mobilenet_v3_small --layer features.1 --weights none --channel learned \
     --out "$out/se" --quiet >/dev/null
+featviz sweep "$cat" --weights none --out "$out/sweep" >/dev/null
 PYTHONPATH=tests featviz show "$cat" --model stnmodels:fixed_stn --weights none --stn --out "$out/stn" \
     --quiet >/dev/null
 python - "$out" <<'PY'
@@ -30,5 +31,6 @@ save("cbam/chelsea/features.3/spatial_attention.png", "chelsea-cbam-spatial.png"
 save("dct/chelsea/features.3/channel_attention.png", "chelsea-dct-channel.png")
 save("se/chelsea/features.1.block.1/se_reweight.png", "chelsea-se-reweight.png", 900)
 save("stn/chelsea/features.0/stn_grid.png", "chelsea-stn-grid.png")
+save("sweep/chelsea/sweep.png", "chelsea-sweep.png", 1100)
 PY
-echo "pictures written to docs/"
+echo "pictures written to docs/ (docs/report.png is a headless-Chromium screenshot of an export's index.html)"

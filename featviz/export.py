@@ -420,7 +420,7 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
         "weights": result.weights,
         "layer_index": result.layer.index,
         "layer_type": result.layer.type_name,
-        "files": list(names),
+        "files": [name for name in names if not name.startswith("channels/")],  # keeps lines short
         "top_channel_files": [f"channels/{c:04d}.png" for c in result.ranking[: result.options.summary_top] if c in drawn],
     }
     if "predictions" in result.extra:
