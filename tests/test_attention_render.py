@@ -22,6 +22,7 @@ import tinymodels
 from featviz.attention import channel_attention, channel_weights, minmax, spatial_attention, weighted_channel_map
 from featviz.cli import main
 from featviz.render import grid_image
+from seedscript import photo_tensor, seed_loop
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -35,20 +36,6 @@ DIM = 0.35  # how much of the photo shows outside the crop box (render.heat_over
 
 def invoke(args: list[object]):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def seed_loop(model: torch.nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    with torch.no_grad():
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i == k:
-                return x
-    raise AssertionError(f"no layer {k}")
-
-
-def photo_tensor(path: Path) -> torch.Tensor:
-    pipeline = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return pipeline(Image.open(path).convert("RGB"))[None]
 
 
 def independent_model(spec: str) -> torch.nn.Module:

@@ -20,27 +20,10 @@ from featviz.errors import LayerError
 from featviz.layers import feature_stack, resolve_layers
 from featviz.models import Preprocess, load_model
 from featviz.pipeline import Visualizer
+from seedscript import photo_tensor, seed_loop
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-
-
-def seed_loop(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """The seed script: ``for i, layer in enumerate(model.features): x = layer(x); if i == k: return x``."""
-    with torch.no_grad():
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i == k:
-                return x
-    raise AssertionError(f"no layer {k}")
-
-
-def photo_tensor(path: Path) -> torch.Tensor:
-    """The seed's preprocessing, written with torchvision's own transforms: (1, 3, 224, 224)."""
-    from torchvision import transforms as T
-
-    pipeline = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return pipeline(Image.open(path).convert("RGB"))[None]
 
 
 @pytest.fixture(scope="module")

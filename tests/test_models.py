@@ -24,21 +24,13 @@ import tinymodels
 from featviz.cli import main
 from featviz.errors import ModelError, UsageError, WeightsError
 from featviz.models import CropBox, Preprocess, load_model, resolve_device
+from seedscript import seed_loop
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def seed_loop(model: torch.nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """The seed script's own loop over ``model.features``."""
-    with torch.no_grad():
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i == k:
-                return x
-    raise AssertionError(f"no layer {k}")
 
 
 def other_tiny_features(seed: int = 123) -> tinymodels.TinyFeatures:

@@ -22,6 +22,7 @@ from torchvision import transforms as T
 import featviz
 import tinymodels
 from featviz.cli import main
+from seedscript import seed_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 MEAN = [0.485, 0.456, 0.406]
@@ -36,15 +37,6 @@ def invoke(args: list[object]):
 def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image)
-
-
-def seed_loop(model: torch.nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    with torch.no_grad():
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i == k:
-                return x
-    raise AssertionError(f"no layer {k}")
 
 
 def independent_weights(photo: Path, k: int) -> np.ndarray:
