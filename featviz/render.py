@@ -32,26 +32,32 @@ def upsample(activations: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=True)[0]
 
 
-def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """(..., H, W) float -> uint8, rounded half up (scipy's old ``bytescale``, which the seed's
-    ``imsave`` used).
+def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+             black: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 (..., H, W) -> uint8, rounded half up (scipy's old ``bytescale``, which the seed's
+    ``imsave`` used). Works IN PLACE on ``maps`` (pass a tensor you own, such as a fresh
+    upsampling): for 256 channels at 256x256 that saves several 64 MB temporaries per image.
 
-    Without ``bounds`` each map is min-max scaled on its own (a constant map is black). With
-    ``bounds`` = (low, high), broadcastable to ``maps`` (one pair per map, or one for all), values
-    are clipped to [low, high] and scaled from there: one scale for a whole layer or image.
+    Without ``bounds`` each map is min-max scaled on its own (a constant map is black, and so is
+    every map where the boolean ``black`` (...) is set). With ``bounds`` = (low, high),
+    broadcastable to ``maps``, values are clipped to [low, high] and scaled from there: one scale
+    for a whole layer or image.
     """
     import torch
 
-    from featviz.attention import minmax
-
     if bounds is None:
-        scaled = minmax(maps.float(), dims=(-2, -1)) * 255.0 + 0.5
+        low = maps.amin(dim=(-2, -1), keepdim=True)
+        span = maps.amax(dim=(-2, -1), keepdim=True) - low
+        maps.sub_(low).div_(span.clamp_min(1e-12))
+        blank = span <= 0
+        if black is not None:
+            blank = blank | black[..., None, None]
+        maps.masked_fill_(blank, 0.0)
     else:
         low, high = (b.to(maps.device, torch.float32) for b in bounds)
         span = high - low
-        unit = (maps.float().clamp(min=low, max=high) - low) / span.clamp_min(1e-12) * (span > 0)
-        scaled = unit * 255.0 + 0.5
-    return scaled.floor_().clamp_(0, 255).to(torch.uint8)
+        maps.clamp_(min=low, max=high).sub_(low).div_(span.clamp_min(1e-12)).mul_(span > 0)
+    return maps.mul_(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def percentile_bounds(values: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,22 +91,9 @@ def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] 
                 low, high = low.to(index.device)[index], high.to(index.device)[index]
             low, high = low[:, None, None], high[:, None, None]
         bounds = (low, high)
-    # The same float32 operations as to_uint8, done in place on the freshly upsampled tensor:
-    # for 256 channels at 256x256 that saves several 64 MB temporaries per image.
-    tiles = upsample(selected, size)
-    if bounds is None:
-        low = tiles.amin(dim=(-2, -1), keepdim=True)
-        span = tiles.amax(dim=(-2, -1), keepdim=True) - low
-        tiles.sub_(low).div_(span.clamp_min(1e-12))
-        # constant before upsampling: black (interpolation adds ulp-sized noise)
-        flat = selected.flatten(1).amax(dim=1) == selected.flatten(1).amin(dim=1)
-        tiles.masked_fill_((span <= 0) | flat[:, None, None], 0.0)
-    else:
-        low, high = (b.to(tiles.device, torch.float32) for b in bounds)
-        span = high - low
-        tiles.clamp_(min=low, max=high).sub_(low).div_(span.clamp_min(1e-12)).mul_(span > 0)
-    tiles.mul_(255.0).add_(0.5).floor_().clamp_(0, 255)
-    return tiles.to(torch.uint8).cpu().numpy()
+    # constant before upsampling: black (interpolation adds ulp-sized noise)
+    flat = selected.flatten(1).amax(dim=1) == selected.flatten(1).amin(dim=1)
+    return to_uint8(upsample(selected, size), bounds, black=flat).cpu().numpy()
 
 
 @lru_cache(maxsize=32)
@@ -237,9 +230,7 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
     from PIL import Image, ImageDraw, ImageFont
 
     both = torch.stack([upsample(left, size), upsample(right, size)])  # (2, K, S, S)
-    low, high = both.amin(), both.amax()
-    scaled = ((both - low) / (high - low).clamp_min(1e-12) * (high > low) * 255 + 0.5).floor()
-    tiles = scaled.clamp(0, 255).to(torch.uint8).cpu().numpy()
+    tiles = to_uint8(both, (both.amin(), both.amax())).cpu().numpy()
     grids = [grid_image(tiles[0]), grid_image(tiles[1])]
     header = max(14, size // 10)
     width = grids[0].width + gap + grids[1].width
