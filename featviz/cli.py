@@ -375,16 +375,11 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
     shape, all captured in one forward pass per image."""
     from featviz.errors import ImageError
     from featviz.export import atomic_write, png_bytes, stem_keys
-    from featviz.layers import resolve_layers, sweep_layers
-    from featviz.models import load_model
-    from featviz.pipeline import RenderOptions, Visualizer
+    from featviz.pipeline import RenderOptions, sweep_visualizer
 
-    loaded = load_model(model, weights, seed=seed, device=device)
-    chosen = list(layers) if layers else sweep_layers(loaded.module)
-    resolve_layers(loaded.module, chosen, loaded.name)  # usage errors before any image
-    options = RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha)
-    visualizer = Visualizer(model, weights, chosen, resize=resize, crop=crop, no_crop=no_crop,
-                            options=options, loaded=loaded)
+    # Building the visualizer resolves and checks the layers: usage errors come before any image.
+    visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
+                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha))
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
         try:

@@ -134,10 +134,6 @@ class Preprocess:
         tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
         return F.normalize(tensor, mean=list(self.mean), std=list(self.std))
 
-    def describe(self) -> dict[str, Any]:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
-
 
 def _crop_offset(length: int, crop: int) -> int:
     """Offset of a centre crop, as torchvision computes it (negative where it pads)."""

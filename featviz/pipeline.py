@@ -607,15 +607,35 @@ def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", l
     """How attention changes with depth: one picture with the spatial-attention overlay of each
     stage side by side, captured in ONE forward pass. ``layers`` default to
     :func:`featviz.layers.sweep_layers`. Returns the picture and the per-stage results."""
+    vis_kwargs, options = _split_kwargs(kwargs)
+    return sweep_visualizer(model, weights, layers, options=options, **vis_kwargs).sweep(image)
+
+
+def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
+                     layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
+                     seed: int = 0, device: str = "cpu", **preprocess: Any) -> Visualizer:
+    """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
+    :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
+    ``crop``, ``no_crop``."""
     from featviz.layers import sweep_layers
     from featviz.models import load_model
 
-    vis_keys = {"seed", "device", "resize", "crop", "no_crop"}
-    vis_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in vis_keys}
-    loaded = load_model(model, weights, seed=vis_kwargs.pop("seed", 0), device=vis_kwargs.pop("device", "cpu"))
+    loaded = load_model(model, weights, seed=seed, device=device)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
-    visualizer = Visualizer(model, weights, chosen, options=RenderOptions(**kwargs), loaded=loaded, **vis_kwargs)
-    return visualizer.sweep(image)
+    return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
+
+
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop"}
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:
+    """Keyword arguments of the one-call API: those for :class:`Visualizer`, and the rest as
+    :class:`RenderOptions` (``channels`` may be given as text, ``"0-15,32"``)."""
+    vis_kwargs = {k: v for k, v in kwargs.items() if k in _VISUALIZER_KEYS}
+    rest = {k: v for k, v in kwargs.items() if k not in _VISUALIZER_KEYS}
+    if isinstance(rest.get("channels"), str):
+        rest["channels"] = parse_channels(rest["channels"])
+    return vis_kwargs, RenderOptions(**rest)
 
 
 def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:
@@ -646,11 +666,7 @@ def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], mode
     ``kwargs``: ``seed``, ``device``, ``resize``, ``crop``, ``no_crop`` for :class:`Visualizer`,
     anything else a :class:`RenderOptions` field (``size=128, cmap="viridis"``).
     """
-    visualizer_keys = {"seed", "device", "resize", "crop", "no_crop"}
-    vis_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in visualizer_keys}
-    if isinstance(kwargs.get("channels"), str):
-        kwargs["channels"] = parse_channels(kwargs["channels"])
-    options = RenderOptions(**kwargs)
+    vis_kwargs, options = _split_kwargs(kwargs)
     visualizer = Visualizer(model, weights, layers, options=options, **vis_kwargs)
     results = visualizer.run(images)
     if out is not None:
