@@ -321,9 +321,14 @@ def floor_overlay(photo: Any, heat: Any, lut: Any, box: Any, alpha: float = 0.5,
     return out
 
 
-def floor_png(array: Any, level: int, strategy: int = -1) -> bytes:
+def floor_png(array: Any, level: int, strategy: int = -1, encoder: str = "pillow") -> bytes:
+    """``encoder``: "pillow" (the issue's floor: Pillow, zlib level 1) or "featviz" (featviz.png)."""
     from PIL import Image
 
+    if encoder == "featviz":
+        from featviz.png import encode_png
+
+        return encode_png(array, level)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=level, compress_type=strategy)
     return buffer.getvalue()
@@ -349,12 +354,13 @@ def floor_pixels(ctx: CaseContext, photos: list[Any], tensors: list[Any]) -> lis
 
 
 def run_floor(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 8, level: int = 1,
-              write: bool = True, strategy: int = -1) -> None:
-    """``strategy``: zlib strategy (Pillow's compress_type; -1 = zlib's default, as featviz)."""
+              write: bool = True, strategy: int = -1, encoder: str = "pillow") -> None:
+    """``strategy``: zlib strategy (Pillow's compress_type; -1 = zlib's default); ``encoder``: see
+    floor_png ("featviz" gives the floor-isal method)."""
     workers = os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def encode(target: Path, produce: Callable[[], Any]) -> None:
-            data = floor_png(produce(), level, strategy)
+            data = floor_png(produce(), level, strategy, encoder)
             if write:
                 _write(target, data)
 
@@ -484,10 +490,15 @@ def _patch_overlay(original: Callable[..., Any]) -> Callable[..., Any]:
     return heat_overlay
 
 
-def _patch_rle(original: Callable[..., Any]) -> Callable[..., Any]:
+def _patch_pillow(original: Callable[..., Any]) -> Callable[..., Any]:
+    """featviz's PNG encoding before featviz.png: Pillow with zlib's run-length strategy."""
     def png_bytes(image: Any, level: int) -> bytes:
         import zlib
 
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=level, compress_type=zlib.Z_RLE)
         return buffer.getvalue()
@@ -520,7 +531,7 @@ PATCHES = {
     "tiles": ("featviz.render", "channel_tiles", _patch_tiles),
     "grid": ("featviz.render", "grid_image", _patch_grid),
     "overlay": ("featviz.render", "heat_overlay", _patch_overlay),
-    "rle": ("featviz.export", "png_bytes", _patch_rle),
+    "pillow": ("featviz.export", "png_bytes", _patch_pillow),
     "write": ("featviz.export", "atomic_write", _patch_write),
 }
 
@@ -559,7 +570,7 @@ def whatif(ctx: CaseContext, paths: list[Path], warmup: list[Path], scratch: Pat
             variants.append(Variant("featviz", batch, run_featviz_patched, {"patches": (name,)},
                                     label=f"featviz +{name}"))
     variants.append(Variant("featviz", batch, run_featviz_patched,
-                            {"patches": tuple(p for p in PATCHES if p != "rle")}, label="featviz +all but rle"))
+                            {"patches": tuple(p for p in PATCHES if p != "pillow")}, label="featviz +all but pillow"))
     variants.append(Variant("featviz", batch, run_featviz_patched, {"patches": tuple(PATCHES)},
                             label="featviz +all"))
     measure(ctx, variants, paths, scratch, repeats, warmup, 0)
@@ -577,8 +588,8 @@ def whatif(ctx: CaseContext, paths: list[Path], warmup: list[Path], scratch: Pat
         rows.append({"variant": v.name, "times": v.times, "cpu": v.cpu, "rate_best": v.rate(n),
                      "mb_out_per_image": v.out_bytes / n / 1e6})
     out.append("patches (benchmark process only): tiles = in-place min-max scaling; grid = numpy grid instead "
-               "of make_grid; overlay = uint8 blend; rle = PNG zlib strategy Z_RLE (same level); write = no "
-               "mkdir per file")
+               "of make_grid; overlay = uint8 blend; pillow = Pillow's PNG encoder with zlib's Z_RLE strategy (featviz's "
+               "encoder before featviz.png); write = no mkdir per file")
     return "\n".join(out), rows
 
 
@@ -840,7 +851,9 @@ def profile(scratch: Path, count: int, case: Case, rate: int = 200) -> str:
 CATEGORIES = [
     ("imports", ("_find_and_load",)),
     ("model build + layer check", ("load_model", "Visualizer.__init__")),
-    ("PNG encode (filter+zlib)", ("png_bytes", "_encode_tile", "PngImagePlugin.py:")),
+    ("PNG encode (filter+deflate)", ("png_bytes", "encode_png", "_encode_tile", "PngImagePlugin.py:")),
+    ("channel chart + csv", ("channel_chart", "bar_chart", "channel_csv", "channel_table")),
+    ("report", ("report.py:",)),
     ("grid pixels (make_grid)", ("grid_image",)),
     ("overlay pixels", ("heat_overlay",)),
     ("tiles: upsample+uint8", ("channel_tiles",)),
@@ -1021,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in batches:
                 variants.append(Variant("featviz", b, run_featviz))
                 variants.append(Variant("floor", b, run_floor))
+                variants.append(Variant("floor-isal", b, run_floor, {"encoder": "featviz"}))
             # Correctness of the floor: the same pixels as featviz's files (first image).
             fv_out, fl_out = fresh_dir(scratch, "check-fv"), fresh_dir(scratch, "check-fl")
             run_featviz(ctx, paths[:5], fv_out, batch_size=8)
@@ -1097,46 +1111,55 @@ def _pixels(path: Path) -> int:
         return im.width * im.height
 
 
+def _ratio_to(v: Variant, variants: list[Variant], method: str, n: int) -> tuple[float, float]:
+    """featviz ``v`` over the ``method`` run of the same batch size: best rates, and paired."""
+    other = next((f for f in variants if f.method == method and f.batch == v.batch), None)
+    if other is None or not other.times or v.method != "featviz":
+        return float("nan"), float("nan")
+    paired = statistics.median(f / t for t, f in zip(v.times, other.times))
+    return v.rate(n) / other.rate(n), paired
+
+
 def case_table(case: Case, variants: list[Variant], n: int, check: str) -> dict[str, Any]:
     seed = next((v for v in variants if v.method == "seed"), None)
     seed_rate = seed.rate(n) if seed else float("nan")
     out = [f"\n== {case.label}: {n} images, floor pixels check: {check} =="]
-    out.append(f"{'method':<8} {'batch':>5} {'img/s best':>10} {'median':>7} {'runs':>4} {'cpu-s/img':>9} "
-               f"{'MB out/img':>10} {'x seed':>7} {'/floor':>7} {'/floor paired':>13}")
+    out.append(f"{'method':<10} {'batch':>5} {'img/s best':>10} {'median':>7} {'runs':>4} {'cpu-s/img':>9} "
+               f"{'MB out/img':>10} {'x seed':>7} {'/floor':>7} {'paired':>7} {'/floor-isal':>11} {'paired':>7}")
     rows = []
     for v in variants:
-        floor = next((f for f in variants if f.method == "floor" and f.batch == v.batch), None)
-        vs_floor = v.rate(n) / floor.rate(n) if floor and v.method == "featviz" else float("nan")
-        paired = (statistics.median(f / t for t, f in zip(v.times, floor.times))
-                  if floor and v.method == "featviz" and floor.times else float("nan"))
-        out.append(f"{v.method:<8} {v.batch if v.batch else '-':>5} {v.rate(n):>10.2f} {v.rate(n, 'median'):>7.2f} "
+        vs_floor, paired = _ratio_to(v, variants, "floor", n)
+        vs_isal, paired_isal = _ratio_to(v, variants, "floor-isal", n)
+        out.append(f"{v.method:<10} {v.batch if v.batch else '-':>5} {v.rate(n):>10.2f} {v.rate(n, 'median'):>7.2f} "
                    f"{len(v.times):>4} {v.cpu_per_image(n):>9.2f} {v.out_bytes / n / 1e6:>10.2f} {v.rate(n) / seed_rate:>7.2f} "
-                   + (f"{vs_floor:>7.2f} {paired:>13.2f}" if v.method == "featviz" else ""))
+                   + (f"{vs_floor:>7.2f} {paired:>7.2f} {vs_isal:>11.2f} {paired_isal:>7.2f}" if v.method == "featviz" else ""))
         rows.append({"method": v.method, "batch": v.batch, "times": v.times, "cpu": v.cpu, "rate_best": v.rate(n),
                      "rate_median": v.rate(n, "median"), "x_seed": v.rate(n) / seed_rate,
-                     "featviz_over_floor": vs_floor, "paired": paired, "mb_out_per_image": v.out_bytes / n / 1e6})
+                     "featviz_over_floor": vs_floor, "paired": paired, "featviz_over_floor_isal": vs_isal,
+                     "paired_isal": paired_isal, "mb_out_per_image": v.out_bytes / n / 1e6})
     return {"text": "\n".join(out), "json": {"case": case.label, "check": check, "rows": rows},
             "case": case, "variants": variants}
 
 
 def summary_table(tables: list[dict[str, Any]], n: int, repeats: int) -> str:
     out = [f"\n== summary: images/s (best of {repeats} round(s); seed: 1 run), {n} images =="]
-    out.append(f"{'case':<27} {'batch':>5} {'seed':>6} {'featviz':>8} {'floor':>6} {'featviz/seed':>12} "
-               f"{'floor/seed':>10} {'featviz/floor':>13} {'paired':>6} {'cpu floor/featviz':>17}")
+    out.append(f"{'case':<27} {'batch':>5} {'seed':>6} {'featviz':>8} {'floor':>6} {'floor-isal':>10} "
+               f"{'featviz/seed':>12} {'floor/seed':>10} {'featviz/floor':>13} {'featviz/floor-isal':>18} {'paired':>6}")
     for t in tables:
         vs = t["variants"]
         seed = next((v for v in vs if v.method == "seed"), None)
+        s = seed.rate(n) if seed else float("nan")
         for b in sorted({v.batch for v in vs if v.batch}):
             fv = next(v for v in vs if v.method == "featviz" and v.batch == b)
             fl = next(v for v in vs if v.method == "floor" and v.batch == b)
-            s = seed.rate(n) if seed else float("nan")
-            paired = statistics.median(f / x for x, f in zip(fv.times, fl.times))
-            out.append(f"{t['case'].label:<27} {b:>5} {s:>6.2f} {fv.rate(n):>8.2f} {fl.rate(n):>6.2f} "
+            fi = next(v for v in vs if v.method == "floor-isal" and v.batch == b)
+            out.append(f"{t['case'].label:<27} {b:>5} {s:>6.2f} {fv.rate(n):>8.2f} {fl.rate(n):>6.2f} {fi.rate(n):>10.2f} "
                        f"{fv.rate(n) / s:>12.1f} {fl.rate(n) / s:>10.1f} {fv.rate(n) / fl.rate(n):>13.2f} "
-                       f"{paired:>6.2f} {fl.cpu_per_image(n) / fv.cpu_per_image(n):>17.2f}")
-    out.append("paired: median over rounds of floor time / featviz time (runs next to each other); "
-               "cpu floor/featviz: process CPU seconds per image, floor over featviz (work done, "
-               "insensitive to other load on the machine, blind to idle cores)")
+                       f"{fv.rate(n) / fi.rate(n):>18.2f} {_ratio_to(fv, vs, 'floor-isal', n)[1]:>6.2f}")
+    out.append("floor: the issue's floor (Pillow PNG, zlib level 1); floor-isal: the same minimal pass with "
+               "featviz's PNG encoder (featviz.png: Up filter, ISA-L deflate level 1), the floor for featviz's "
+               "own encoding; paired: median over rounds of floor-isal time / featviz time for runs next to "
+               "each other")
     return "\n".join(out)
 
 

@@ -52,7 +52,8 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
         blank = span <= 0
         if black is not None:
             blank = blank | black[..., None, None]
-        maps.masked_fill_(blank, 0.0)
+        if bool(blank.any()):  # rare; filling every map anyway cost a pass over all the pixels
+            maps.masked_fill_(blank, 0.0)
     else:
         low, high = (b.to(maps.device, torch.float32) for b in bounds)
         span = high - low
@@ -196,15 +197,33 @@ def heat_overlay(photo: Image.Image, heat: torch.Tensor, box: CropBox, cmap: str
     # Visible part of the box, in photo and in box coordinates.
     x0, y0 = max(left, 0), max(top, 0)
     x1, y1 = min(right, width), min(bottom, height)
-    base = np.asarray(photo.convert("RGB"))
+    base = np.asarray(photo if photo.mode == "RGB" else photo.convert("RGB"))
     outside, inside = _blend_tables(alpha, dim)
-    out = outside[base]  # dimmed everywhere, then the box is blended
-    if x1 > x0 and y1 > y0:
-        stretched = F.interpolate(heat.float()[None, None], size=(box_h, box_w), mode="bilinear",
-                                  align_corners=False)[0, 0, y0 - top:y1 - top, x0 - left:x1 - left]
-        heat_bytes = (stretched.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-        out[y0:y1, x0:x1] = inside[base[y0:y1, x0:x1], colorize(heat_bytes, cmap)]
+    if not (x1 > x0 and y1 > y0):
+        return Image.fromarray(outside[base])
+    out = np.empty_like(base)
+    out[:y0] = outside[base[:y0]]  # dimmed around the box (these strips may be empty)
+    out[y1:] = outside[base[y1:]]
+    out[y0:y1, :x0] = outside[base[y0:y1, :x0]]
+    out[y0:y1, x1:] = outside[base[y0:y1, x1:]]
+    stretched = F.interpolate(heat.float()[None, None], size=(box_h, box_w), mode="bilinear",
+                              align_corners=False)[0, 0, y0 - top:y1 - top, x0 - left:x1 - left]
+    heat_bytes = (stretched.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    out[y0:y1, x0:x1] = _blend(base[y0:y1, x0:x1], colorize(heat_bytes, cmap), alpha, inside)
     return Image.fromarray(out)
+
+
+def _blend(photo: np.ndarray, colour: np.ndarray, alpha: float, inside: np.ndarray) -> np.ndarray:
+    """round(photo * (1 - alpha) + colour * alpha) in uint8. For the default alpha 0.5 that is
+    exactly (photo + colour + 1) >> 1, which runs several times faster than the table look-up
+    with two index arrays (an overlay is blended twice per result)."""
+    if alpha != 0.5:
+        return inside[photo, colour]
+    mixed = photo.astype(np.uint16)
+    mixed += colour
+    mixed += 1
+    mixed >>= 1
+    return mixed
 
 
 @lru_cache(maxsize=8)

@@ -424,3 +424,29 @@ def test_api_spatial_map_and_box_point_at_the_square(patch_photo: Path, user_mod
     assert top - 1 <= ys.min() and ys.max() <= bottom + 1
     assert xs.mean().item() == pytest.approx((left + right) / 2, abs=1.0)
     assert ys.mean().item() == pytest.approx((top + bottom) / 2, abs=1.0)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_overlay_blend_equals_the_formula(alpha: float) -> None:
+    """Every pixel of an overlay against round(photo * (1 - alpha) + jet(heat) * alpha) inside the
+    box and round(photo * dim) outside (in float32, as documented: 90 * 0.35 rounds to 32), with a
+    box that leaves the photo on the left."""
+    from featviz.models import CropBox
+    from featviz.render import _blend, _blend_tables, colormap_lut, heat_overlay
+
+    rng = np.random.default_rng(4)
+    photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    heat = torch.rand(7, 9, generator=torch.Generator().manual_seed(4))
+    box = CropBox(-10.0, 5.0, 40.0, 30.0)
+    overlay = np.asarray(heat_overlay(Image.fromarray(photo), heat, box, cmap="jet", alpha=alpha))
+    stretched = torch.nn.functional.interpolate(heat[None, None], size=(25, 50), mode="bilinear",
+                                                align_corners=False)[0, 0, :, 10:]
+    colour = colormap_lut("jet")[(stretched.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()].astype(np.float32)
+    f32 = np.float32
+    expected = np.floor(photo.astype(f32) * f32(DIM) + f32(0.5))
+    expected[5:30, 0:40] = np.floor(photo[5:30, 0:40].astype(f32) * f32(1 - alpha) + colour * f32(alpha) + f32(0.5))
+    assert np.abs(overlay.astype(np.float64) - expected).max() <= (0 if alpha == 0.5 else 1)
+    # the integer shortcut for alpha 0.5 is the lookup table, for every pair of bytes
+    a, c = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    inside = _blend_tables(0.5, DIM)[1]
+    assert np.array_equal(_blend(a, c, 0.5, inside), inside[a, c])
