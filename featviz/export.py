@@ -148,7 +148,7 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     level = result.options.png_level
     tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
     files: list[tuple[str, Producer]] = [
-        ("grid.png", lambda: png_bytes(result.grid(), level)),
+        ("grid.png", lambda: png_bytes(result.grid_pixels(), level)),
         ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
         ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
     ]

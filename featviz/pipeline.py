@@ -246,10 +246,25 @@ class LayerResult:
     def grid(self) -> Image.Image:
         from featviz.render import grid_image
 
-        position = {c: i for i, c in enumerate(self.drawn_channels)}
-        tiles = self.tiles[[position[c] for c in self.grid_channels]]
         labels = [str(c) for c in self.grid_channels] if self.options.labels else None
-        return grid_image(tiles, cmap=self.options.cmap, labels=labels)
+        return grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+
+    def grid_pixels(self) -> np.ndarray:
+        """The grid as a uint8 array (what :meth:`grid` shows): the exporter encodes this, which
+        spares a copy of the largest picture through PIL."""
+        from featviz.render import grid_pixels
+
+        if self.options.labels:
+            import numpy
+
+            return numpy.asarray(self.grid())
+        return grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+
+    def _grid_tiles(self) -> np.ndarray:
+        if self.grid_channels == self.drawn_channels:
+            return self.tiles  # the usual case: no copy of every tile
+        position = {c: i for i, c in enumerate(self.drawn_channels)}
+        return self.tiles[[position[c] for c in self.grid_channels]]
 
     def spatial_overlay(self) -> Image.Image:
         from featviz.render import heat_overlay

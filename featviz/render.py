@@ -132,15 +132,13 @@ def grid_columns(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
 
 
-def grid_image(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_value: int = 255,
-               labels: Sequence[str] | None = None, columns: int | None = None) -> Image.Image:
-    """uint8 tiles (K, S, S) -> one PIL image: ceil(sqrt(K)) columns of full-size tiles.
+def grid_pixels(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_value: int = 255,
+                columns: int | None = None) -> np.ndarray:
+    """uint8 tiles (K, S, S) -> the grid's pixels: ceil(sqrt(K)) columns of full-size tiles.
 
     The layout is torchvision's ``make_grid`` (``padding`` pixels around every tile, filled with
-    ``pad_value``); a grey colormap gives an 8-bit L image, any other an RGB one.
+    ``pad_value``); a grey colormap gives (H, W) grey pixels, any other (H, W, 3) RGB.
     """
-    from PIL import Image
-
     count, size = tiles.shape[0], tiles.shape[-1]
     if count == 0:
         raise UsageError("no channel is selected for the grid", hint="check --channels / --top-k")
@@ -154,9 +152,19 @@ def grid_image(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_valu
     for i in range(count):
         y, x = divmod(i, columns)
         grid[y * step + padding:y * step + padding + size, x * step + padding:x * step + padding + size] = pixels[i]
-    picture = Image.fromarray(grid)
+    return grid
+
+
+def grid_image(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_value: int = 255,
+               labels: Sequence[str] | None = None, columns: int | None = None) -> Image.Image:
+    """:func:`grid_pixels` as a PIL image (8-bit L when grey, else RGB), channel numbers drawn in
+    the tiles' corners when ``labels`` are given."""
+    from PIL import Image
+
+    picture = Image.fromarray(grid_pixels(tiles, cmap, padding, pad_value, columns))
     if labels:
-        _draw_labels(picture, labels, columns, size, padding)
+        columns = min(columns or grid_columns(tiles.shape[0]), tiles.shape[0])
+        _draw_labels(picture, labels, columns, tiles.shape[-1], padding)
     return picture
 
 

@@ -143,6 +143,17 @@ def test_channel_image_and_tiles_from_the_api(cat_photo: Path) -> None:
             assert np.array_equal(np.asarray(image), expected[c])
 
 
+
+@pytest.mark.parametrize("extra", [{}, {"labels": True}, {"cmap": "viridis"}, {"top_k": 3}, {"channels": "4,1"}])
+def test_grid_pixels_are_the_grid_picture(cat_photo: Path, extra: dict) -> None:
+    """The exporter writes ``grid_pixels()``; ``grid()`` is what notebooks show: the same pixels."""
+    result = featviz.visualize(cat_photo, model="tinymodels:tiny_features", layers=[3], weights="none",
+                               size=24, **extra)[0]
+    pixels = result.grid_pixels()
+    assert np.array_equal(pixels, np.asarray(result.grid()))
+    rows = math.ceil(len(result.grid_channels) / math.ceil(math.sqrt(len(result.grid_channels))))
+    assert pixels.shape[0] == rows * 26 + 2
+
 CONSTANT_CHANNEL_MODEL = """
     import torch
     from torch import nn
