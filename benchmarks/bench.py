@@ -1170,8 +1170,6 @@ def summary_table(tables: list[dict[str, Any]], n: int, repeats: int) -> str:
 def sweep(case: Case, device: str, paths: list[Path], warmup: list[Path], scratch: Path,
           repeats: int) -> tuple[str, list[dict[str, Any]]]:
     """featviz export under candidate defaults, interleaved with the floor, one case."""
-    import zlib
-
     ctx = CaseContext.build(case, device)
     cores = os.cpu_count() or 1
     variants = [Variant("floor-isal", 1, run_floor, {"encoder": "featviz"}, label="floor-isal b1 L1"),

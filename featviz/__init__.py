@@ -29,8 +29,8 @@ _LAZY = {
     "visualize": "featviz.pipeline",
     "sweep": "featviz.pipeline",
     "Visualizer": "featviz.pipeline",
-    "LayerResult": "featviz.pipeline",
-    "RenderOptions": "featviz.pipeline",
+    "LayerResult": "featviz.result",
+    "RenderOptions": "featviz.result",
     "load_model": "featviz.models",
     "load_image": "featviz.images",
     "FeatvizError": "featviz.errors",
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from featviz.errors import FeatvizError
     from featviz.images import load_image
     from featviz.models import load_model
-    from featviz.pipeline import LayerResult, RenderOptions, Visualizer, sweep, visualize
+    from featviz.pipeline import Visualizer, sweep, visualize
+    from featviz.result import LayerResult, RenderOptions
 
 
 def __getattr__(name: str) -> Any:

@@ -165,8 +165,9 @@ def parse_frequencies(text: str | None) -> tuple[tuple[int, int], ...] | None:
         except ValueError:
             raise UsageError(f"cannot read DCT frequency {part!r}",
                              hint="write frequencies as u,v pairs separated by ';', e.g. 0,0;0,1;1,0") from None
-        if u < 0 or v < 0:
-            raise UsageError(f"DCT frequency {part!r} is negative")
+        if not (0 <= u < FCANET_GRID and 0 <= v < FCANET_GRID):
+            raise UsageError(f"DCT frequency {part!r} is outside FcaNet's {FCANET_GRID}x{FCANET_GRID} grid",
+                             hint=f"use u and v in 0..{FCANET_GRID - 1}; featviz scales them to the layer's size")
         pairs.append((u, v))
     return tuple(pairs)
 

@@ -49,10 +49,14 @@ def _clean_component(part: str) -> str:
 def layer_dir(out: Path, key: str, layer_path: str) -> Path:
     """``out/<key>/<layer path>``, refusing anything that would land outside ``out``."""
     parts = [_clean_component(p) for p in PurePosixPath(key).parts if p not in {"/"}]
-    target = out.joinpath(*parts, _clean_component(layer_path))
+    return ensure_inside(out, out.joinpath(*parts, _clean_component(layer_path)))
+
+
+def ensure_inside(out: Path, target: Path) -> Path:
+    """``target``, unless it resolves (symlinks followed) to ``out`` itself or outside it."""
     root = out.resolve()
     resolved = target.resolve()
-    if resolved != root and root not in resolved.parents:
+    if resolved == root or root not in resolved.parents:
         raise UsageError(f"refusing to write {target}: it is outside the output folder {out}")
     return target
 
@@ -317,7 +321,10 @@ class Exporter:
         return [layer_dir(self.out, str(image.key), ref.path) for ref in self.visualizer.layers]
 
     def _already_done(self, image: InputImage) -> bool:
-        return self.skip_existing and all(is_complete(d) for d in self._directories(image))
+        try:
+            return self.skip_existing and all(is_complete(d) for d in self._directories(image))
+        except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
+            return False
 
     def _skip(self, image: InputImage) -> None:
         with self._lock:
@@ -404,15 +411,26 @@ class Exporter:
                     self._fail_image(item[0], f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
         share = (time.perf_counter() - started) / max(1, len(outputs))
         for (image, _), results in outputs:
+            try:  # a folder that leads out of OUT (a planted symlink) fails this photo, not the run
+                directories = [self._result_dir(result) for result in results]
+            except UsageError as exc:
+                self._fail_image(image, f"{image.path}: {exc}")
+                continue
             with self._lock:
                 self._layers_left[str(image.key)] = len(results)
-            for result in results:
-                yield self._submit(pool, result, share / len(results))
+            for result, directory in zip(results, directories):
+                yield self._submit(pool, result, directory, share / len(results))
 
-    def _submit(self, pool: ThreadPoolExecutor, result: LayerResult, forward_seconds: float) -> _PendingResult:
+    def _result_dir(self, result: LayerResult) -> Path:
+        """The result's folder, created, with its ``channels/`` checked to stay inside OUT too."""
         directory = layer_dir(self.out, result.key, result.layer.path)
-        begun = time.perf_counter()
         directory.mkdir(parents=True, exist_ok=True)
+        ensure_inside(self.out, directory / "channels")
+        return directory
+
+    def _submit(self, pool: ThreadPoolExecutor, result: LayerResult, directory: Path,
+                forward_seconds: float) -> _PendingResult:
+        begun = time.perf_counter()
         remove_stale_temporaries(directory)
         files = result_files(result)
         pending = _PendingResult(result, directory, files, self._result_done)

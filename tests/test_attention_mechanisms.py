@@ -712,7 +712,7 @@ def test_dct_default_frequencies_are_fcanet_top16(cat_photo: Path) -> None:
     assert result.extra["dct_frequencies_scaled"] == [[2 * x, 2 * y] for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y)]
 
 
-@pytest.mark.parametrize("text", ["x", "1", "1,2,3", "a,b", "0,0;1,-1"])
+@pytest.mark.parametrize("text", ["x", "1", "1,2,3", "a,b", "0,0;1,-1", "7,0", "0,0;2,9"])
 def test_bad_dct_frequencies(text: str, cat_photo: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         parse_frequencies(text)
@@ -725,6 +725,7 @@ def test_bad_dct_frequencies(text: str, cat_photo: Path, tmp_path: Path) -> None
 def test_parse_frequencies() -> None:
     assert parse_frequencies("0,0;1,1") == ((0, 0), (1, 1))
     assert parse_frequencies(" 0, 1 ; 6,0; ") == ((0, 1), (6, 0))
+    assert parse_frequencies("6,6") == ((6, 6),)  # the last cell of the 7x7 grid
     assert parse_frequencies(None) is None
 
 

@@ -15,7 +15,6 @@ import torch
 import torchvision
 from click.testing import CliRunner
 from PIL import Image
-from torchvision import transforms as T
 
 import featviz
 import tinymodels

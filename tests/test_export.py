@@ -326,23 +326,24 @@ def test_skip_existing_python_api_calls_no_model(tmp_path: Path, monkeypatch: py
 # 4. interrupted (SIGKILL, SIGINT) and resumed == uninterrupted
 # --------------------------------------------------------------------------------------------
 
-KILL_ARGS = ["--batch-size", "2", "--workers", "1", "--layer", "0,3", "--size", "64"]
+KILL_ARGS = ["--batch-size", "2", "--workers", "1", "--layer", "0,3", "--size", "128"]
 
 
 @pytest.fixture(scope="module")
 def kill_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
-    """Twelve photos and the files of one uninterrupted export of them."""
+    """Twenty-four photos and the files of one uninterrupted export of them (enough work that a
+    signal sent when the first result appears finds the export still running)."""
     base = tmp_path_factory.mktemp("kill")
     folder = base / "in"
     folder.mkdir()
     samples = sorted(oddimages.SAMPLES.glob("*.jpg"))
-    for i in range(12):
+    for i in range(24):
         shutil.copyfile(samples[i % len(samples)], folder / f"photo{i:02d}.jpg")
     out = base / "reference"
     result = export(folder, "--out", out, *KILL_ARGS)
     assert result.exit_code == 0, result.output
     reference = files_of(out)
-    assert len(summary_dirs(out)) == 24
+    assert len(summary_dirs(out)) == 48
     return folder, reference
 
 
@@ -388,7 +389,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(
 
     # part-way: some images done, not all; whatever is there is whole
     done = _complete_images(out, folder)
-    assert summary_dirs(out) and done < 12, done
+    assert summary_dirs(out) and done < 24, done
     for path in out.rglob("*.png"):
         if not path.name.endswith(TMP_MARK):
             with Image.open(path) as image:
@@ -722,6 +723,32 @@ def test_layer_dir_refuses_a_symlink_out_of_out(tmp_path: Path) -> None:
         layer_dir(out, "link/cat", "features.0")
 
 
+
+@pytest.mark.parametrize("planted", ["link", "good/features.0/channels"])
+def test_a_symlink_planted_in_out_fails_that_photo_and_the_rest_go_on(planted: str, tmp_path: Path) -> None:
+    """A folder inside OUT that links outside it (the photo's folder, or its channels/): that
+    photo is an error line, nothing is written outside OUT, the other photos are complete."""
+    oddimages.make_rgb_png(tmp_path / "in" / "good.png", size=(24, 20), seed=0)
+    oddimages.make_rgb_png(tmp_path / "in" / "link" / "000.png", size=(24, 20), seed=1)
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    (out / planted).parent.mkdir(parents=True, exist_ok=True)
+    (out / planted).symlink_to(outside, target_is_directory=True)
+    result = export(tmp_path / "in", "--recursive", "--out", out, *TINY, "--size", "8", "--quiet")
+    assert result.exit_code == 1, result.output
+    [line] = error_lines(result.stderr)
+    assert "outside the output folder" in line
+    assert list(outside.iterdir()) == []
+    statuses = {r["key"]: r["status"] for r in read_manifest(out)}
+    bad = "link/000" if planted == "link" else "good"
+    assert statuses[bad] == "error"
+    for key in set(statuses) - {bad}:
+        assert statuses[key] == "ok"
+        check_complete(out / key / "features.0")
+    # a second run with --skip-existing fails the same way, and still writes nothing outside
+    again = export(tmp_path / "in", "--recursive", "--out", out, *TINY, "--size", "8", "--quiet", "--skip-existing")
+    assert again.exit_code == 1 and list(outside.iterdir()) == []
+
 # --------------------------------------------------------------------------------------------
 # 11. memory stays flat
 # --------------------------------------------------------------------------------------------
@@ -739,8 +766,8 @@ def test_pending_results_stay_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
     peak = {"pending": 0, "results": 0, "submitted": 0}
     original = Exporter._submit
 
-    def spying_submit(self: Exporter, pool: Any, result: Any, seconds: float) -> Any:
-        pending = original(self, pool, result, seconds)
+    def spying_submit(self: Exporter, pool: Any, result: Any, directory: Path, seconds: float) -> Any:
+        pending = original(self, pool, result, directory, seconds)
         alive.add(pending)
         results.add(result.activations)
         peak["submitted"] += 1

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from torch import nn
 
 import featviz
@@ -18,7 +17,7 @@ from featviz.capture import ActivationCapture, capture
 from featviz.cli import main
 from featviz.errors import LayerError
 from featviz.layers import feature_stack, resolve_layers
-from featviz.models import Preprocess, load_model
+from featviz.models import load_model
 from featviz.pipeline import Visualizer
 from seedscript import photo_tensor, seed_loop
 

@@ -1,0 +1,366 @@
+"""What one photo gave at one layer, and the options that drew it.
+
+:class:`RenderOptions` is everything a user chooses about the pictures and numbers (checked once,
+before any photo); :class:`LayerResult` holds one photo's activations and attention at one layer
+and draws its pictures on demand (render) and writes them when asked (export). Both are made by
+:class:`featviz.pipeline.Visualizer`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featviz.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
+from featviz.errors import LayerError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from featviz.layers import LayerRef
+    from featviz.models import CropBox
+
+SORT_ORDERS = ("index", "weight")
+NORMALIZE_SCOPES = ("channel", "layer", "image")
+
+
+def parse_channels(text: str | None) -> tuple[int, ...] | None:
+    """``"0-15,32"`` -> (0, 1, ..., 15, 32); None stays None."""
+    if text is None or not str(text).strip():
+        return None
+    chosen: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            if dash:
+                start, stop = int(low), int(high)
+                if stop < start:
+                    raise ValueError
+                chosen.extend(range(start, stop + 1))
+            else:
+                chosen.append(int(part))
+        except ValueError:
+            raise UsageError(f"cannot read channel selection {part!r}",
+                             hint="write channels like 0-15,32") from None
+    return tuple(dict.fromkeys(chosen))
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What to draw and how: everything between captured activations and pictures."""
+
+    size: int = 256
+    cmap: str = "gray"
+    heat_cmap: str = "jet"
+    alpha: float = 0.5
+    labels: bool = False
+    channels: tuple[int, ...] | None = None
+    top_k: int | None = None
+    max_channels: int | None = None
+    sort_by: str = "index"
+    spatial: str | None = None
+    channel: str = "se"
+    attention: str = "separate"
+    dct_frequencies: tuple[tuple[int, int], ...] | None = None
+    stn: bool = False
+    normalize: str = "channel"
+    clip_percentile: float | None = None
+    predict: bool = False
+    save_raw: bool = False
+    png_level: int = 1
+    summary_top: int = 10
+
+    @property
+    def spatial_mode(self) -> str:
+        """``--spatial``, defaulting to ``mean``, or to ``meanmax`` in CBAM order (CBAM pools both)."""
+        if self.spatial is not None:
+            return self.spatial
+        return "meanmax" if self.attention == "cbam" else "mean"
+
+    @property
+    def channel_mode(self) -> str:
+        """CBAM order uses CBAM's channel statistic (average + max pooling)."""
+        return "cbam" if self.attention == "cbam" and self.channel == "se" else self.channel
+
+    def validate(self) -> RenderOptions:
+        """Raise :class:`UsageError` for values no image could satisfy."""
+        from featviz.render import colormap_lut
+
+        if not 1 <= self.size <= 4096:
+            raise UsageError(f"--size {self.size} is out of range", hint="use 1..4096 pixels")
+        if self.normalize not in NORMALIZE_SCOPES:
+            raise UsageError(f"unknown normalisation {self.normalize!r}", hint="use " + ", ".join(NORMALIZE_SCOPES))
+        if self.clip_percentile is not None and not 50 < self.clip_percentile <= 100:
+            raise UsageError(f"--clip-percentile {self.clip_percentile} is out of range",
+                             hint="use a percentile above 50 and at most 100, e.g. 99.5")
+        if self.sort_by not in SORT_ORDERS:
+            raise UsageError(f"unknown sort order {self.sort_by!r}", hint="use index or weight")
+        if self.attention not in ATTENTION_ORDERS:
+            raise UsageError(f"unknown attention order {self.attention!r}", hint="use " + ", ".join(ATTENTION_ORDERS))
+        if self.attention == "cbam" and self.channel not in ("se", "cbam"):
+            raise UsageError(f"--attention cbam computes CBAM's own channel attention; it cannot use --channel {self.channel}",
+                             hint="leave --channel out, or drop --attention cbam")
+        if self.dct_frequencies is not None and self.channel != "dct":
+            raise UsageError("--dct-frequencies needs --channel dct")
+        if self.spatial is not None and self.spatial not in SPATIAL_MODES:
+            raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
+        if self.channel not in CHANNEL_MODES:
+            raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
+        for name, value in (("--top-k", self.top_k), ("--max-channels", self.max_channels)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.png_level <= 9:
+            raise UsageError(f"PNG compression level {self.png_level} is out of range", hint="use 0..9")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha {self.alpha} is out of range", hint="use 0..1")
+        if self.channels is not None and any(c < 0 for c in self.channels):
+            raise UsageError("channel numbers start at 0")
+        colormap_lut(self.cmap)
+        colormap_lut(self.heat_cmap)
+        return self
+
+
+@dataclass
+class LayerResult:
+    """One photo seen through one layer.
+
+    ``activations``: float32 (C, H, W) as captured, on the model's device.
+    ``spatial``: float32 (H, W) in [0, 1]; ``channel_weights``: float32 (C,) in [0, 1];
+    ``channel_map``: float32 (H, W) in [0, 1], the map sum_c w_c A_c.
+    """
+
+    key: str
+    image_path: Path | None
+    layer: LayerRef
+    photo: Image.Image
+    box: CropBox
+    input_size: tuple[int, int]
+    activations: torch.Tensor
+    spatial_raw: torch.Tensor
+    channel_raw: torch.Tensor
+    channel_weights: torch.Tensor
+    channel_map_raw: torch.Tensor
+    options: RenderOptions
+    model_name: str
+    weights: str
+    before: torch.Tensor | None = None
+    stn_theta: torch.Tensor | None = None
+    image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.activations.shape[0])
+
+    @cached_property
+    def spatial(self) -> torch.Tensor:
+        from featviz.attention import normalized_map
+
+        return normalized_map(self.spatial_raw[None])[0]
+
+    @cached_property
+    def channel_map(self) -> torch.Tensor:
+        from featviz.attention import normalized_map
+
+        return normalized_map(self.channel_map_raw[None])[0]
+
+    @cached_property
+    def ranking(self) -> list[int]:
+        """Channels by descending weight (ties by channel number)."""
+        weights = self.channel_weights.cpu().tolist()
+        return sorted(range(len(weights)), key=lambda c: (-weights[c], c))
+
+    @cached_property
+    def drawn_channels(self) -> list[int]:
+        """The channels that get a PNG: ``--channels``, else ``--top-k`` by weight, else all."""
+        count = self.num_channels
+        if self.options.channels is not None:
+            bad = [c for c in self.options.channels if c >= count]
+            if bad:
+                raise LayerError(
+                    f"channel {bad[0]} is out of range: layer {self.layer.path} has channels 0..{count - 1}",
+                    hint="check --channels",
+                )
+            return list(self.options.channels)
+        if self.options.top_k is not None:
+            return self.ranking[: self.options.top_k]
+        return list(range(count))
+
+    @cached_property
+    def grid_channels(self) -> list[int]:
+        """The drawn channels in grid order (``--sort-by``), at most ``--max-channels``."""
+        chosen = list(self.drawn_channels)
+        if self.options.sort_by == "weight" or self.options.channel == "learned":
+            rank = {c: i for i, c in enumerate(self.ranking)}
+            chosen.sort(key=rank.__getitem__)
+        else:  # index order, also for --top-k (which picks channels in weight order)
+            chosen.sort()
+        if self.options.max_channels is not None:
+            chosen = chosen[: self.options.max_channels]
+        return chosen
+
+    @cached_property
+    def tile_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The grey scale of the tiles: None (each channel min-max on its own), or (low, high),
+        per channel (C,) with ``clip_percentile``, or one pair for the layer or the image."""
+        from featviz.render import percentile_bounds
+
+        scope, percentile = self.options.normalize, self.options.clip_percentile
+        acts = self.activations.float()
+        if scope == "channel":
+            return None if percentile is None else percentile_bounds(acts.flatten(1), percentile)
+        values = acts.flatten() if scope == "layer" or self.image_values is None else self.image_values
+        if percentile is None:
+            return values.amin(), values.amax()
+        return percentile_bounds(values, percentile)
+
+    @cached_property
+    def tiles(self) -> np.ndarray:
+        """uint8 (K, size, size): the drawn channels, upsampled and scaled, on the CPU."""
+        from featviz.render import channel_tiles
+
+        return channel_tiles(self.activations, self.options.size, self.drawn_channels, self.tile_bounds)
+
+    def tile(self, channel: int) -> np.ndarray:
+        return self.tiles[self.drawn_channels.index(channel)]
+
+    def channel_image(self, channel: int) -> Image.Image:
+        """One channel as an 8-bit grey PIL image, ``size`` pixels square."""
+        from PIL import Image
+
+        return Image.fromarray(self.tile(channel))
+
+    def grid(self) -> Image.Image:
+        from featviz.render import grid_image
+
+        labels = [str(c) for c in self.grid_channels] if self.options.labels else None
+        return grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+
+    def grid_pixels(self) -> np.ndarray:
+        """The grid as a uint8 array (what :meth:`grid` shows): the exporter encodes this, which
+        spares a copy of the largest picture through PIL."""
+        from featviz.render import grid_pixels
+
+        if self.options.labels:
+            import numpy
+
+            return numpy.asarray(self.grid())
+        return grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+
+    def _grid_tiles(self) -> np.ndarray:
+        if self.grid_channels == self.drawn_channels:
+            return self.tiles  # the usual case: no copy of every tile
+        position = {c: i for i, c in enumerate(self.drawn_channels)}
+        return self.tiles[[position[c] for c in self.grid_channels]]
+
+    def spatial_overlay(self) -> Image.Image:
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, self.spatial, self.box, cmap=self.options.heat_cmap,
+                            alpha=self.options.alpha)
+
+    def channel_overlay(self) -> Image.Image:
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, self.channel_map, self.box, cmap=self.options.heat_cmap,
+                            alpha=self.options.alpha)
+
+    def se_reweight(self) -> Image.Image:
+        """Learned SE attention only: the grid of the block's input (left) beside its output
+        (right), channels in gate order, one grey scale shared by both halves, so channels the
+        gate turned down are visibly darker on the right."""
+        from featviz.render import side_by_side_grids
+
+        if self.before is None:
+            raise UsageError("se_reweight needs --channel learned at a squeeze-and-excitation block")
+        order = self.grid_channels
+        return side_by_side_grids(self.before[order], self.activations[order], self.options.size)
+
+    def sweep_panel(self) -> Image.Image:
+        """The spatial-attention overlay cut to the part of the photo the network saw."""
+        import math
+
+        box = self.box
+        crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
+                min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
+        return self.spatial_overlay().crop(crop)
+
+    def stn_grid(self) -> Image.Image:
+        """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
+        from featviz.stn import draw_sampling_grid
+
+        if self.stn_theta is None:
+            raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
+        return draw_sampling_grid(self.photo, self.stn_theta, self.box)
+
+    def channel_table(self) -> list[dict[str, Any]]:
+        """One row per channel: channel, mean, max, weight, rank (1 = largest weight)."""
+        acts = self.activations.float()
+        means = acts.mean(dim=(1, 2)).cpu().tolist()
+        maxes = acts.amax(dim=(1, 2)).cpu().tolist()
+        weights = self.channel_weights.cpu().tolist()
+        rank = {c: i + 1 for i, c in enumerate(self.ranking)}
+        return [{"channel": c, "mean": means[c], "max": maxes[c], "weight": weights[c], "rank": rank[c]}
+                for c in range(len(weights))]
+
+    def channel_csv(self) -> str:
+        """``channel_weights.csv``: the channel table as CSV."""
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["channel", "mean", "max", "weight", "rank"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.channel_table())
+        return buffer.getvalue()
+
+    def channel_chart(self) -> Image.Image:
+        """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
+        from featviz.render import bar_chart
+
+        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}, top channels labelled"
+        return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
+
+    def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
+        """Everything a script needs to know about this result, JSON-ready."""
+        acts = self.activations.float()
+        means = acts.mean(dim=(1, 2)).cpu().tolist()
+        maxes = acts.amax(dim=(1, 2)).cpu().tolist()
+        weights = self.channel_weights.cpu().tolist()
+        return {
+            "image": str(self.image_path) if self.image_path is not None else None,
+            "image_size": list(self.photo.size),
+            "model": self.model_name,
+            "weights": self.weights,
+            "layer": {"path": self.layer.path, "index": self.layer.index, "type": self.layer.type_name},
+            "input_size": list(self.input_size),
+            "crop_box": self.box.as_list(),
+            "activation_shape": list(self.activations.shape),
+            "spatial_attention": self.options.spatial_mode,
+            "channel_attention": self.options.channel_mode,
+            "attention_order": self.options.attention,
+            "channel_mean": means,
+            "channel_max": maxes,
+            "channel_weights": weights,
+            "top_channels": self.ranking[: self.options.summary_top],
+            "normalize": self.options.normalize,
+            "clip_percentile": self.options.clip_percentile,
+            "drawn_channels": self.drawn_channels,
+            **self.extra,
+            "files": list(files),
+        }
+
+    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write this result's files into ``directory`` (see :func:`featviz.export.write_result`)."""
+        from featviz.export import write_result
+
+        return write_result(self, Path(directory))
