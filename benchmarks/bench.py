@@ -929,6 +929,58 @@ def summarize_profile(raw: Path, top: int = 15) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# PNG encoders alone
+# --------------------------------------------------------------------------------------------
+
+def encoders(case: Case, device: str, image: Path, rounds: int = 5) -> tuple[str, list[dict[str, Any]]]:
+    """Pillow against featviz.png on featviz's own pictures of one photo (one thread): the
+    measurement behind featviz's encoder. Pixels are decoded back and compared."""
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from featviz import png
+
+    ctx = CaseContext.build(case, device)
+    [result] = ctx.visualizer.run([image])
+    pictures = {"grid": result.grid_pixels(), "channel tile": result.tiles[0],
+                "overlay (RGB)": np.asarray(result.spatial_overlay())}
+
+    def pillow(pixels: Any, strategy: int) -> bytes:
+        return floor_png(pixels, 1, strategy)
+
+    def featviz_png(pixels: Any, module: Any) -> bytes:
+        saved = png.ISAL
+        png.ISAL = module
+        try:
+            return png.encode_png(pixels, 1)
+        finally:
+            png.ISAL = saved
+
+    methods = [("Pillow level 1", lambda px: pillow(px, -1)),
+               ("Pillow level 1 Z_RLE", lambda px: pillow(px, zlib.Z_RLE)),
+               ("featviz.png zlib 1", lambda px: featviz_png(px, None))]
+    if png.ISAL is not None:
+        methods.append(("featviz.png ISA-L 1", lambda px: featviz_png(px, png.ISAL)))
+    out = [f"\n== PNG encoders on {case.label} pictures of {image.name}: one thread, best of {rounds} =="]
+    out.append(f"{'picture':<14} {'pixels':>10} {'encoder':<22} {'ms':>7} {'MB/s':>6} {'bytes':>9} {'same pixels':>11}")
+    rows = []
+    for label, pixels in pictures.items():
+        for name, encode in methods:
+            best = math.inf
+            for _ in range(rounds):
+                start = time.perf_counter()
+                data = encode(pixels)
+                best = min(best, time.perf_counter() - start)
+            same = np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+            out.append(f"{label:<14} {pixels.size:>10} {name:<22} {best * 1e3:>7.2f} {pixels.nbytes / best / 1e6:>6.0f} "
+                       f"{len(data):>9} {str(same):>11}")
+            rows.append({"picture": label, "encoder": name, "seconds": best, "bytes": len(data), "same": same})
+    return "\n".join(out), rows
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
@@ -987,6 +1039,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true", help="peak RSS of featviz export on --memory-sizes images")
     parser.add_argument("--memory-sizes", default="40,400", help="image counts for --memory (default 40,400)")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    parser.add_argument("--no-encoders", action="store_true", help="skip the PNG encoder comparison")
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the seed/featviz/floor table (to run only --sweep, --memory, --profile)")
     parser.add_argument("--sweep", action="store_true",
@@ -1028,6 +1081,11 @@ def main(argv: list[str] | None = None) -> int:
               f"sample_images/*.jpg at scales {', '.join(map(str, SCALES))}")
         print(f"command     python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}",
               flush=True)
+
+        if not args.no_encoders:
+            text, rows = encoders(cases[0], args.device, SAMPLES / "chelsea.jpg")
+            print(text, flush=True)
+            results["encoders"] = rows
 
         table = []
         for case in ([] if args.no_speed else cases):
