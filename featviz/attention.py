@@ -77,7 +77,17 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def channel_weights(activations: torch.Tensor, mode: str = "se",
                     frequencies: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
     """(N, C, H, W) -> w: (N, C) in [0, 1], the channel attention min-max normalised over C."""
-    return minmax(channel_attention(activations, mode, frequencies), dims=(1,))
+    return weights_from_statistic(channel_attention(activations, mode, frequencies))
+
+
+def weights_from_statistic(statistic: torch.Tensor) -> torch.Tensor:
+    """z (N, C) -> w (N, C) in [0, 1], min-max over C. Where every z_c is equal (a one-channel
+    layer) every channel counts fully, w = 1: all-zero weights would draw a black channel map."""
+    import torch
+
+    weights = minmax(statistic, dims=(1,))
+    uniform = statistic.amax(dim=1) == statistic.amin(dim=1)
+    return torch.where(uniform[:, None], torch.ones_like(weights), weights)
 
 
 def weighted_channel_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,12 @@ can act on.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -406,8 +407,36 @@ def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
     import torch
 
     module_name, _, attr = spec.partition(":")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the user's own package, as `python -m` would find it
+    with _current_folder_importable():
+        built = _build_from_factory(spec, module_name, attr, seed)
+    if not isinstance(built, torch.nn.Module):
+        raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module",
+                         hint="the factory must build and return the model")
+    label = "as built"
+    if not _is_none(weights) and not _is_default(weights):
+        load_state_dict_file(built, weights)
+        label = weights
+    elif _is_none(weights):
+        label = f"as built (seed {seed})"
+    return LoadedModel(built, spec, label, Preprocess(), _cpu(), source="factory")
+
+
+@contextlib.contextmanager
+def _current_folder_importable() -> Iterator[None]:
+    """The user's own package is found in the current folder, as ``python -m`` would find it,
+    while the factory is imported and run; ``sys.path`` is left as it was afterwards."""
+    cwd = os.getcwd()
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -425,17 +454,7 @@ def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
                 hint=("did you mean " + ", ".join(close) + "?") if close else "check the factory name",
             )
         factory = getattr(factory, part)
-    built = _seeded_build(factory if callable(factory) else (lambda: factory), seed)
-    if not isinstance(built, torch.nn.Module):
-        raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module",
-                         hint="the factory must build and return the model")
-    label = "as built"
-    if not _is_none(weights) and not _is_default(weights):
-        load_state_dict_file(built, weights)
-        label = weights
-    elif _is_none(weights):
-        label = f"as built (seed {seed})"
-    return LoadedModel(built, spec, label, Preprocess(), _cpu(), source="factory")
+    return _seeded_build(factory if callable(factory) else (lambda: factory), seed)
 
 
 def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:

@@ -210,9 +210,9 @@ class Visualizer:
         from featviz.attention import (
             cbam_refine,
             channel_attention,
-            minmax,
             spatial_attention,
             weighted_channel_map,
+            weights_from_statistic,
         )
 
         options = self.options
@@ -228,7 +228,7 @@ class Visualizer:
             extra = {"se_block": block.path, "gate_module": block.gate_path, "gate": gate}
         else:
             channel_raw = channel_attention(acts, options.channel_mode, options.dct_frequencies)
-            weights = minmax(channel_raw, dims=(1,))
+            weights = weights_from_statistic(channel_raw)
             if options.channel_mode == "dct":
                 from featviz.attention import FCANET_TOP16, scale_frequencies
 

@@ -210,7 +210,30 @@ def test_attention_on_a_hand_made_tensor() -> None:
     close(channel_weights(acts, "cbam"), [[8.5 / 12, 1.0, 0.0]])
     close(weighted_channel_map(acts, torch.tensor([[1.0, 0.5, 2.0]])), [[[-1.0, 0.0], [1.0, 6.0]]])
     assert minmax(torch.full((1, 3), 4.0), dims=(1,)).tolist() == [[0.0, 0.0, 0.0]]
+    # equal statistics (here: one channel, and a batch row of equal channels): every channel counts
+    close(channel_weights(acts[:, :1], "se"), [[1.0]])
+    equal = torch.stack([acts[0], torch.ones(3, 2, 2)])
+    close(channel_weights(equal, "se"), [[1.0, 3 / 3.5, 0.0], [1.0, 1.0, 1.0]])
     assert acts[0, 0, 0, 0] == 1.0  # nothing in place
+
+
+ONE_CHANNEL_MODEL = """
+    import torch
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 1, 3, padding=1))
+"""
+
+
+def test_a_one_channel_layer_has_a_channel_map(tmp_path: Path, patch_photo: Path, user_module) -> None:
+    """One channel: w = 1, so the channel-weighted map is that channel, not black."""
+    name = user_module(ONE_CHANNEL_MODEL)
+    [result] = featviz.visualize(patch_photo, model=f"{name}:build", layers=[0], weights="none", size=8)
+    assert result.channel_weights.tolist() == [1.0]
+    torch.testing.assert_close(result.channel_map, minmax(result.activations[0][None], dims=(1, 2))[0])
+    assert result.channel_map.max() == 1.0
 
 
 def _formulas(acts: np.ndarray, spatial: str, channel: str) -> dict[str, np.ndarray]:

@@ -378,6 +378,32 @@ def test_factory_model() -> None:
     assert isinstance(load_model("tinymodels:TinyResidual", "DEFAULT").module, tinymodels.TinyResidual)
 
 
+def test_factory_from_the_current_folder_leaves_sys_path_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package in the current folder is found (as ``python -m`` would find it), also when the
+    factory imports more of it while building, and ``sys.path`` is as it was afterwards."""
+    import sys
+
+    package = tmp_path / "cwdpkg_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "parts.py").write_text("import torch\nLAYER = lambda: torch.nn.Conv2d(3, 4, 3)\n")
+    (package / "net.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    from cwdpkg_models.parts import LAYER  # imported while building\n"
+        "    return torch.nn.Sequential(LAYER())\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in {"", str(tmp_path)}])
+    before = list(sys.path)
+    try:
+        loaded = load_model("cwdpkg_models.net:build", "none")
+        assert isinstance(loaded.module[0], torch.nn.Conv2d)
+        assert sys.path == before
+    finally:
+        for name in [n for n in sys.modules if n.startswith("cwdpkg_models")]:
+            del sys.modules[name]
+
+
 @pytest.mark.parametrize(("spec", "words"), [
     ("tinymodels:not_a_module", ["returned str", "not a torch.nn.Module"]),
     ("tinymodels:tiny_feature", ["no attribute 'tiny_feature'", "tiny_features"]),
