@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from featviz.models import CropBox
+    from featviz.preprocess import CropBox
 
 
 def upsample(activations: torch.Tensor, size: int) -> torch.Tensor:

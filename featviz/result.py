@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from featviz.layers import LayerRef
-    from featviz.models import CropBox
+    from featviz.preprocess import CropBox
 
 SORT_ORDERS = ("index", "weight")
 NORMALIZE_SCOPES = ("channel", "layer", "image")

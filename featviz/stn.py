@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from featviz.models import CropBox
+    from featviz.preprocess import CropBox
 
 
 @dataclass
