@@ -411,10 +411,13 @@ class Exporter:
                     self._fail_image(item[0], f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
         share = (time.perf_counter() - started) / max(1, len(outputs))
         for (image, _), results in outputs:
-            try:  # a folder that leads out of OUT (a planted symlink) fails this photo, not the run
+            try:  # a folder that leads out of OUT (a planted symlink) or cannot be made fails this photo
                 directories = [self._result_dir(result) for result in results]
             except UsageError as exc:
                 self._fail_image(image, f"{image.path}: {exc}")
+                continue
+            except OSError as exc:
+                self._fail_image(image, f"{image.path}: cannot create its output folder ({exc})")
                 continue
             with self._lock:
                 self._layers_left[str(image.key)] = len(results)

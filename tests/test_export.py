@@ -724,23 +724,29 @@ def test_layer_dir_refuses_a_symlink_out_of_out(tmp_path: Path) -> None:
 
 
 
-@pytest.mark.parametrize("planted", ["link", "good/features.0/channels"])
+@pytest.mark.parametrize("planted", ["link", "good/features.0/channels", "file"])
 def test_a_symlink_planted_in_out_fails_that_photo_and_the_rest_go_on(planted: str, tmp_path: Path) -> None:
-    """A folder inside OUT that links outside it (the photo's folder, or its channels/): that
-    photo is an error line, nothing is written outside OUT, the other photos are complete."""
+    """A folder inside OUT that links outside it (the photo's folder, or its channels/), or a
+    file where the photo's folder belongs: that photo is an error line, nothing is written
+    outside OUT, the other photos are complete."""
     oddimages.make_rgb_png(tmp_path / "in" / "good.png", size=(24, 20), seed=0)
     oddimages.make_rgb_png(tmp_path / "in" / "link" / "000.png", size=(24, 20), seed=1)
     out, outside = tmp_path / "out", tmp_path / "outside"
     outside.mkdir()
-    (out / planted).parent.mkdir(parents=True, exist_ok=True)
-    (out / planted).symlink_to(outside, target_is_directory=True)
+    if planted == "file":
+        out.mkdir()
+        (out / "good").write_text("not a folder")
+    else:
+        (out / planted).parent.mkdir(parents=True, exist_ok=True)
+        (out / planted).symlink_to(outside, target_is_directory=True)
     result = export(tmp_path / "in", "--recursive", "--out", out, *TINY, "--size", "8", "--quiet")
     assert result.exit_code == 1, result.output
     [line] = error_lines(result.stderr)
-    assert "outside the output folder" in line
+    assert ("cannot create its output folder" if planted == "file" else "outside the output folder") in line
     assert list(outside.iterdir()) == []
     statuses = {r["key"]: r["status"] for r in read_manifest(out)}
     bad = "link/000" if planted == "link" else "good"
+    assert (out / "good").is_file() == (planted == "file")  # the planted file is left alone
     assert statuses[bad] == "error"
     for key in set(statuses) - {bad}:
         assert statuses[key] == "ok"
