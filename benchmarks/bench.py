@@ -325,16 +325,18 @@ def floor_overlay(photo: Any, heat: Any, lut: Any, box: Any, alpha: float = 0.5,
     return out
 
 
-def floor_png(array: Any, level: int, strategy: int = -1, encoder: str = "pillow") -> bytes:
-    """``encoder``: "pillow" (the issue's floor: Pillow, zlib level 1) or "featviz" (featviz.png)."""
+def floor_png(pixels: Any, level: int, strategy: int = -1, encoder: str = "pillow") -> bytes:
+    """``pixels``: a uint8 array or a PIL image; ``encoder``: "pillow" (the issue's floor: Pillow,
+    zlib level 1) or "featviz" (featviz.png)."""
     from PIL import Image
 
     if encoder == "featviz":
         from featviz.png import encode_png
 
-        return encode_png(array, level)
+        return encode_png(pixels, level)
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=level, compress_type=strategy)
+    image.save(buffer, format="PNG", compress_level=level, compress_type=strategy)
     return buffer.getvalue()
 
 
@@ -496,18 +498,9 @@ def _patch_overlay(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _patch_pillow(original: Callable[..., Any]) -> Callable[..., Any]:
     """featviz's PNG encoding before featviz.png: Pillow with zlib's run-length strategy."""
-    def png_bytes(image: Any, level: int) -> bytes:
-        import zlib
+    import zlib
 
-        from PIL import Image
-
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(image)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=level, compress_type=zlib.Z_RLE)
-        return buffer.getvalue()
-
-    return png_bytes
+    return lambda image, level: floor_png(image, level, zlib.Z_RLE)
 
 
 def _patch_write(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -585,12 +578,11 @@ def whatif(ctx: CaseContext, paths: list[Path], warmup: list[Path], scratch: Pat
                f"{'/as is':>7} {'/floor':>7} {'/floor paired':>13}")
     rows = []
     for v in variants:
-        paired = statistics.median(f / t for t, f in zip(v.times, floor.times))
+        paired = _paired(v, floor)
         out.append(f"{v.name:<24} {v.rate(n):>10.2f} {v.rate(n, 'median'):>7.2f} {v.cpu_per_image(n):>9.2f} "
                    f"{v.out_bytes / n / 1e6:>10.2f} {v.rate(n) / stock.rate(n):>7.2f} "
                    f"{v.rate(n) / floor.rate(n):>7.2f} {paired:>13.2f}")
-        rows.append({"variant": v.name, "times": v.times, "cpu": v.cpu, "rate_best": v.rate(n),
-                     "mb_out_per_image": v.out_bytes / n / 1e6})
+        rows.append(_row(v, n))
     out.append("patches (benchmark process only): tiles = in-place min-max scaling; grid = numpy grid instead "
                "of make_grid; overlay = uint8 blend; pillow = Pillow's PNG encoder with zlib's Z_RLE strategy (featviz's "
                "encoder before featviz.png); write = no mkdir per file")
@@ -1173,13 +1165,22 @@ def _pixels(path: Path) -> int:
         return im.width * im.height
 
 
+def _paired(v: Variant, reference: Variant) -> float:
+    """Median over rounds of reference time / ``v``'s time, for runs made next to each other."""
+    return statistics.median(f / t for t, f in zip(v.times, reference.times))
+
+
+def _row(v: Variant, n: int) -> dict[str, Any]:
+    return {"variant": v.name, "times": v.times, "cpu": v.cpu, "rate_best": v.rate(n),
+            "mb_out_per_image": v.out_bytes / n / 1e6}
+
+
 def _ratio_to(v: Variant, variants: list[Variant], method: str, n: int) -> tuple[float, float]:
     """featviz ``v`` over the ``method`` run of the same batch size: best rates, and paired."""
     other = next((f for f in variants if f.method == method and f.batch == v.batch), None)
     if other is None or not other.times or v.method != "featviz":
         return float("nan"), float("nan")
-    paired = statistics.median(f / t for t, f in zip(v.times, other.times))
-    return v.rate(n) / other.rate(n), paired
+    return v.rate(n) / other.rate(n), _paired(v, other)
 
 
 def case_table(case: Case, variants: list[Variant], n: int, check: str) -> dict[str, Any]:
@@ -1249,11 +1250,10 @@ def sweep(case: Case, device: str, paths: list[Path], warmup: list[Path], scratc
                f"{'/floor-isal':>11} {'/paired':>7}")
     rows = []
     for v in variants:
-        paired = statistics.median(f / t for t, f in zip(v.times, floor.times))
+        paired = _paired(v, floor)
         out.append(f"{v.name:<24} {v.rate(n):>10.2f} {v.rate(n, 'median'):>7.2f} {v.cpu_per_image(n):>9.2f} "
                    f"{v.out_bytes / n / 1e6:>10.2f} {v.rate(n) / floor.rate(n):>11.2f} {paired:>7.2f}")
-        rows.append({"variant": v.name, "times": v.times, "cpu": v.cpu, "rate_best": v.rate(n),
-                     "mb_out_per_image": v.out_bytes / n / 1e6})
+        rows.append(_row(v, n))
     return "\n".join(out), rows
 
 
