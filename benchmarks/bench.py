@@ -631,7 +631,7 @@ class CaseContext:
         return self._by_level[level]
 
     def inputs(self, paths: list[Path]) -> Any:
-        from featviz.images import InputImage
+        from featviz.inputs import InputImage
         from pathlib import PurePosixPath
 
         key = tuple(map(str, paths))

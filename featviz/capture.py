@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import LayerError
-from featviz.layers import LayerRef, _is_script, feature_stack
+from featviz.layers import LayerRef, feature_stack, is_script
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ class ActivationCapture:
         self._training = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         self._stack = ExitStack()
-        if not _is_script(self.model):
+        if not is_script(self.model):
             try:
                 for ref in self.layers:
                     handle = ref.module.register_forward_hook(self._make_hook(ref.path))
@@ -116,7 +116,7 @@ class ActivationCapture:
         self.activations = {}
         self.output = None
         with torch.no_grad():
-            if _is_script(self.model):
+            if is_script(self.model):
                 self._run_stack(batch)
                 if not self.stop_early:
                     self.output = _as_tensor(self.model(batch), "output")
@@ -126,7 +126,7 @@ class ActivationCapture:
                 except _StopForward:
                     pass
         missing = [ref.path for ref in self.layers if ref.path not in self.activations]
-        if _is_script(self.model) and self.inputs_of:
+        if is_script(self.model) and self.inputs_of:
             raise LayerError("layer inputs cannot be captured in a TorchScript model")
         if missing:
             raise LayerError(
@@ -177,7 +177,7 @@ def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.T
             import torch
 
             with torch.no_grad():
-                if _is_script(model):
+                if is_script(model):
                     recorder._run_stack(example)
                 else:
                     model(example)
@@ -186,3 +186,30 @@ def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.T
     for path, tensor in recorder.activations.items():
         shapes[path] = list(tensor.shape[1:])
     return shapes
+
+
+def describe_layers(
+    model: nn.Module, example: torch.Tensor, include_all: bool = False
+) -> list[dict[str, Any]]:
+    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
+
+    ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
+    with hooks on every listed module; a module the forward pass never reaches has shape None.
+    """
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    if include_all:
+        listed = [(name, module) for name, module in model.named_modules() if name]
+    else:
+        listed = stack
+    shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    rows = []
+    for path, module in listed:
+        ref = LayerRef(path, index_of.get(path), module)
+        rows.append({
+            "index": index_of.get(path),
+            "path": path,
+            "type": ref.type_name,
+            "output_shape": shapes.get(path),
+        })
+    return rows

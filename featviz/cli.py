@@ -258,8 +258,8 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     """
     from pathlib import PurePosixPath
 
-    from featviz.export import stem_keys
-    from featviz.images import InputImage
+    from featviz.inputs import InputImage
+    from featviz.layout import stem_keys
 
     inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images))]
     report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True)
@@ -321,7 +321,7 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     OUT/manifest.jsonl as it finishes (--json streams the same lines to stdout).
     """
     from featviz.export import shard as take_shard
-    from featviz.images import find_images
+    from featviz.inputs import find_images
 
     shard_index = _parse_shard(shard)
     found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
@@ -374,7 +374,7 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
     spatial-attention overlay at each stage side by side, with the stage's name and activation
     shape, all captured in one forward pass per image."""
     from featviz.errors import ImageError
-    from featviz.export import atomic_write, png_bytes, stem_keys
+    from featviz.layout import atomic_write, png_bytes, stem_keys
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
@@ -414,7 +414,7 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     """
     import torch
 
-    from featviz.layers import describe_layers
+    from featviz.capture import describe_layers
     from featviz.learned import find_se_blocks
     from featviz.models import load_model
 

@@ -11,7 +11,6 @@ the main thread decodes and runs the next batch through the model.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -20,170 +19,31 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import FeatvizError, UsageError
+from featviz.layout import (
+    MANIFEST,
+    SUMMARY,
+    TMP_MARK,
+    atomic_write,
+    ensure_inside,
+    is_complete,
+    json_bytes,
+    layer_dir,
+    remove_stale_temporaries,
+)
+from featviz.report import ReportWriter
+from featviz.result import Producer, result_files
 
 if TYPE_CHECKING:
-    import numpy as np
-    from PIL import Image
 
-    from featviz.images import InputImage
+    from featviz.inputs import InputImage
     from featviz.pipeline import LayerResult, PreparedImage, Visualizer
 
-SUMMARY = "summary.json"
-MANIFEST = "manifest.jsonl"
-TMP_MARK = ".featviz-tmp"
-
-Producer = Callable[[], bytes]
-
-
-# --- layout -------------------------------------------------------------------------------
-
-def _clean_component(part: str) -> str:
-    cleaned = part.replace("\x00", "").replace("/", "_").replace("\\", "_")
-    return "_" if cleaned in {"", ".", ".."} else cleaned
-
-
-def layer_dir(out: Path, key: str, layer_path: str) -> Path:
-    """``out/<key>/<layer path>``, refusing anything that would land outside ``out``."""
-    parts = [_clean_component(p) for p in PurePosixPath(key).parts if p not in {"/"}]
-    return ensure_inside(out, out.joinpath(*parts, _clean_component(layer_path)))
-
-
-def ensure_inside(out: Path, target: Path) -> Path:
-    """``target``, unless it resolves (symlinks followed) to ``out`` itself or outside it."""
-    root = out.resolve()
-    resolved = target.resolve()
-    if resolved == root or root not in resolved.parents:
-        raise UsageError(f"refusing to write {target}: it is outside the output folder {out}")
-    return target
-
-
-def stem_keys(paths: Sequence[Path]) -> list[str]:
-    """Output keys for ``show``: each photo's stem; a stem seen before gets ``~2``, ``~3``..."""
-    seen: dict[str, int] = {}
-    keys = []
-    for path in paths:
-        stem = _clean_component(Path(path).stem)
-        seen[stem] = seen.get(stem, 0) + 1
-        keys.append(stem if seen[stem] == 1 else f"{stem}~{seen[stem]}")
-    return keys
-
-
-# --- atomic files -------------------------------------------------------------------------
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The folder is created only when the first attempt finds it missing: a batch writes tens of
-    files per folder, and a ``mkdir`` per file was measurable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_MARK}")
-    try:
-        try:
-            handle = open(tmp, "wb")
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(tmp, "wb")
-        with handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files an interrupted run left in ``directory`` (and ``channels/``)."""
-    for folder in (directory, directory / "channels"):
-        if folder.is_dir():
-            for entry in folder.iterdir():
-                if entry.name.endswith(TMP_MARK):
-                    entry.unlink(missing_ok=True)
-
-
-def png_bytes(image: Image.Image | np.ndarray, level: int) -> bytes:
-    """PNG bytes through featviz's own encoder (:mod:`featviz.png`: one filter, ISA-L deflate),
-    several times faster than Pillow's on these pictures for files of about the same size."""
-    from featviz.png import encode_png
-
-    return encode_png(image, level)
-
-
-def npy_bytes(array: Any) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def npz_bytes(**arrays: Any) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def json_bytes(document: Any) -> bytes:
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def is_complete(directory: Path) -> bool:
-    """Whether ``directory`` holds a finished result: a readable summary whose files all exist."""
-    try:
-        summary = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
-        return all((directory / name).is_file() for name in summary.get("files", []))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-# --- what one result writes ---------------------------------------------------------------
-
-def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
-    """The files of one result (relative name, function producing its bytes), summary excluded.
-
-    Producers are pure and independent, so they can run on any thread in any order. The
-    per-channel tiles are computed once (``result.tiles``) and shared by the grid and the
-    channel files: nothing is upsampled or encoded twice.
-    """
-    level = result.options.png_level
-    tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
-    files: list[tuple[str, Producer]] = [
-        ("grid.png", lambda: png_bytes(result.grid_pixels(), level)),
-        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
-        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
-    ]
-    for position, channel in enumerate(result.drawn_channels):
-        files.append((f"channels/{channel:04d}.png",
-                      lambda p=position: png_bytes(tiles[p], level)))
-    files.append(("channel_weights.png", lambda: png_bytes(result.channel_chart(), level)))
-    files.append(("channel_weights.csv", lambda: result.channel_csv().encode("utf-8")))
-    if result.stn_theta is not None:
-        files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
-    if result.before is not None:
-        files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
-    if result.options.save_raw:
-        activations = result.activations.float().cpu().numpy()
-        spatial = result.spatial_raw.float().cpu().numpy()
-        channel = result.channel_raw.float().cpu().numpy()
-        files.append(("activations.npy", lambda: npy_bytes(activations)))
-        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel)))
-    return files
-
-
-def write_result(result: LayerResult, directory: Path) -> list[Path]:
-    """Write one result's files into ``directory`` on this thread; summary last."""
-    directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory)
-    files = result_files(result)
-    for name, produce in files:
-        atomic_write(directory / name, produce())
-    names = [name for name, _ in files]
-    atomic_write(directory / SUMMARY, json_bytes(result.summary(names)))
-    return [directory / name for name in [*names, SUMMARY]]
+__all__ = ["MANIFEST", "SUMMARY", "TMP_MARK", "ExportReport", "Exporter", "default_batch_size", "is_complete",
+           "layer_dir", "shard"]
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -342,8 +202,6 @@ class Exporter:
     def run(self, images: Sequence[InputImage]) -> ExportReport:
         """Process every image; returns the counts. Bad images are recorded, never raised.
         With the manifest comes OUT/index.html (featviz.report), up to date even if interrupted."""
-        from featviz.report import ReportWriter
-
         if self.out.is_dir():  # a killed run may have left the report half-written
             remove_stale_temporaries(self.out)
         self._report_writer = ReportWriter(self.out) if self.write_manifest else None

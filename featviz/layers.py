@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from featviz.errors import LayerError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 _INDEX = re.compile(r"^[+-]?\d+$")
@@ -32,10 +31,10 @@ class LayerRef:
 
     @property
     def type_name(self) -> str:
-        return type(self.module).__name__ if not _is_script(self.module) else self.module.original_name
+        return type(self.module).__name__ if not is_script(self.module) else self.module.original_name
 
 
-def _is_script(module: Any) -> bool:
+def is_script(module: Any) -> bool:
     return hasattr(module, "original_name") and type(module).__name__ == "RecursiveScriptModule"
 
 
@@ -111,35 +110,6 @@ def _by_path(model: nn.Module, path: str, model_name: str) -> nn.Module:
         f"run `featviz layers --model {model_name} --all` to list module paths"
     )
     raise LayerError(f"{model_name} has no module named {path!r}", hint=hint)
-
-
-def describe_layers(
-    model: nn.Module, example: torch.Tensor, include_all: bool = False
-) -> list[dict[str, Any]]:
-    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
-
-    ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
-    with hooks on every listed module; a module the forward pass never reaches has shape None.
-    """
-    from featviz.capture import output_shapes
-
-    stack = feature_stack(model)
-    index_of = {path: i for i, (path, _) in enumerate(stack)}
-    if include_all:
-        listed = [(name, module) for name, module in model.named_modules() if name]
-    else:
-        listed = stack
-    shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
-    rows = []
-    for path, module in listed:
-        ref = LayerRef(path, index_of.get(path), module)
-        rows.append({
-            "index": index_of.get(path),
-            "path": path,
-            "type": ref.type_name,
-            "output_shape": shapes.get(path),
-        })
-    return rows
 
 
 _STAGE_BREAKS = ("ReLU", "ReLU6", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")

@@ -272,7 +272,7 @@ class Visualizer:
 
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
         """Photos (paths or PIL images) -> results, photo-major then layer order."""
-        from featviz.export import stem_keys
+        from featviz.layout import stem_keys
 
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]

@@ -53,7 +53,7 @@ from typing import Any
 from urllib.parse import quote
 
 from featviz import __version__
-from featviz.export import MANIFEST, SUMMARY, atomic_write
+from featviz.layout import MANIFEST, SUMMARY, atomic_write
 
 REPORT = "index.html"
 PAGE_SIZE = 50

@@ -9,7 +9,7 @@ and draws its pictures on demand (render) and writes them when asked (export). B
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
 from featviz.errors import LayerError, UsageError
+from featviz.layout import (
+    SUMMARY,
+    atomic_write,
+    json_bytes,
+    npy_bytes,
+    npz_bytes,
+    png_bytes,
+    remove_stale_temporaries,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +34,8 @@ if TYPE_CHECKING:
 
     from featviz.layers import LayerRef
     from featviz.preprocess import CropBox
+
+Producer = Callable[[], bytes]
 
 SORT_ORDERS = ("index", "weight")
 NORMALIZE_SCOPES = ("channel", "layer", "image")
@@ -360,7 +371,49 @@ class LayerResult:
         }
 
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Write this result's files into ``directory`` (see :func:`featviz.export.write_result`)."""
-        from featviz.export import write_result
-
+        """Write this result's files into ``directory`` (see :func:`write_result`)."""
         return write_result(self, Path(directory))
+
+
+def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
+    """The files of one result (relative name, function producing its bytes), summary excluded.
+
+    Producers are pure and independent, so they can run on any thread in any order. The
+    per-channel tiles are computed once (``result.tiles``) and shared by the grid and the
+    channel files: nothing is upsampled or encoded twice.
+    """
+    level = result.options.png_level
+    tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
+    files: list[tuple[str, Producer]] = [
+        ("grid.png", lambda: png_bytes(result.grid_pixels(), level)),
+        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
+        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
+    ]
+    for position, channel in enumerate(result.drawn_channels):
+        files.append((f"channels/{channel:04d}.png",
+                      lambda p=position: png_bytes(tiles[p], level)))
+    files.append(("channel_weights.png", lambda: png_bytes(result.channel_chart(), level)))
+    files.append(("channel_weights.csv", lambda: result.channel_csv().encode("utf-8")))
+    if result.stn_theta is not None:
+        files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
+    if result.before is not None:
+        files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
+    if result.options.save_raw:
+        activations = result.activations.float().cpu().numpy()
+        spatial = result.spatial_raw.float().cpu().numpy()
+        channel = result.channel_raw.float().cpu().numpy()
+        files.append(("activations.npy", lambda: npy_bytes(activations)))
+        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel)))
+    return files
+
+
+def write_result(result: LayerResult, directory: Path) -> list[Path]:
+    """Write one result's files into ``directory`` on this thread; summary last."""
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
+    files = result_files(result)
+    for name, produce in files:
+        atomic_write(directory / name, produce())
+    names = [name for name, _ in files]
+    atomic_write(directory / SUMMARY, json_bytes(result.summary(names)))
+    return [directory / name for name in [*names, SUMMARY]]

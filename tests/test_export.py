@@ -29,7 +29,7 @@ from featviz import cli
 from featviz.cli import main
 from featviz.errors import UsageError
 from featviz.export import MANIFEST, SUMMARY, TMP_MARK, Exporter, is_complete, layer_dir, shard
-from featviz.images import InputImage, find_images
+from featviz.inputs import InputImage, find_images
 from featviz.pipeline import RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")

@@ -14,13 +14,8 @@ import pytest
 from PIL import Image
 
 from featviz.errors import ImageError
-from featviz.images import (
-    DEFAULT_MAX_PIXELS,
-    FoundImages,
-    InputImage,
-    find_images,
-    load_image,
-)
+from featviz.images import DEFAULT_MAX_PIXELS, load_image
+from featviz.inputs import FoundImages, InputImage, find_images
 
 pytestmark = pytest.mark.filterwarnings("error")
 

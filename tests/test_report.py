@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 import oddimages
 from featviz.cli import main
 from featviz.export import MANIFEST, SUMMARY, Exporter
-from featviz.images import find_images
+from featviz.inputs import find_images
 from featviz.pipeline import RenderOptions, Visualizer
 from featviz.report import PAGE_SIZE, REPORT, ReportWriter, render_html, report_data, write_report
 
