@@ -305,10 +305,8 @@ def _sources(images: torch.Tensor, baseline: str, sigma: float, kernel: int,
     if baseline == "zero":
         removed = torch.zeros_like(images)
     elif baseline == "black":
-        shape = (1, -1, 1, 1)
-        low = torch.tensor([-m / s for m, s in zip(mean or (), std or (), strict=True)],
-                           dtype=images.dtype, device=images.device).reshape(shape)
-        removed = low.expand_as(images)
+        # A black pixel normalised exactly as the photo's pixels were (torchvision's normalize).
+        removed = TF.normalize(torch.zeros_like(images), mean=list(mean or ()), std=list(std or ()))
     else:
         removed = blurred
     return torch.cat([images, removed, blurred])
