@@ -25,6 +25,7 @@ and the median in brackets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -38,9 +39,9 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featviz.faithfulness import deletion_insertion  # noqa: E402
-from featviz.images import load_image  # noqa: E402
-from featviz.preprocess import Preprocess  # noqa: E402
+from featviz.faithfulness import deletion_insertion
+from featviz.images import load_image
+from featviz.preprocess import Preprocess
 
 STEPS = 16
 
@@ -89,9 +90,7 @@ class GivenMap:
     def fuse_cams(self, cams: list[torch.Tensor]) -> torch.Tensor:
         return cams[0]
 
-    def _hooks_off(self):  # noqa: ANN202
-        import contextlib
-
+    def _hooks_off(self) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()
 
 
@@ -154,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-18, 1 photo, 1 round, batch 8 and 32")
     parser.add_argument("--models", default=None, help="comma-separated torchvision names (default resnet18,resnet50)")
-    parser.add_argument("--photos", type=int, default=None, help="photos per run (default 4; --quick 2)")
+    parser.add_argument("--photos", type=int, default=None, help="photos per run (default 4; --quick 1)")
     parser.add_argument("--batch-sizes", default=None, help="featviz batch sizes (default 1,8,16,32,64)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
     parser.add_argument("--no-rise", action="store_true", help="skip RISE's loop")

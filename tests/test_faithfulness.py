@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchcam import metrics
 from torchvision.transforms import functional as TF
 
 from featviz.errors import ImageError, UsageError
@@ -285,7 +286,7 @@ def test_nan_saliency_is_an_error_for_that_row_only() -> None:
 
 
 def test_nan_model_output_is_an_error_for_that_row_only() -> None:
-    model, image, region = region_case()
+    model, image, _ = region_case()
     inputs = image.repeat(2, 1, 1, 1)
     inputs[1, 0, 5, 20] = float("inf")  # inside the region: the logit is inf, the softmax NaN
     results = deletion_insertion(model, inputs, torch.rand(2, 32, 32), [0, 0], steps=4)
@@ -386,11 +387,10 @@ def test_areas_equal_torch_cams_deletion_insertion_metric(
     """torch-cam 0.5's DeletionInsertionMetric perturbs from one baseline for both curves, so it
     is run twice: zeros (RISE's deletion) and the blurred copy (RISE's insertion). With 1024
     pixels and 16 steps its points are featviz's."""
-    metrics = pytest.importorskip("torchcam.metrics")
     inputs, saliency, targets = batch
     model = tiny_classifier(32)
     ours = scores_only(deletion_insertion(model, inputs, saliency, targets, steps=16))
-    blur = lambda x: TF.gaussian_blur(x, [11, 11], [5.0, 5.0])  # noqa: E731
+    blur = lambda x: TF.gaussian_blur(x, [11, 11], [5.0, 5.0])
     for row, score in enumerate(ours):
         one = inputs[row:row + 1]
         zero = metrics.DeletionInsertionMetric(GivenMap(model, saliency[row:row + 1]),
