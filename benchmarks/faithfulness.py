@@ -146,7 +146,7 @@ def run_case(name: str, photo_count: int, batch_sizes: list[int], rounds: int, r
     print("| method | scores/s best (median) |")
     print("|---|---|")
     for label, times, count in results:
-        print(f"| {label} | {count / min(times):.2f} ({count / statistics.median(times):.2f}) |")
+        print(f"| {label} | {count / min(times):.3g} ({count / statistics.median(times):.3g}) |")
 
 
 def main() -> None:

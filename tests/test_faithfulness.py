@@ -162,7 +162,8 @@ def test_curves_equal_the_slow_reference_loop(batch: tuple[torch.Tensor, torch.T
 
 def test_auc_is_numpys_trapezoid(batch: tuple[torch.Tensor, torch.Tensor, list[int]]) -> None:
     inputs, saliency, targets = batch
-    for score in scores_only(deletion_insertion(tiny_classifier(32), inputs, saliency, targets, steps=7)):
+    results = deletion_insertion(tiny_classifier(32), inputs, saliency, torch.tensor(targets), steps=7)
+    for score in scores_only(results):
         assert len(score.fractions) == len(score.deletion) == len(score.insertion) == 8
         assert score.deletion_auc == pytest.approx(np.trapezoid(score.deletion, score.fractions), abs=1e-12)
         assert score.insertion_auc == pytest.approx(np.trapezoid(score.insertion, score.fractions), abs=1e-12)
