@@ -17,7 +17,8 @@ torch-cam ``torchcam.metrics.DeletionInsertionMetric`` (0.5), one ``update`` per
 rise      RISE's evaluation loop as published (``CausalMetric.single_run``): one image, one
           forward per step, deletion and insertion run separately (2 x (S + 1) forwards per map).
 
-Before timing, featviz's deletion AUCs are compared with torch-cam's (they must agree to 1e-5).
+Rounds interleave the methods (order rotated each round). Before timing, featviz's deletion
+AUCs are compared with torch-cam's (they must agree to 1e-5).
 Reported: scores per second (one score = one map and target, both curves) of the best round,
 and the median in brackets.
 """
@@ -39,7 +40,7 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featviz.faithfulness import deletion_insertion
+from featviz.faithfulness import FaithfulnessScore, deletion_insertion
 from featviz.images import load_image
 from featviz.preprocess import Preprocess
 
@@ -107,12 +108,16 @@ def torchcam_run(model: torch.nn.Module, inputs: torch.Tensor, maps: torch.Tenso
     return areas
 
 
-def timed(function: Callable[[], object], rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
+def interleaved(methods: list[tuple[str, Callable[[], object]]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per round for each method; within a round the methods run one after another, in
+    an order rotated every round, so that a change in the machine's load hits them alike."""
+    times: dict[str, list[float]] = {label: [] for label, _ in methods}
+    for round_ in range(rounds):
+        shift = round_ % len(methods)
+        for label, function in methods[shift:] + methods[:shift]:
+            start = time.perf_counter()
+            function()
+            times[label].append(time.perf_counter() - start)
     return times
 
 
@@ -128,21 +133,23 @@ def run_case(name: str, photo_count: int, batch_sizes: list[int], rounds: int, r
 
     ours = deletion_insertion(model, inputs, maps, targets, steps=STEPS)
     theirs = torchcam_run(model, inputs, maps, targets)
-    worst = max(abs(score.deletion_auc - area) for score, area in zip(ours, theirs, strict=True))  # type: ignore[union-attr]
+    areas = [score.deletion_auc for score in ours if isinstance(score, FaithfulnessScore)]
+    worst = max(abs(a - b) for a, b in zip(areas, theirs, strict=True))
     print(f"\n{name}: {photo_count} photos x 2 maps, S = {STEPS}; "
           f"max |featviz - torch-cam| deletion AUC = {worst:.2e}")
     if worst > 1e-5:
         raise SystemExit("featviz and torch-cam disagree; not timing")
 
-    results: list[tuple[str, list[float], int]] = []
-    for size in batch_sizes:
-        results.append((f"featviz batch {size}",
-                        timed(lambda size=size: deletion_insertion(model, inputs, maps, targets, steps=STEPS,
-                                                                   batch_size=size), rounds), rows))
-    results.append(("torch-cam (batch 32)", timed(lambda: torchcam_run(model, inputs, maps, targets), rounds), rows))
+    methods: list[tuple[str, Callable[[], object]]] = [
+        (f"featviz batch {size}", lambda size=size: deletion_insertion(model, inputs, maps, targets, steps=STEPS,
+                                                                       batch_size=size))
+        for size in batch_sizes
+    ]
+    methods.append(("torch-cam (batch 32)", lambda: torchcam_run(model, inputs, maps, targets)))
     if rise:
-        results.append(("rise loop (batch 1), 1 map",
-                        timed(lambda: rise_loop(model, inputs[0], maps[0], targets[0]), rounds), 1))
+        methods.append(("rise loop (batch 1), 1 map", lambda: rise_loop(model, inputs[0], maps[0], targets[0])))
+    times = interleaved(methods, rounds)
+    results = [(label, times[label], 1 if label.startswith("rise") else rows) for label, _ in methods]
     print("| method | scores/s best (median) |")
     print("|---|---|")
     for label, times, count in results:
