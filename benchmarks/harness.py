@@ -1,4 +1,4 @@
-"""The shared harness of featviz's benchmarks: one file per case sits on top of it.
+r"""The shared harness of featviz's benchmarks: one file per case sits on top of it.
 
 Why a harness: every case times featviz against a baseline run in the same process, over the
 same photos, on the same model, in interleaved rounds (the machine is shared, so a ratio of
@@ -23,30 +23,32 @@ API (everything a case needs):
                          the common options (--quick, --images, --device, --cases,
                          --batch-sizes, --repeats, --json, --tmp) and a ``main`` for a case file
 
-A new case is a new file (``benchmarks/cam.py``), runnable as ``python benchmarks/cam.py
-[--quick]`` and importable by the runner ``bench.py``:
+A new case is a new file, runnable as ``python benchmarks/<case>.py [--quick]`` and importable
+by the runner ``bench.py`` (add it there). This one, whole, times featviz export against featviz's
+in-memory pipeline (the same pictures, nothing written):
 
     import argparse, sys
     from pathlib import Path
+    from export import run_featviz
     from harness import Bench, CaseContext, Variant, paired, run_alone, variant_table
 
-    def run_cam(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 1) -> None:
-        ...  # the work to time: read every path, write the pictures under out
+    def run_in_memory(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 1) -> None:
+        ctx.visualizer.run(paths)  # the work to time; a method that writes puts its files in out
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--cam-method", default="gradcam", help="this case's own option")
+        pass  # this case's own options, if any
 
     def run(bench: Bench, args: argparse.Namespace) -> None:
         for case in bench.cases:
             ctx = CaseContext.build(case, bench.device)
-            peer, ours = Variant("peer", 1, run_peer), Variant("featviz", 1, run_cam)
-            bench.measure(ctx, [peer, ours])
-            lines, rows = variant_table([peer, ours], bench.count, {"/peer": lambda v: paired(v, peer)})
-            print(f"\\n== CAM: {case.label} ==\\n" + "\\n".join(lines), flush=True)
-            bench.results.setdefault("cam", []).append({"case": case.label, "rows": rows})
+            base, ours = Variant("in memory", 1, run_in_memory), Variant("featviz", 1, run_featviz)
+            bench.measure(ctx, [base, ours])
+            lines, rows = variant_table([base, ours], bench.count, {"/paired": lambda v: paired(v, base)})
+            print(f"\n== export vs in memory: {case.label} ==\n" + "\n".join(lines), flush=True)
+            bench.results.setdefault("in_memory", []).append({"case": case.label, "rows": rows})
 
     if __name__ == "__main__":
-        sys.exit(run_alone(__doc__, "cam.py", add_arguments, run))
+        sys.exit(run_alone(__doc__, "in_memory.py", add_arguments, run))
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from export import run_featviz
@@ -87,12 +88,12 @@ def _patch_pillow(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_write(original: Callable[..., Any]) -> Callable[..., Any]:
-    """export.atomic_write without a mkdir per file."""
+    """layout.atomic_write without a mkdir per file (featviz has since taken this change)."""
     def atomic_write(path: Path, data: bytes) -> None:
         """The same temporary file + rename, without a mkdir per file (the folders exist)."""
         import threading
 
-        from featviz.export import TMP_MARK
+        from featviz.layout import TMP_MARK
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_MARK}")
         try:
@@ -108,13 +109,23 @@ def _patch_write(original: Callable[..., Any]) -> Callable[..., Any]:
     return atomic_write
 
 
+# name -> (the module that defines the function, its name, the patch)
 PATCHES = {
     "tiles": ("featviz.render", "channel_tiles", _patch_tiles),
     "grid": ("featviz.render", "grid_image", _patch_grid),
     "overlay": ("featviz.render", "heat_overlay", _patch_overlay),
-    "pillow": ("featviz.export", "png_bytes", _patch_pillow),
-    "write": ("featviz.export", "atomic_write", _patch_write),
+    "pillow": ("featviz.layout", "png_bytes", _patch_pillow),
+    "write": ("featviz.layout", "atomic_write", _patch_write),
 }
+
+
+def _holders(original: Any, attr: str) -> list[ModuleType]:
+    """Every loaded featviz module whose ``attr`` is ``original``: the module that defines it and
+    each one that imported it by name (``from featviz.layout import png_bytes``). Patching only
+    the defining module would leave those callers on the original, and the table would time
+    featviz as it is under a patch's name."""
+    return [module for name, module in list(sys.modules.items())
+            if (name == "featviz" or name.startswith("featviz.")) and vars(module).get(attr) is original]
 
 
 def run_featviz_patched(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 8,
@@ -124,10 +135,11 @@ def run_featviz_patched(ctx: CaseContext, paths: list[Path], out: Path, batch_si
     try:
         for name in patches:
             module_name, attr, make = PATCHES[name]
-            module = importlib.import_module(module_name)
-            original = getattr(module, attr)
-            saved.append((module, attr, original))
-            setattr(module, attr, make(original))
+            original = getattr(importlib.import_module(module_name), attr)
+            patched = make(original)
+            for module in _holders(original, attr):
+                saved.append((module, attr, original))
+                setattr(module, attr, patched)
         run_featviz(ctx, paths, out, batch_size=batch_size)
     finally:
         for module, attr, original in reversed(saved):
