@@ -247,14 +247,15 @@ def main() -> None:
 @preprocess_options
 @render_options
 @run_options
-@click.option("--open", "open_viewer", is_flag=True, help="Open the first grid in the system image viewer.")
+@click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
 @reports_errors
 def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     """Visualise LAYER activations of each IMAGE into OUT/<image stem>/<layer>/.
 
     Writes grid.png, channels/NNNN.png, spatial_attention.png, channel_attention.png and
-    summary.json per image and layer, then prints the paths it wrote (--json: one JSON document).
-    Like export, it also appends to OUT/manifest.jsonl and rewrites the report OUT/index.html.
+    summary.json per image and layer, then prints the paths it wrote and, last, the report
+    OUT/index.html, which shows them all (--json: one JSON document). Like export, it also
+    appends to OUT/manifest.jsonl.
     """
     from pathlib import PurePosixPath
 
@@ -265,9 +266,10 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True)
     for record in records:
         record["files"] = _written_files(params["out"], record)
+    page = _report_page(params["out"])
     if params["as_json"]:
-        click.echo(json.dumps({"ok": report.ok, "failed": report.failed, "results": records},
-                              indent=2, ensure_ascii=False))
+        click.echo(json.dumps({"ok": report.ok, "failed": report.failed, "report": page and str(page),
+                               "results": records}, indent=2, ensure_ascii=False))
     else:
         for record in records:
             for file in record["files"]:
@@ -275,11 +277,23 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
         if params["predict"]:
             for line in _prediction_lines(params["out"], records):
                 click.echo(line)
-    if open_viewer:
-        grids = [f for r in records for f in r["files"] if f.endswith("grid.png")]
-        if grids:
-            click.launch(grids[0])
+        if page:
+            click.echo(str(page))
+    if open_viewer and page:
+        from featviz.viewer import open_file
+
+        problem = open_file(page)
+        if problem:
+            click.echo(f"could not open the report: {problem}; it is {page.resolve()}", err=True)
     sys.exit(report.exit_code)
+
+
+def _report_page(out: Path) -> Path | None:
+    """OUT/index.html, where the run left one (it shows every image and layer written)."""
+    from featviz.report import REPORT
+
+    page = out / REPORT
+    return page if page.is_file() else None
 
 
 def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -334,7 +348,10 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
                      skip_existing=skip_existing)
     if not params["quiet"]:
-        click.echo(f"{report.ok} done, {report.skipped} skipped, {report.failed} failed -> {params['out']}", err=True)
+        page = _report_page(params["out"])
+        where = f"; report: {page}" if page else ""
+        click.echo(f"{report.ok} done, {report.skipped} skipped, {report.failed} failed -> {params['out']}{where}",
+                   err=True)
     sys.exit(1 if report.failed or found.missing else 0)
 
 

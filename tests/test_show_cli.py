@@ -281,17 +281,6 @@ def test_json_output(tmp_path: Path, cat_photo: Path) -> None:
         assert {"grid.png", "spatial_attention.png", "channel_attention.png", "summary.json"} <= names
 
 
-def test_open_launches_the_grid_only_when_asked(tmp_path: Path, cat_photo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import click
-
-    launched: list[tuple[object, ...]] = []
-    monkeypatch.setattr(click, "launch", lambda *args, **kwargs: launched.append(args) or 0)
-    _show(tmp_path / "a", cat_photo, "--size", "8")
-    assert launched == []
-    _, folder = _show(tmp_path / "b", cat_photo, "--size", "8", "--open")
-    assert launched == [(str(folder / "grid.png"),)]
-
-
 def test_json_stays_clean_when_torchvision_downloads(tmp_path: Path, cat_photo: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.hub announces a download on stdout; with --json stdout must stay one JSON document.

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 
 # Bottom first. A module may import modules of lower levels (and none of its own level or above).
 STACK: list[set[str]] = [
-    {"errors", "png"},
+    {"errors", "png", "viewer"},
     {"layout"},
     {"images", "inputs", "preprocess"},
     {"models"},
