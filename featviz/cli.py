@@ -350,9 +350,18 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     if not params["quiet"]:
         page = _report_page(params["out"])
         where = f"; report: {page}" if page else ""
-        click.echo(f"{report.ok} done, {report.skipped} skipped, {report.failed} failed -> {params['out']}{where}",
-                   err=True)
+        click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {report.failed} failed "
+                   f"-> {params['out']}{where}", err=True)
     sys.exit(1 if report.failed or found.missing else 0)
+
+
+def _redone_note(redone: dict[str, int]) -> str:
+    """`` (5 redone: --cmap changed (gray -> viridis))`` after the done count, or nothing."""
+    if not redone:
+        return ""
+    reason, _ = max(redone.items(), key=lambda item: item[1])
+    more = f"; {len(redone) - 1} other reason(s) in the manifest" if len(redone) > 1 else ""
+    return f" ({sum(redone.values())} redone: {reason}{more})"
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

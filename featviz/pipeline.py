@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from featviz.errors import LayerError, UsageError
 from featviz.result import LayerResult, RenderOptions, parse_channels
+from featviz.settings import settings_record
 
 __all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "sweep",
            "sweep_visualizer", "visualize"]
@@ -201,8 +202,15 @@ class Visualizer:
                     stn_theta=None if theta is None else theta[i],
                     image_values=None if image_values is None else image_values[i],
                     extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {}),
+                    settings=self.settings(ref),
                 ))
         return per_image
+
+    def settings(self, ref: LayerRef) -> dict[str, Any]:
+        """What decides this layer's results (recorded in each summary; ``--skip-existing``
+        redoes a folder whose record differs)."""
+        return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
+                               [layer.path for layer in self.layers])
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input

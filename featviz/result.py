@@ -167,6 +167,7 @@ class LayerResult:
     stn_theta: torch.Tensor | None = None
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
 
     @property
     def num_channels(self) -> int:
@@ -367,6 +368,7 @@ class LayerResult:
             "clip_percentile": self.options.clip_percentile,
             "drawn_channels": self.drawn_channels,
             **self.extra,
+            **({"options": self.settings} if self.settings is not None else {}),
             "files": list(files),
         }
 

@@ -24,6 +24,7 @@ STACK: list[set[str]] = [
     {"capture", "learned", "stn"},
     {"attention", "render"},
     {"result"},
+    {"settings"},
     {"pipeline"},
     {"report"},
     {"export"},
