@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import ModelError, UsageError, WeightsError
+from featviz.official import OfficialWeights, file_name, hash_prefix, recognise, sha256_matches
 from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
@@ -44,6 +45,7 @@ class LoadedModel:
     categories: list[str] | None = None
     source: str = "torchvision"  # "torchvision", "torchscript" or "factory"
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (the CLI prints them)
 
 
 def classification_model_names() -> list[str]:
@@ -91,6 +93,7 @@ def load_model(
     device: str = "cpu",
     preprocess: Preprocess | None = None,
     pretrained: bool = True,
+    weights_file: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Build the model named by ``model`` and load ``weights`` into it.
 
@@ -98,13 +101,24 @@ def load_model(
     ``weights`` is ``DEFAULT``, a torchvision weights name (``IMAGENET1K_V1``), ``none`` (random,
     seeded by ``seed``) or a path to a state dict. For a user's own model ``DEFAULT`` means "as
     built". ``preprocess`` replaces the pipeline that goes with the weights.
+
+    torchvision's own weight files work offline: a path whose file name is the official one
+    (``alexnet-owt-7be5be79.pth``) gets those weights' class names and preprocessing, and
+    ``weights_file`` loads the tensors of the torchvision weights named by ``weights`` from a
+    file of any name instead of downloading them (:mod:`featviz.official`).
     """
     target = resolve_device(device)
     weights_text = "none" if weights is None else os.fspath(weights)
+    file_text = None if weights_file is None else os.fspath(weights_file)
+    if file_text is not None and (_looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--weights-file names the file of torchvision weights; this model is your own",
+                         hint=f"pass its state dict with --weights {file_text}")
     if _looks_like_factory(model):
         loaded = _load_factory(model, weights_text, seed)
     elif _looks_like_file(model):
         loaded = _load_torchscript(model, weights_text, seed)
+    elif file_text is not None:
+        loaded = _load_named_file(model, weights_text, file_text, seed)
     else:
         loaded = _load_torchvision(model, weights_text, seed, pretrained)
     if preprocess is not None:
@@ -143,19 +157,7 @@ def _seeded_build(build: Any, seed: int) -> Any:
 def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True) -> LoadedModel:
     from torchvision.models import get_model, get_model_weights
 
-    names = classification_model_names()
-    if name not in names:
-        lowered = {n.lower(): n for n in names}
-        if name.lower() in lowered:
-            name = lowered[name.lower()]
-        else:
-            close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
-            hint = ("did you mean " + ", ".join(close) + "?") if close else (
-                "run `python -c \"import torchvision; print(torchvision.models.list_models())\"` "
-                "for the names, or pass a TorchScript file or package.module:factory"
-            )
-            raise ModelError(f"unknown model {name!r}: it is not a torchvision classification model", hint=hint)
-
+    name = _torchvision_name(name)
     if _is_none(weights):
         module = _seeded_build(lambda: get_model(name, weights=None), seed)
         # Class names still come from the default weights' metadata (no download needed).
@@ -174,9 +176,62 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
             module, name, f"{type(chosen).__name__}.{chosen.name}",
             Preprocess.from_transforms(chosen.transforms()), _cpu(), categories,
         )
+    official = recognise(weights, name) if Path(weights).is_file() else None
+    if official is not None and official.model != name:
+        raise WeightsError(f"{weights} is torchvision's {official.label} file, made for {official.model}, not {name}",
+                           hint=f"use --model {official.model}")
+    if official is not None:
+        return _load_official_file(official, weights, seed)
     module = _seeded_build(lambda: get_model(name, weights=None), seed)
     load_state_dict_file(module, weights)
     return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+
+def _load_named_file(name: str, weights: str, path: str, seed: int) -> LoadedModel:
+    """``--weights IMAGENET1K_V1 --weights-file PATH``: the named weights' tensors from a file."""
+    from torchvision.models import get_model_weights
+
+    name = _torchvision_name(name)
+    if _is_none(weights) or _looks_like_path(weights):
+        raise UsageError("--weights-file needs --weights to name the torchvision weights the file holds",
+                         hint=f"e.g. --weights IMAGENET1K_V1 --weights-file {path}")
+    chosen = _pick_weights(name, get_model_weights(name), weights)
+    return _load_official_file(OfficialWeights(name, chosen), path, seed)
+
+
+def _load_official_file(official: OfficialWeights, path: str, seed: int) -> LoadedModel:
+    """torchvision weights from a local file, with their class names and preprocessing. The
+    file's SHA-256 is checked against the prefix in the official name: a different file still
+    loads (it fits the architecture, or loading fails), with a note that it is not the original."""
+    from torchvision.models import get_model
+
+    module = _seeded_build(lambda: get_model(official.model, weights=None), seed)
+    load_state_dict_file(module, path)
+    chosen = official.weights
+    notes = []
+    if sha256_matches(path, chosen) is False:
+        notes.append(f"{path}: its SHA-256 does not start with {hash_prefix(chosen)}, so it is not torchvision's "
+                     f"own {file_name(chosen)}; using its class names and preprocessing all the same")
+    categories = list(chosen.meta.get("categories") or []) or None
+    return LoadedModel(module, official.model, f"{official.label} from {path}",
+                       Preprocess.from_transforms(chosen.transforms()), _cpu(), categories, notes=notes)
+
+
+def _torchvision_name(name: str) -> str:
+    """``name`` as torchvision spells it (case-insensitive), or a ModelError with close names."""
+    names = classification_model_names()
+    if name not in names:
+        lowered = {n.lower(): n for n in names}
+        if name.lower() in lowered:
+            name = lowered[name.lower()]
+        else:
+            close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+            hint = ("did you mean " + ", ".join(close) + "?") if close else (
+                "run `python -c \"import torchvision; print(torchvision.models.list_models())\"` "
+                "for the names, or pass a TorchScript file or package.module:factory"
+            )
+            raise ModelError(f"unknown model {name!r}: it is not a torchvision classification model", hint=hint)
+    return name
 
 
 def _cpu() -> torch.device:
@@ -221,8 +276,8 @@ def _download_guarded(build: Any, weights: Any) -> Any:
         raise WeightsError(
             f"pretrained weights {filename} {what} ({reason}); torchvision looks for them in "
             f"{cache} (set TORCH_HOME to move it)",
-            hint=f"put {filename} there, pass --weights PATH to a state dict, or --weights none "
-            "for random weights",
+            hint=f"put {filename} there, or pass the file with --weights PATH (its official name is "
+            "recognised; a renamed copy: --weights NAME --weights-file PATH), or --weights none for random weights",
         ) from exc
 
 
