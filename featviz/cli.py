@@ -84,6 +84,9 @@ model_options = _compose(
                  help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file (torchvision's own file names, e.g. alexnet-owt-7be5be79.pth, are recognised)."),
     click.option("--weights-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
                  help="Load the torchvision weights named by --weights from this file (offline; any file name)."),
+    click.option("--trust-pickle", is_flag=True,
+                 help="Also load pickled Python objects (a whole torch.save(model) as --model, a checkpoint with "
+                      "non-tensor entries as --weights). Unpickling runs code from the file: only for files you trust."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
     click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 )
@@ -158,7 +161,8 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
-                            no_crop=params["no_crop"], options=options, weights_file=params["weights_file"])
+                            no_crop=params["no_crop"], options=options, weights_file=params["weights_file"],
+                            trust_pickle=params["trust_pickle"])
     _show_notes(visualizer.loaded)
     return visualizer
 
@@ -403,8 +407,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path | None, seed: int, device: str,
-          resize: int | None,
+def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path | None, trust_pickle: bool,
+          seed: int, device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
           alpha: float, out: Path, as_json: bool) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
@@ -417,7 +421,7 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha),
-                                  weights_file=weights_file)
+                                  weights_file=weights_file, trust_pickle=trust_pickle)
     _show_notes(visualizer.loaded)
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
@@ -444,8 +448,8 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
 @click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def layers(model: str, weights: str, weights_file: Path | None, seed: int, device: str, resize: int | None,
-           crop: int | None, no_crop: bool, include_all: bool, as_json: bool) -> None:
+def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bool, seed: int, device: str,
+           resize: int | None, crop: int | None, no_crop: bool, include_all: bool, as_json: bool) -> None:
     """List the layers --layer can name: index, module path, type and output shape.
 
     Shapes are for the model's input size (its weights' crop, else 224). Pretrained weights are
@@ -457,7 +461,8 @@ def layers(model: str, weights: str, weights_file: Path | None, seed: int, devic
     from featviz.learned import find_se_blocks
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file)
+    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file,
+                        trust_pickle=trust_pickle)
     _show_notes(loaded)
     preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
     side = preprocess.crop or preprocess.resize or 224

@@ -53,12 +53,14 @@ class Visualizer:
     def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
-                 loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None) -> None:
+                 loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
+                 trust_pickle: bool = False) -> None:
         from featviz.layers import resolve_layers
         from featviz.models import load_model
 
         self.options = (options or RenderOptions()).validate()
-        self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file)
+        self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
+                                           trust_pickle=trust_pickle)
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
@@ -300,19 +302,19 @@ def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", l
 def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
                      layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
                      seed: int = 0, device: str = "cpu", weights_file: str | os.PathLike[str] | None = None,
-                     **preprocess: Any) -> Visualizer:
+                     trust_pickle: bool = False, **preprocess: Any) -> Visualizer:
     """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
     :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
     ``crop``, ``no_crop``."""
     from featviz.layers import sweep_layers
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file)
+    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
     return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
 
 
-_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file"}
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle"}
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:

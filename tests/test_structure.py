@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 STACK: list[set[str]] = [
     {"errors", "png", "viewer"},
     {"layout"},
-    {"images", "inputs", "official", "preprocess"},
+    {"checkpoints", "images", "inputs", "official", "preprocess"},
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
