@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import LayerError, UsageError
+from featviz.notebook import Results
 from featviz.result import LayerResult, RenderOptions, parse_channels
 from featviz.settings import settings_record
 
@@ -280,14 +281,15 @@ class Visualizer:
                  for p, k in zip(values.tolist(), indices.tolist())]
                 for values, indices in zip(top.values, top.indices)]
 
-    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
-        """Photos (paths or PIL images) -> results, photo-major then layer order."""
+    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
+        """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
+        Jupyter displays as pictures)."""
         from featviz.layout import stem_keys
 
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
-        return [result for per_photo in self.forward(prepared) for result in per_photo]
+        return Results(result for per_photo in self.forward(prepared) for result in per_photo)
 
 
 def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", layers: Iterable[str | int] | None = None,
@@ -348,7 +350,7 @@ def _same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage
 
 def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], model: str = "alexnet",
               layers: Iterable[str | int] = (0,), weights: str | None = "DEFAULT", *,
-              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> list[LayerResult]:
+              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> Results:
     """One call from photos to results; with ``out``, also write each result's files there
     (``out/<image stem>/<layer path>/``).
 

@@ -26,6 +26,7 @@ from featviz.layout import (
     png_bytes,
     remove_stale_temporaries,
 )
+from featviz.notebook import grid_png, result_html, short_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -375,6 +376,16 @@ class LayerResult:
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write this result's files into ``directory`` (see :func:`write_result`)."""
         return write_result(self, Path(directory))
+
+    # Jupyter (featviz.notebook): the grid as a picture, or grid and overlays as small thumbnails
+    def _repr_png_(self) -> bytes:
+        return grid_png(self)
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def result_files(result: LayerResult) -> list[tuple[str, Producer]]:

@@ -22,7 +22,7 @@ STACK: list[set[str]] = [
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
-    {"attention", "render"},
+    {"attention", "notebook", "render"},
     {"result"},
     {"settings"},
     {"pipeline"},
