@@ -173,46 +173,31 @@ def _show_notes(loaded: Any) -> None:
         click.echo(f"warning: {note}", err=True)
 
 
-class _Progress:
-    """Images done, images/s and time left, on stderr.
+class _LogLines:
+    """A stream for tqdm that writes each redraw as a line of its own: in a log file (a job
+    scheduler's, with --progress) carriage returns would pile every update into one line."""
 
-    On a terminal one line is redrawn in place (at most 10 times a second); elsewhere (forced
-    with --progress, e.g. into a job scheduler's log) a full line is written every few seconds,
-    so logs stay readable.
-    """
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
 
-    def __init__(self, total: int, enabled: bool, label: str) -> None:
-        import time
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
 
-        self.total, self.enabled, self.label = total, enabled and total > 0, label
-        self.done = 0
-        self.started = self.last = time.monotonic()
-        self.interactive = sys.stderr.isatty()
+    def flush(self) -> None:
+        self.stream.flush()
 
-    def advance(self) -> None:
-        import time
 
-        self.done += 1
-        now = time.monotonic()
-        pause = 0.1 if self.interactive else 5.0
-        if self.enabled and (now - self.last >= pause or self.done == self.total):
-            self.last = now
-            self._draw(now)
+def _progress_bar(total: int, enabled: bool) -> Any:
+    """tqdm on stderr: images done, images/s and time left. On a terminal one line redrawn in
+    place (at most 10 times a second); elsewhere (forced with --progress) a line every 5 s."""
+    from tqdm import tqdm
 
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        text = (f"{self.label}: {self.done}/{self.total} images, {rate:.2f} images/s, "
-                f"{left:.0f} s left")
-        if self.interactive:
-            click.echo("\r" + text.ljust(70), nl=False, err=True)
-        else:
-            click.echo(text, err=True)
-
-    def close(self) -> None:
-        if self.enabled and self.interactive:
-            click.echo("", err=True)
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc="featviz", unit="image", disable=not (enabled and total > 0), leave=True,
+                file=sys.stderr if interactive else _LogLines(sys.stderr), mininterval=0.1 if interactive else 5.0,
+                dynamic_ncols=interactive, ascii=not interactive)
 
 
 def _progress_enabled(params: dict[str, Any]) -> bool:
@@ -228,11 +213,11 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
 
     visualizer = _build_visualizer(params)
     records: list[dict[str, Any]] = []
-    progress = _Progress(len(images), _progress_enabled(params), "featviz")
+    progress = _progress_bar(len(images), _progress_enabled(params))
 
     def on_record(record: dict[str, Any]) -> None:
-        if record["status"] == "error":
-            click.echo(f"error: {record['error']}", err=True)
+        if record["status"] == "error":  # above the bar, which is redrawn below it
+            progress.write(f"error: {record['error']}", file=sys.stderr)
         if stream_records:
             click.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
@@ -240,7 +225,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
 
     exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
                         skip_existing=skip_existing, manifest=manifest, on_record=on_record,
-                        on_image_done=progress.advance)
+                        on_image_done=progress.update)
     try:
         report = exporter.run(images)
     finally:
