@@ -48,6 +48,33 @@ class FeatvizClickError(click.ClickException):
             click.echo(f"Hint: {self.hint}", file=stream)
 
 
+class FeatvizGroup(click.Group):
+    """click's own usage errors (a bad option value, an unknown option or command) in featviz's
+    style: one ``Error: …`` line and a ``Hint:`` naming the help to read, exit 2; click would
+    print its usage block and ``Error: Invalid value …`` instead."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            raise _usage_error(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:  # raised while parsing a command's options, or by the command
+            raise _usage_error(error) from None
+
+
+def _usage_error(error: click.UsageError) -> FeatvizClickError:
+    message = error.format_message().strip().rstrip(".")
+    message = message[:1].lower() + message[1:]  # "Invalid value for ..." reads like featviz's messages
+    # the command as a user types it (the root's own name depends on how click was started)
+    path = " ".join(["featviz", *(error.ctx.command_path.split()[1:] if error.ctx is not None else [])])
+    return FeatvizClickError(UsageError(message, hint=f"run `{path} --help` for the options"))
+
+
 def reports_errors(command: F) -> F:
     """Turn :class:`FeatvizError` into a clean message and exit code instead of a traceback;
     Ctrl-C ends with the shell's usual 130 (every file already written is whole)."""
@@ -233,7 +260,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     return report, records
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=FeatvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="featviz")
 def main() -> None:
     """Show what a convolutional network sees: channel grids, per-channel maps and attention
@@ -276,7 +303,7 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
         if params["predict"]:
             for line in _prediction_lines(params["out"], records):
                 click.echo(line)
-        if page:
+        if page and report.ok:  # when nothing was drawn, stdout stays empty (the errors are on stderr)
             click.echo(str(page))
     if open_viewer and page:
         from featviz.viewer import open_file

@@ -127,9 +127,11 @@ class RenderOptions:
             raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
         if self.channel not in CHANNEL_MODES:
             raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
-        for name, value in (("--top-k", self.top_k), ("--max-channels", self.max_channels)):
+        for name, value, meaning in (("--top-k", self.top_k, "draw every channel"),
+                                     ("--max-channels", self.max_channels, "put every drawn channel in the grid")):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, got {value}")
+                raise UsageError(f"{name} must be at least 1, got {value}",
+                                 hint=f"leave {name} out to {meaning}, or give a number of channels such as {name} 8")
         if not 0 <= self.png_level <= 9:
             raise UsageError(f"PNG compression level {self.png_level} is out of range", hint="use 0..9")
         if not 0.0 <= self.alpha <= 1.0:

@@ -168,7 +168,7 @@ def test_click_usage_errors_exit_2(tmp_path: Path, cat_photo: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "median" in result.stderr
     result = invoke(["show", *TINY])
-    assert result.exit_code == 2 and "Missing argument" in result.stderr
+    assert result.exit_code == 2 and "Error: missing argument" in result.stderr
 
 
 # --- drawing options --------------------------------------------------------------------------
@@ -256,7 +256,8 @@ def test_cmap_and_labels(tmp_path: Path, cat_photo: Path) -> None:
 
 def test_plain_output_lists_every_file_written_one_per_line(tmp_path: Path, cat_photo: Path) -> None:
     result, folder = _show(tmp_path, cat_photo, "--size", "8", "--save-raw")
-    listed = result.stdout.splitlines()
+    *listed, report = result.stdout.splitlines()
+    assert report == str(tmp_path / "out" / "index.html")  # the report comes last
     written = sorted(str(p) for p in (tmp_path / "out" / "chelsea").rglob("*") if p.is_file())
     assert sorted(listed) == written
     assert len(listed) == len(set(listed))
