@@ -239,6 +239,11 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     from featviz.export import Exporter
 
     visualizer = _build_visualizer(params)
+    estimate = visualizer.output_estimate()
+    if estimate.too_many and not params["quiet"]:
+        click.echo(f"warning: this writes about {estimate.files:,} files (~{estimate.bytes / 1e6:,.0f} MB) per image "
+                   f"({estimate.channel_files:,} channel PNGs over {estimate.layers} layer(s)); to narrow it, draw fewer "
+                   "channels (--top-k 16, --channels 0-15) or name fewer layers (--layer 0,3)", err=True)
     records: list[dict[str, Any]] = []
     progress = _progress_bar(len(images), _progress_enabled(params))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import LayerError, UsageError
+from featviz.estimate import OutputEstimate, estimate_output
 from featviz.notebook import Results
 from featviz.result import LayerResult, RenderOptions, parse_channels
 from featviz.settings import settings_record
@@ -133,6 +134,7 @@ class Visualizer:
                 f"({str(exc).splitlines()[0][:160]})",
                 hint="check --resize/--crop, or that the model takes 3-channel images",
             ) from exc
+        self.layer_channels: dict[str, int] = {}
         for ref in self.layers:
             shape = tuple(captured[ref.path].shape)
             if len(shape) != 4:
@@ -147,11 +149,17 @@ class Visualizer:
                     f"{captured[block.gate_path].numel()} values for {shape[1]} channels",
                     hint="it is not a channel gate; use --channel se, cbam or dct at this layer",
                 )
+            self.layer_channels[ref.path] = shape[1]
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(
                     f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels 0..{shape[1] - 1}",
                     hint="check --channels",
                 )
+
+    def output_estimate(self) -> OutputEstimate:
+        """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
+        return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
+                               se_layers=sum(1 for ref in self.layers if ref.path in self.se_blocks))
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""

@@ -24,7 +24,7 @@ STACK: list[set[str]] = [
     {"capture", "learned", "stn"},
     {"attention", "notebook", "render"},
     {"result"},
-    {"settings"},
+    {"estimate", "settings"},
     {"pipeline"},
     {"report"},
     {"export"},
