@@ -342,7 +342,7 @@ class LayerResult:
         """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
         from featviz.render import bar_chart
 
-        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}, top channels labelled"
+        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}"
         return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
 
     def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
