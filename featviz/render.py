@@ -257,7 +257,7 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
     stay readable when a wide picture (8,000 px for 256 channels) is scaled to fit a screen.
     """
     import torch
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     both = torch.stack([upsample(left, size), upsample(right, size)])  # (2, K, S, S)
     tiles = to_uint8(both, (both.amin(), both.amax())).cpu().numpy()

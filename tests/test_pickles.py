@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tinymodels
 import torch
 from click.testing import CliRunner
 
-import tinymodels
 from featviz.checkpoints import MissingPickledCode, UntrustedPickle
 from featviz.cli import main
 from featviz.errors import ModelError
