@@ -200,33 +200,6 @@ def _show_notes(loaded: Any) -> None:
         click.echo(f"warning: {note}", err=True)
 
 
-class _LogLines:
-    """A stream for tqdm that writes each redraw as a line of its own: in a log file (a job
-    scheduler's, with --progress) carriage returns would pile every update into one line."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
-        if line:
-            self.stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    """tqdm on stderr: images done, images/s and time left. On a terminal one line redrawn in
-    place (at most 10 times a second); elsewhere (forced with --progress) a line every 5 s."""
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc="featviz", unit="image", disable=not (enabled and total > 0), leave=True,
-                file=sys.stderr if interactive else _LogLines(sys.stderr), mininterval=0.1 if interactive else 5.0,
-                dynamic_ncols=interactive, ascii=not interactive)
-
-
 def _progress_enabled(params: dict[str, Any]) -> bool:
     if params["quiet"]:
         return False
@@ -245,7 +218,9 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
                    f"({estimate.channel_files:,} channel PNGs over {estimate.layers} layer(s)); to narrow it, draw fewer "
                    "channels (--top-k 16, --channels 0-15) or name fewer layers (--layer 0,3)", err=True)
     records: list[dict[str, Any]] = []
-    progress = _progress_bar(len(images), _progress_enabled(params))
+    from featviz.progress import progress_bar
+
+    progress = progress_bar(len(images), _progress_enabled(params))
 
     def on_record(record: dict[str, Any]) -> None:
         if record["status"] == "error":  # above the bar, which is redrawn below it

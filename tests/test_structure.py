@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 
 # Bottom first. A module may import modules of lower levels (and none of its own level or above).
 STACK: list[set[str]] = [
-    {"errors", "png", "viewer"},
+    {"errors", "png", "progress", "viewer"},
     {"layout"},
     {"checkpoints", "images", "inputs", "official", "preprocess"},
     {"models"},
