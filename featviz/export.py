@@ -28,6 +28,7 @@ from featviz.layout import (
     SUMMARY,
     TMP_MARK,
     atomic_write,
+    complete_summary,
     ensure_inside,
     is_complete,
     json_bytes,
@@ -36,6 +37,7 @@ from featviz.layout import (
 )
 from featviz.report import ReportWriter
 from featviz.result import Producer, result_files
+from featviz.settings import changed_settings
 
 if TYPE_CHECKING:
 
@@ -56,6 +58,9 @@ class ExportReport:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    # --skip-existing: images that were complete but made with other settings, and why (a count
+    # per reason, e.g. {"--cmap changed (gray -> viridis)": 5}); they are also counted in ok/failed
+    redone: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -119,6 +124,7 @@ class Exporter:
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}
         self._image_failed: dict[str, bool] = {}
+        self._redo_reason: dict[str, str] = {}  # key -> why a complete folder is done again
         self._report_writer: Any = None  # featviz.report.ReportWriter while run() writes a manifest
 
     # Records ----------------------------------------------------------------------------
@@ -135,6 +141,7 @@ class Exporter:
     def _fail_image(self, image: InputImage, message: str, seconds: float = 0.0) -> None:
         with self._lock:
             self.report.failed += 1
+            self._redo_reason.pop(str(image.key), None)
             if len(self.report.errors) < 1000:
                 self.report.errors.append(message)
             self._emit({"input": str(image.path), "key": str(image.key), "layer": None, "output": None,
@@ -166,9 +173,13 @@ class Exporter:
                 "top_channels": result.ranking[: result.options.summary_top],
                 "seconds": round(pending.seconds, 4),
                 **_report_fields(result, pending.names),
+                **({"reason": f"redone: {self._redo_reason[key]}"} if key in self._redo_reason else {}),
             })
             if self._layers_left[key] == 0:
                 del self._layers_left[key]
+                reason = self._redo_reason.pop(key, None)
+                if reason:
+                    self.report.redone[reason] = self.report.redone.get(reason, 0) + 1
                 if self._image_failed.pop(key, False):
                     self.report.failed += 1
                 else:
@@ -181,10 +192,25 @@ class Exporter:
         return [layer_dir(self.out, str(image.key), ref.path) for ref in self.visualizer.layers]
 
     def _already_done(self, image: InputImage) -> bool:
+        """With ``skip_existing``: whether every layer's folder holds a finished result made with
+        this run's settings. A finished one made with other settings is redone; why is kept for
+        its manifest lines and the report's counts."""
+        if not self.skip_existing:
+            return False
         try:
-            return self.skip_existing and all(is_complete(d) for d in self._directories(image))
+            directories = self._directories(image)
         except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
             return False
+        reason = None
+        for ref, directory in zip(self.visualizer.layers, directories):
+            summary = complete_summary(directory)
+            if summary is None:
+                return False  # unfinished: done now, a resume rather than a redo
+            reason = reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+        if reason:
+            self._redo_reason[str(image.key)] = reason
+            return False
+        return True
 
     def _skip(self, image: InputImage) -> None:
         with self._lock:

@@ -114,8 +114,15 @@ def json_bytes(document: Any) -> bytes:
 
 def is_complete(directory: Path) -> bool:
     """Whether ``directory`` holds a finished result: a readable summary whose files all exist."""
+    return complete_summary(directory) is not None
+
+
+def complete_summary(directory: Path) -> dict[str, Any] | None:
+    """The summary of a finished result in ``directory`` (one whose listed files all exist), else None."""
     try:
         summary = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
-        return all((directory / name).is_file() for name in summary.get("files", []))
-    except (OSError, ValueError, AttributeError):
-        return False
+        if all((directory / name).is_file() for name in summary.get("files", [])):
+            return summary
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return None

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featviz.checkpoints import MissingPickledCode, UntrustedPickle, read_torch_file
 from featviz.errors import ModelError, UsageError, WeightsError
+from featviz.official import OfficialWeights, file_name, hash_prefix, recognise, sha256_matches
 from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
@@ -44,6 +46,7 @@ class LoadedModel:
     categories: list[str] | None = None
     source: str = "torchvision"  # "torchvision", "torchscript" or "factory"
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (the CLI prints them)
 
 
 def classification_model_names() -> list[str]:
@@ -91,6 +94,8 @@ def load_model(
     device: str = "cpu",
     preprocess: Preprocess | None = None,
     pretrained: bool = True,
+    weights_file: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Build the model named by ``model`` and load ``weights`` into it.
 
@@ -98,15 +103,30 @@ def load_model(
     ``weights`` is ``DEFAULT``, a torchvision weights name (``IMAGENET1K_V1``), ``none`` (random,
     seeded by ``seed``) or a path to a state dict. For a user's own model ``DEFAULT`` means "as
     built". ``preprocess`` replaces the pipeline that goes with the weights.
+
+    torchvision's own weight files work offline: a path whose file name is the official one
+    (``alexnet-owt-7be5be79.pth``) gets those weights' class names and preprocessing, and
+    ``weights_file`` loads the tensors of the torchvision weights named by ``weights`` from a
+    file of any name instead of downloading them (:mod:`featviz.official`).
+
+    Files are read as tensors only. ``trust_pickle`` also unpickles Python objects (a whole model
+    saved with ``torch.save(model)`` as ``model``, a checkpoint with non-tensor entries as
+    ``weights``): only for files you trust, since unpickling runs code from the file.
     """
     target = resolve_device(device)
     weights_text = "none" if weights is None else os.fspath(weights)
+    file_text = None if weights_file is None else os.fspath(weights_file)
+    if file_text is not None and (_looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--weights-file names the file of torchvision weights; this model is your own",
+                         hint=f"pass its state dict with --weights {file_text}")
     if _looks_like_factory(model):
-        loaded = _load_factory(model, weights_text, seed)
+        loaded = _load_factory(model, weights_text, seed, trust_pickle)
     elif _looks_like_file(model):
-        loaded = _load_torchscript(model, weights_text, seed)
+        loaded = _load_torchscript(model, weights_text, seed, trust_pickle)
+    elif file_text is not None:
+        loaded = _load_named_file(model, weights_text, file_text, seed, trust_pickle)
     else:
-        loaded = _load_torchvision(model, weights_text, seed, pretrained)
+        loaded = _load_torchvision(model, weights_text, seed, pretrained, trust_pickle)
     if preprocess is not None:
         loaded.preprocess = preprocess
     loaded.module.to(target)
@@ -140,22 +160,11 @@ def _seeded_build(build: Any, seed: int) -> Any:
         return build()
 
 
-def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True) -> LoadedModel:
+def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
+                      trust_pickle: bool = False) -> LoadedModel:
     from torchvision.models import get_model, get_model_weights
 
-    names = classification_model_names()
-    if name not in names:
-        lowered = {n.lower(): n for n in names}
-        if name.lower() in lowered:
-            name = lowered[name.lower()]
-        else:
-            close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
-            hint = ("did you mean " + ", ".join(close) + "?") if close else (
-                "run `python -c \"import torchvision; print(torchvision.models.list_models())\"` "
-                "for the names, or pass a TorchScript file or package.module:factory"
-            )
-            raise ModelError(f"unknown model {name!r}: it is not a torchvision classification model", hint=hint)
-
+    name = _torchvision_name(name)
     if _is_none(weights):
         module = _seeded_build(lambda: get_model(name, weights=None), seed)
         # Class names still come from the default weights' metadata (no download needed).
@@ -174,9 +183,62 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
             module, name, f"{type(chosen).__name__}.{chosen.name}",
             Preprocess.from_transforms(chosen.transforms()), _cpu(), categories,
         )
+    official = recognise(weights, name) if Path(weights).is_file() else None
+    if official is not None and official.model != name:
+        raise WeightsError(f"{weights} is torchvision's {official.label} file, made for {official.model}, not {name}",
+                           hint=f"use --model {official.model}")
+    if official is not None:
+        return _load_official_file(official, weights, seed, trust_pickle)
     module = _seeded_build(lambda: get_model(name, weights=None), seed)
-    load_state_dict_file(module, weights)
+    load_state_dict_file(module, weights, trust_pickle)
     return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+
+def _load_named_file(name: str, weights: str, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
+    """``--weights IMAGENET1K_V1 --weights-file PATH``: the named weights' tensors from a file."""
+    from torchvision.models import get_model_weights
+
+    name = _torchvision_name(name)
+    if _is_none(weights) or _looks_like_path(weights):
+        raise UsageError("--weights-file needs --weights to name the torchvision weights the file holds",
+                         hint=f"e.g. --weights IMAGENET1K_V1 --weights-file {path}")
+    chosen = _pick_weights(name, get_model_weights(name), weights)
+    return _load_official_file(OfficialWeights(name, chosen), path, seed, trust_pickle)
+
+
+def _load_official_file(official: OfficialWeights, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
+    """torchvision weights from a local file, with their class names and preprocessing. The
+    file's SHA-256 is checked against the prefix in the official name: a different file still
+    loads (it fits the architecture, or loading fails), with a note that it is not the original."""
+    from torchvision.models import get_model
+
+    module = _seeded_build(lambda: get_model(official.model, weights=None), seed)
+    load_state_dict_file(module, path, trust_pickle)
+    chosen = official.weights
+    notes = []
+    if sha256_matches(path, chosen) is False:
+        notes.append(f"{path}: its SHA-256 does not start with {hash_prefix(chosen)}, so it is not torchvision's "
+                     f"own {file_name(chosen)}; using its class names and preprocessing all the same")
+    categories = list(chosen.meta.get("categories") or []) or None
+    return LoadedModel(module, official.model, f"{official.label} from {path}",
+                       Preprocess.from_transforms(chosen.transforms()), _cpu(), categories, notes=notes)
+
+
+def _torchvision_name(name: str) -> str:
+    """``name`` as torchvision spells it (case-insensitive), or a ModelError with close names."""
+    names = classification_model_names()
+    if name not in names:
+        lowered = {n.lower(): n for n in names}
+        if name.lower() in lowered:
+            name = lowered[name.lower()]
+        else:
+            close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+            hint = ("did you mean " + ", ".join(close) + "?") if close else (
+                "run `python -c \"import torchvision; print(torchvision.models.list_models())\"` "
+                "for the names, or pass a TorchScript file or package.module:factory"
+            )
+            raise ModelError(f"unknown model {name!r}: it is not a torchvision classification model", hint=hint)
+    return name
 
 
 def _cpu() -> torch.device:
@@ -221,8 +283,8 @@ def _download_guarded(build: Any, weights: Any) -> Any:
         raise WeightsError(
             f"pretrained weights {filename} {what} ({reason}); torchvision looks for them in "
             f"{cache} (set TORCH_HOME to move it)",
-            hint=f"put {filename} there, pass --weights PATH to a state dict, or --weights none "
-            "for random weights",
+            hint=f"put {filename} there, or pass the file with --weights PATH (its official name is "
+            "recognised; a renamed copy: --weights NAME --weights-file PATH), or --weights none for random weights",
         ) from exc
 
 
@@ -250,25 +312,21 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
     return dict(obj)
 
 
-def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
-    """Load a state dict file into ``module``, safely (``weights_only=True``)."""
-    import pickle
-    import warnings
-
+def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool = False) -> None:
+    """Load a state dict file into ``module``, safely (``weights_only=True``); with
+    ``trust_pickle`` also a checkpoint holding other objects, or a whole pickled model (whose
+    state dict is taken)."""
     import torch
 
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before refusing a file
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path} cannot be read as a PyTorch weights file ({first[:200]})",
-            hint="featviz loads only tensors (weights_only=True); save with torch.save(model.state_dict(), path)",
-        ) from exc
+    if trust_pickle:
+        with _current_folder_importable():  # the pickled classes' code, as for a factory
+            obj = read_torch_file(path, trust_pickle=True)
+    else:
+        obj = read_torch_file(path)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
     state = extract_state_dict(obj, path)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -292,7 +350,7 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
+def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
     module_name, _, attr = spec.partition(":")
@@ -303,7 +361,7 @@ def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
                          hint="the factory must build and return the model")
     label = "as built"
     if not _is_none(weights) and not _is_default(weights):
-        load_state_dict_file(built, weights)
+        load_state_dict_file(built, weights, trust_pickle)
         label = weights
     elif _is_none(weights):
         label = f"as built (seed {seed})"
@@ -346,7 +404,7 @@ def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> An
     return _seeded_build(factory if callable(factory) else (lambda: factory), seed)
 
 
-def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:
+def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
     if not Path(path).is_file():
@@ -361,14 +419,42 @@ def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
             module = torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(
-            f"{path} is not a TorchScript model",
-            hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "
-            "name the architecture with --model and pass the file with --weights",
-        ) from exc
+        module = _load_pickled_model(path, trust_pickle, exc)
+        source = "pickle"
+    else:
+        source = "torchscript"
     label = "as saved"
     if not _is_none(weights) and not _is_default(weights):
-        load_state_dict_file(module, weights)
+        load_state_dict_file(module, weights, trust_pickle)
         label = weights
     del seed
-    return LoadedModel(module, path, label, Preprocess(), _cpu(), source="torchscript")
+    return LoadedModel(module, path, label, Preprocess(), _cpu(), source=source)
+
+
+def _load_pickled_model(path: str, trust_pickle: bool, jit_error: Exception) -> torch.nn.Module:
+    """A model saved whole with ``torch.save(model)``: refused (unpickling runs code) unless
+    ``trust_pickle``; a state dict or anything else passed as ``--model`` gets a hint."""
+    import torch
+
+    not_a_model = ModelError(
+        f"{path} is not a TorchScript model",
+        hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "
+        "name the architecture with --model and pass the file with --weights",
+    )
+    try:
+        if trust_pickle:
+            with _current_folder_importable():  # the model's class, as for a factory
+                obj = read_torch_file(path, trust_pickle=True)
+        else:
+            obj = read_torch_file(path)
+    except (UntrustedPickle, MissingPickledCode):
+        raise
+    except WeightsError:
+        raise not_a_model from jit_error
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        raise ModelError(f"{path} is not a TorchScript model: it holds weights (a state dict), not a model",
+                         hint="name the architecture with --model (a torchvision name or package.module:factory) "
+                         "and pass this file with --weights")
+    raise not_a_model from jit_error

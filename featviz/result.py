@@ -26,6 +26,7 @@ from featviz.layout import (
     png_bytes,
     remove_stale_temporaries,
 )
+from featviz.notebook import grid_png, result_html, short_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,9 +127,11 @@ class RenderOptions:
             raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
         if self.channel not in CHANNEL_MODES:
             raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
-        for name, value in (("--top-k", self.top_k), ("--max-channels", self.max_channels)):
+        for name, value, meaning in (("--top-k", self.top_k, "draw every channel"),
+                                     ("--max-channels", self.max_channels, "put every drawn channel in the grid")):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, got {value}")
+                raise UsageError(f"{name} must be at least 1, got {value}",
+                                 hint=f"leave {name} out to {meaning}, or give a number of channels such as {name} 8")
         if not 0 <= self.png_level <= 9:
             raise UsageError(f"PNG compression level {self.png_level} is out of range", hint="use 0..9")
         if not 0.0 <= self.alpha <= 1.0:
@@ -167,6 +170,7 @@ class LayerResult:
     stn_theta: torch.Tensor | None = None
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
 
     @property
     def num_channels(self) -> int:
@@ -338,7 +342,7 @@ class LayerResult:
         """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
         from featviz.render import bar_chart
 
-        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}, top channels labelled"
+        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}"
         return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
 
     def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
@@ -367,12 +371,23 @@ class LayerResult:
             "clip_percentile": self.options.clip_percentile,
             "drawn_channels": self.drawn_channels,
             **self.extra,
+            **({"options": self.settings} if self.settings is not None else {}),
             "files": list(files),
         }
 
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write this result's files into ``directory`` (see :func:`write_result`)."""
         return write_result(self, Path(directory))
+
+    # Jupyter (featviz.notebook): the grid as a picture, or grid and overlays as small thumbnails
+    def _repr_png_(self) -> bytes:
+        return grid_png(self)
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def result_files(result: LayerResult) -> list[tuple[str, Producer]]:

@@ -16,14 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 
 # Bottom first. A module may import modules of lower levels (and none of its own level or above).
 STACK: list[set[str]] = [
-    {"errors", "png"},
+    {"errors", "png", "progress", "viewer"},
     {"layout"},
-    {"images", "inputs", "preprocess"},
+    {"checkpoints", "images", "inputs", "official", "preprocess"},
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
-    {"attention", "render", "faithfulness"},
+    {"attention", "faithfulness", "notebook", "render"},
     {"result"},
+    {"estimate", "settings"},
     {"pipeline"},
     {"report"},
     {"export"},
