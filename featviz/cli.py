@@ -201,6 +201,35 @@ class _Progress:
             click.echo("", err=True)
 
 
+class _StdoutLines:
+    """Lines on stdout that a closed pipe (``export --json | head -1``) cannot stop: the first
+    ``BrokenPipeError`` says so once on stderr, stdout is pointed at ``/dev/null`` (so that
+    Python's final flush stays quiet) and the batch goes on: the manifest has every record."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.closed = False
+
+    def echo(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            click.echo(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            import os
+
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # no real file descriptor (an in-process test runner)
+                pass
+            click.echo(f"warning: stdout was closed; the batch went on, every record is in {self.out / 'manifest.jsonl'}",
+                       err=True)
+
+
 def _progress_enabled(params: dict[str, Any]) -> bool:
     if params["quiet"]:
         return False
@@ -216,11 +245,16 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     records: list[dict[str, Any]] = []
     progress = _Progress(len(images), _progress_enabled(params), "featviz")
 
+    stdout = _StdoutLines(params["out"])
+
     def on_record(record: dict[str, Any]) -> None:
         if record["status"] == "error":
             click.echo(f"error: {record['error']}", err=True)
+        if record.get("nonfinite"):
+            click.echo(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
+                       "infinite activations; they are left out of the statistics (see summary.json)", err=True)
         if stream_records:
-            click.echo(json.dumps(record, ensure_ascii=False))
+            stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
@@ -373,23 +407,32 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
     spatial-attention overlay at each stage side by side, with the stage's name and activation
     shape, all captured in one forward pass per image."""
-    from featviz.errors import ImageError
-    from featviz.layout import atomic_write, png_bytes, stem_keys
+    from featviz.errors import ImageError, OutputError
+    from featviz.layout import atomic_write, check_output_folder, ensure_inside, is_fatal_write_error, png_bytes, stem_keys
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha))
+    check_output_folder(out)
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
         try:
             picture, results = visualizer.sweep(path)
-        except ImageError as error:
+            target = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
+        except (ImageError, UsageError) as error:
             click.echo(f"error: {error}", err=True)
             failed += 1
             continue
-        target = out / key / "sweep.png"
-        atomic_write(target, png_bytes(picture, 1))
+        try:
+            atomic_write(target, png_bytes(picture, 1))
+        except OSError as exc:
+            if is_fatal_write_error(exc):
+                raise OutputError(f"cannot write {target} ({exc.strerror}); the run stopped",
+                                  hint="free space or fix the output folder, then run sweep again") from None
+            click.echo(f"error: {target}: {exc}", err=True)
+            failed += 1
+            continue
         documents.append({"input": str(path), "output": str(target),
                           "stages": [{"layer": r.layer.path, "shape": list(r.activations.shape)} for r in results]})
         if not as_json:
