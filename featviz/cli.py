@@ -466,6 +466,9 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
+    if rows and all(row["output_shape"] is None for row in rows):
+        raise UsageError(f"{loaded.name} does not run on a 3x{side}x{side} input: no layer produced an output",
+                         hint="pass --crop (and --resize) with the input size the model takes")
     se_blocks = [b.path for b in find_se_blocks(loaded.module)]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks

@@ -360,6 +360,8 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
     }
     if "predictions" in result.extra:
         fields["predictions"] = result.extra["predictions"]
+    if result.extra.get("nonfinite"):  # NaN or infinite activations, replaced before drawing
+        fields["nonfinite"] = result.extra["nonfinite"]
     return fields
 
 

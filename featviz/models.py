@@ -167,16 +167,46 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
         chosen = _pick_weights(name, enum, weights)
         if pretrained:
             module = _download_guarded(lambda: get_model(name, weights=chosen), chosen)
-        else:
-            module = _seeded_build(lambda: get_model(name, weights=None), seed)
+        else:  # the architecture the weights would be loaded into (ViT at the weights' size)
+            module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
+            _drop_aux_heads(name, module, keep=name == "inception_v3")
         categories = list(chosen.meta.get("categories") or []) or None
         return LoadedModel(
             module, name, f"{type(chosen).__name__}.{chosen.name}",
             Preprocess.from_transforms(chosen.transforms()), _cpu(), categories,
         )
-    module = _seeded_build(lambda: get_model(name, weights=None), seed)
-    load_state_dict_file(module, weights)
+    state = read_state_dict_file(weights)
+    module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, None)), seed)
+    _drop_aux_heads(name, module, keep=any(k.startswith(AUX_HEADS.get(name, ("-",))) for k in state))
+    load_state_dict(module, state, weights)
     return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+
+#: Auxiliary classifier heads torchvision builds for pretrained weights and may then remove.
+AUX_HEADS: dict[str, tuple[str, ...]] = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
+
+
+def pretrained_build_kwargs(name: str, weights: Any) -> dict[str, Any]:
+    """What torchvision's builder changes when it builds ``name`` for pretrained weights, so
+    that a model built without downloading (``featviz layers``, ``--weights PATH``) is the same
+    architecture: Inception v3 and GoogLeNet take ``transform_input=True`` (they were trained on
+    inputs normalised the other way, and turn ImageNet-normalised inputs into those), their
+    auxiliary heads and no weight initialisation; a ViT is built for its weights' image size."""
+    if name in AUX_HEADS:
+        return {"transform_input": True, "aux_logits": True, "init_weights": False}
+    if name.startswith("vit_") and weights is not None:
+        return {"image_size": int(weights.meta["min_size"][0])}
+    return {}
+
+
+def _drop_aux_heads(name: str, module: Any, keep: bool) -> None:
+    """Remove the auxiliary heads, as torchvision does after loading pretrained weights (GoogLeNet
+    always, Inception v3 only when asked); they never take part in an eval-mode forward pass."""
+    if name not in AUX_HEADS or keep:
+        return
+    module.aux_logits = False
+    for prefix in AUX_HEADS[name]:
+        setattr(module, prefix.rstrip("."), None)
 
 
 def _cpu() -> torch.device:
@@ -202,20 +232,58 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
     )
 
 
+#: Seconds a download may wait for the server to answer (each connect and each read), before it
+#: fails with a message; ``FEATVIZ_DOWNLOAD_TIMEOUT`` changes it.
+DOWNLOAD_TIMEOUT = 60.0
+
+
+def download_timeout() -> float:
+    """``FEATVIZ_DOWNLOAD_TIMEOUT`` (seconds, > 0), else :data:`DOWNLOAD_TIMEOUT`."""
+    text = os.environ.get("FEATVIZ_DOWNLOAD_TIMEOUT", "")
+    try:
+        value = float(text) if text.strip() else DOWNLOAD_TIMEOUT
+    except ValueError:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} must be more than 0 seconds")
+    return value
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub downloads through urllib without a timeout: a server that accepts and never
+    answers would hang forever. The default socket timeout applies to urllib's sockets; it is
+    restored afterwards."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download_guarded(build: Any, weights: Any) -> Any:
-    """Build with pretrained weights; a failed download becomes an error that says what to do."""
+    """Build with pretrained weights; a failed download becomes an error that says what to do.
+    The download times out (:func:`download_timeout`) and leaves no ``.partial`` file."""
+    import pickle
+
     import torch
 
     filename = os.path.basename(weights.url)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    import contextlib
-    import pickle
-
+    timeout = download_timeout()
+    partials_before = set(cache.glob(f"{filename}.*.partial"))
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):  # torch.hub prints "Downloading" on stdout
             return build()
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        for partial in set(cache.glob(f"{filename}.*.partial")) - partials_before:
+            partial.unlink(missing_ok=True)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError) or "timed out" in reason:
+            reason = f"no answer from the server within {timeout:g} s (FEATVIZ_DOWNLOAD_TIMEOUT): {reason}"
         cached = (cache / filename).exists()
         what = "could not be loaded" if cached else "are not cached and could not be downloaded"
         raise WeightsError(
@@ -252,6 +320,11 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
 
 def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     """Load a state dict file into ``module``, safely (``weights_only=True``)."""
+    load_state_dict(module, read_state_dict_file(path), path)
+
+
+def read_state_dict_file(path: str) -> dict[str, Any]:
+    """The state dict in a file, read safely (``weights_only=True``)."""
     import pickle
     import warnings
 
@@ -269,7 +342,11 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
             f"{path} cannot be read as a PyTorch weights file ({first[:200]})",
             hint="featviz loads only tensors (weights_only=True); save with torch.save(model.state_dict(), path)",
         ) from exc
-    state = extract_state_dict(obj, path)
+    return extract_state_dict(obj, path)
+
+
+def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -> None:
+    """Load ``state`` (read from ``path``) into ``module``; keys and shapes must all fit."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -343,7 +420,38 @@ def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> An
                 hint=("did you mean " + ", ".join(close) + "?") if close else "check the factory name",
             )
         factory = getattr(factory, part)
-    return _seeded_build(factory if callable(factory) else (lambda: factory), seed)
+    return _call_factory(spec, factory, seed)
+
+
+def _call_factory(spec: str, factory: Any, seed: int) -> Any:
+    """``factory()``, seeded; a model instance is taken as it is. Whatever the factory raises
+    (``SystemExit`` from ``builtins:exit`` included, Ctrl-C excepted) is a :class:`ModelError`
+    carrying its message; a callable that needs arguments (``os:system``) is refused without
+    being called."""
+    import inspect
+
+    import torch
+
+    if isinstance(factory, torch.nn.Module):
+        return factory
+    if not callable(factory):
+        raise ModelError(f"{spec} is a {type(factory).__name__}, not a model factory",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise ModelError(f"{spec} cannot be called without arguments ({exc})",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module") from None
+    except ValueError:  # no signature to inspect (some builtins): calling it will tell
+        pass
+    try:
+        return _seeded_build(factory, seed)
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+        raise ModelError(f"model factory {spec} raised {type(exc).__name__}: {message}",
+                         hint="fix the factory, or check that --model names the right one") from exc
 
 
 def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:

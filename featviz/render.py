@@ -48,7 +48,7 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     if bounds is None:
         low = maps.amin(dim=(-2, -1), keepdim=True)
         span = maps.amax(dim=(-2, -1), keepdim=True) - low
-        maps.sub_(low).div_(span.clamp_min(1e-12))
+        maps.sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span)))  # only 0 is guarded: 1e-14 spans 0..255
         blank = span <= 0
         if black is not None:
             blank = blank | black[..., None, None]
@@ -57,7 +57,7 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     else:
         low, high = (b.to(maps.device, torch.float32) for b in bounds)
         span = high - low
-        maps.clamp_(min=low, max=high).sub_(low).div_(span.clamp_min(1e-12)).mul_(span > 0)
+        maps.clamp_(min=low, max=high).sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span))).mul_(span > 0)
     return maps.mul_(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
