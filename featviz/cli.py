@@ -3,9 +3,10 @@
 Heavy modules (torch, torchvision, matplotlib) are imported inside the commands, so
 ``featviz --help`` stays instant.
 
-Exit codes: 0 everything done; 1 some images failed (the others were done); 2 usage error
-(bad option, unknown model, weights that do not fit, layer out of range), reported before any
-image is processed.
+Exit codes: 0 everything done; 1 some images failed (the others were done), or the output
+folder stopped taking files (disk full) and the run stopped cleanly; 2 usage error (bad option,
+unknown model, weights that do not fit, layer out of range, an --out that cannot be written),
+reported before any image is processed. A closed stdout (``--json | head``) does not change it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes:
   0  everything was done
-  1  some images failed (each is named on stderr; the others were done)
-  2  usage error: bad option, unknown model or weights, layer out of range
+  1  some images failed (each is named on stderr; the others were done), or
+     the output folder filled up: the run stopped; --skip-existing resumes
+  2  usage error: bad option, unknown model or weights, layer out of range,
+     an --out that cannot be written
   130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
 """
 

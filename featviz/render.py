@@ -62,8 +62,12 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
 
 
 def percentile_bounds(values: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension
-    (nearest rank), so one hot pixel cannot set the scale. ``values``: float (..., M)."""
+    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension,
+    so one hot pixel cannot set the scale. ``values``: float (..., M).
+
+    A rank, not an interpolation: high is the k-th smallest value with k = round(P/100 * M)
+    clamped to 1..M (rounded, where the textbook nearest-rank method takes the ceiling), low the
+    (M + 1 - k)-th smallest, so the two are symmetric."""
     count = values.shape[-1]
     high_rank = max(1, min(count, round(percentile / 100 * count)))
     low_rank = max(1, min(count, count + 1 - high_rank))

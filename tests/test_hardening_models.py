@@ -285,15 +285,27 @@ def test_download_times_out_and_leaves_no_partial(monkeypatch: pytest.MonkeyPatc
     original = api.load_state_dict_from_url
     monkeypatch.setattr(api, "load_state_dict_from_url",
                         lambda url, *a, **k: original(f"http://127.0.0.1:{port}/{url.rsplit('/', 1)[-1]}", *a, **k))
-    try:
-        with pytest.raises(WeightsError) as caught:
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
             models.load_model("alexnet", "DEFAULT")
-    finally:
-        stop.set()
-        thread.join()
-        for connection in accepted:
-            connection.close()
-        server.close()
-    assert "no answer from the server within 0.5 s" in caught.value.message
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=30)  # without a timeout the download would wait forever
+    hung = loader.is_alive()
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()  # ends a hanging download, so the thread does not outlive the test
+    server.close()
+    loader.join(timeout=30)
+    assert not hung, "the download did not time out"
+    [error] = outcome
+    assert isinstance(error, WeightsError), error
+    assert "no answer from the server within 0.5 s" in error.message
     assert socket.getdefaulttimeout() is None
     assert list((tmp_path / "torch-home").rglob("*.partial")) == []

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from featviz.attention import cbam_refine, minmax, replace_nonfinite, weights_from_statistic
+from featviz import attention
+from featviz.attention import cbam_refine, minmax, weights_from_statistic
 from featviz.cli import main
 from featviz.export import MANIFEST, SUMMARY
 from featviz.render import channel_tiles, to_uint8
@@ -99,7 +100,7 @@ def test_replace_nonfinite_keeps_the_channel_mean_and_leaves_the_input_alone() -
     x[0, 1, 2, 2] = float("nan")
     x[1, 2] = float("inf")  # a channel without one finite value
     original = x.clone()
-    replaced, counts = replace_nonfinite(x)
+    replaced, counts = attention.replace_nonfinite(x)
     assert counts.tolist() == [1, 16]
     assert torch.isfinite(replaced).all()
     assert torch.equal(x.isnan(), original.isnan()) and torch.equal(x.nan_to_num(), original.nan_to_num())
@@ -167,3 +168,37 @@ def test_normal_ranges_are_unchanged() -> None:
     assert torch.equal(to_uint8(maps.clone()), old)
     constant = torch.full((1, 4, 4), 3.0)
     assert to_uint8(constant.clone()).max() == 0 and minmax(constant, dims=(1, 2)).max() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# 15, 16. the README says what the code does
+# --------------------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_fcanet_frequencies_below_seven_pixels() -> None:
+    from featviz.attention import scale_frequencies
+
+    assert scale_frequencies([(6, 6), (1, 0), (3, 5)], 5, 5) == [(4, 4), (1, 0), (3, 4)]  # step 1, clipped
+    assert scale_frequencies([(6, 6), (1, 0)], 14, 21) == [(12, 18), (2, 0)]  # u * (H // 7), as FcaNet
+    text = README.read_text(encoding="utf-8")
+    assert "(min(u, H−1), min(v, W−1))" in text and "maps every frequency to 0" in text
+
+
+def test_clip_percentile_words_match_the_rounded_rank() -> None:
+    from featviz.render import percentile_bounds
+
+    values = torch.arange(1, 11, dtype=torch.float32)
+    low, high = percentile_bounds(values, 94)  # rank round(9.4) = 9; the nearest-rank method's ceil gives 10
+    assert (float(low), float(high)) == (2.0, 9.0)
+    doc = percentile_bounds.__doc__ or ""
+    assert "round(P/100 * M)" in doc and "(nearest rank)" not in doc
+    assert "round(P/100·M)" in README.read_text(encoding="utf-8")
+
+
+def test_readme_promises_pixels_and_names_the_seed_difference() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "byte for byte, as an uninterrupted one" not in text
+    assert "with the same pixels in every PNG" in text
+    assert "one grey level on about 2 pixels in a million" in text

@@ -48,7 +48,18 @@ def manifest_records(out: Path) -> list[dict[str, Any]]:
 
 
 def all_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Relative path -> content; a PNG's content is its decoded pixels (the README promises the
+    same pixels, not the same deflate bytes)."""
+    return {p.relative_to(root).as_posix(): _content(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _content(path: Path) -> bytes:
+    if path.suffix != ".png":
+        return path.read_bytes()
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return f"{image.mode} {image.size}".encode() + image.tobytes()
 
 
 def temporaries(root: Path) -> list[Path]:
@@ -207,7 +218,7 @@ def test_disk_full_stops_cleanly_and_resume_completes(tmp_path: Path, monkeypatc
     photos(tmp_path / "in", 6)
     full = run("export", tmp_path / "in", "--out", tmp_path / "reference", *TINY, "--workers", "1")
     assert full.exit_code == 0
-    total = sum(len(b) for b in all_files(tmp_path / "reference").values())
+    total = sum(p.stat().st_size for p in (tmp_path / "reference").rglob("*") if p.is_file())
     out = tmp_path / "out"
     disk = FillingDisk(total // 2)
     monkeypatch.setattr(layout.os, "write", disk)
