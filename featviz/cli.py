@@ -327,9 +327,14 @@ def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
             continue
         seen.add(record["input"])
         summary = json.loads((out / record["output"] / "summary.json").read_text(encoding="utf-8"))
-        top = ", ".join(f"{p['label']} ({100 * p['probability']:.1f}%)" for p in summary.get("predictions", []))
+        top = ", ".join(f"{p['label']} ({_percent(p['probability'])})" for p in summary.get("predictions", []))
         lines.append(f"prediction: {record['input']}: {top}")
     return lines
+
+
+def _percent(probability: float | None) -> str:
+    """``12.3%``; ``n/a`` for the null a NaN probability is written as."""
+    return "n/a" if probability is None else f"{100 * probability:.1f}%"
 
 
 def _written_files(out: Path, record: dict[str, Any]) -> list[str]:

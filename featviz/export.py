@@ -234,7 +234,10 @@ class Exporter:
             report = self._run(images)
         finally:
             if self._report_writer is not None:
-                self._report_writer.close()
+                if self._fatal is None:
+                    self._report_writer.close()
+                else:  # OUT is full: the page would fail too; the resume rewrites it
+                    self._report_writer.discard()
                 self._report_writer = None
         if self._fatal is not None:
             raise self._fatal
@@ -335,7 +338,7 @@ class Exporter:
         started = time.perf_counter()
         error = None
         if self._fatal is not None:
-            error = f"{path}: not written: the run stopped ({self._fatal.message})"
+            error = f"{path}: not written: the output folder stopped taking files"
         else:
             try:
                 atomic_write(path, produce())
