@@ -194,11 +194,12 @@ def test_all_and_minus_one_without_a_features_stack(photo: Path, tmp_path: Path)
 
 
 def test_all_on_resnet18() -> None:
-    visualizer = Visualizer("resnet18", "none", ["all", "-1"])
+    loaded = load_model("resnet18", "none")
+    visualizer = Visualizer("resnet18", "none", ["all", "-1"], loaded=loaded)
     assert [ref.path for ref in visualizer.layers] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                                        "layer3", "layer4"]
-    assert Visualizer("resnet18", "none", ["-1"]).layers[0].path == "layer4"
-    assert Visualizer("resnet18", "none", ["-8"]).layers[0].path == "conv1"
+    [last, first] = Visualizer("resnet18", "none", ["-1", "-8"], loaded=loaded).layers
+    assert (last.path, last.index, first.path) == ("layer4", 7, "conv1")
 
 
 def test_all_with_a_features_stack_is_unchanged() -> None:
