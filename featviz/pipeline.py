@@ -205,7 +205,9 @@ class Visualizer:
         if self.options.normalize == "image":
             image_values = torch.cat([captured[ref.path].float().flatten(1) for ref in self.layers], dim=1)
         for ref in self.layers:
-            acts, nonfinite = replace_nonfinite(captured[ref.path].float())
+            raw = captured[ref.path].float()
+            acts, nonfinite = replace_nonfinite(raw)
+            mask = ~torch.isfinite(raw) if bool(nonfinite.any()) else None
             spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
             theta = captured.get(":stn_theta")
             if theta is not None:
@@ -223,6 +225,7 @@ class Visualizer:
                     image_values=None if image_values is None else image_values[i],
                     extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
                     | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
+                    nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
                 ))
         return per_image
 

@@ -101,6 +101,10 @@ def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] 
     return to_uint8(upsample(selected, size), bounds, black=flat).cpu().numpy()
 
 
+#: Where a colour grid marks NaN and infinite activations (magenta: in no common colormap).
+NONFINITE_COLOUR = (255, 0, 255)
+
+
 @lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
     """A matplotlib colormap as a (256, 3) uint8 lookup table."""

@@ -95,6 +95,30 @@ def test_nonfinite_activations(channel: str, tmp_path: Path, cat_photo: Path, us
             assert tile.getextrema() == (0, 255)
 
 
+@pytest.mark.parametrize("labels", [False, True])
+def test_nonfinite_activations_are_magenta_in_a_colour_grid(labels: bool, cat_photo: Path, user_module) -> None:
+    import featviz
+    from featviz.render import NONFINITE_COLOUR, grid_pixels
+
+    name = user_module(NONFINITE_MODEL)
+    [result] = featviz.visualize(cat_photo, model=f"{name}:build", layers=[1], weights="none", size=20,
+                                 cmap="viridis", labels=labels)
+    pixels = np.asarray(result.grid()) if labels else result.grid_pixels()
+    magenta = (pixels == NONFINITE_COLOUR).all(axis=-1)
+    # independently: tile c holds the 20x20 pixels whose nearest source pixel of the 28x28 map
+    # (index floor(i * 28 / 20)) is (c, c), for channels 0, 1, 2; laid out as the grid is
+    assert result.activations.shape[1:] == (28, 28)
+    source = np.floor(np.arange(20) * 28 / 20).astype(int)
+    expected = np.zeros((4, 20, 20), dtype=np.uint8)
+    for c in range(3):
+        expected[c] = np.outer(source == c, source == c) * 255
+    assert [int(expected[c].sum() // 255) for c in range(4)] == [1, 1, 1, 0]
+    assert np.array_equal(magenta, grid_pixels(expected, pad_value=0) > 0)
+    assert magenta.sum() > 0
+    grey = featviz.visualize(cat_photo, model=f"{name}:build", layers=[1], weights="none", size=8)[0]
+    assert grey.grid_pixels().ndim == 2  # a grey grid is left grey: the values are drawn at the channel mean
+
+
 def test_replace_nonfinite_keeps_the_channel_mean_and_leaves_the_input_alone() -> None:
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     x[0, 1, 2, 2] = float("nan")
