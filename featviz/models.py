@@ -450,6 +450,8 @@ def _call_factory(spec: str, factory: Any, seed: int) -> Any:
         raise
     except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+        if isinstance(exc, SystemExit):
+            message = f"it exits the program (code {exc.code!r}) instead of returning a model"
         raise ModelError(f"model factory {spec} raised {type(exc).__name__}: {message}",
                          hint="fix the factory, or check that --model names the right one") from exc
 
