@@ -3,9 +3,10 @@
 Heavy modules (torch, torchvision, matplotlib) are imported inside the commands, so
 ``featviz --help`` stays instant.
 
-Exit codes: 0 everything done; 1 some images failed (the others were done); 2 usage error
-(bad option, unknown model, weights that do not fit, layer out of range), reported before any
-image is processed.
+Exit codes: 0 everything done; 1 some images failed (the others were done), or the output
+folder stopped taking files (disk full) and the run stopped cleanly; 2 usage error (bad option,
+unknown model, weights that do not fit, layer out of range, an --out that cannot be written),
+reported before any image is processed. A closed stdout (``--json | head``) does not change it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes:
   0  everything was done
-  1  some images failed (each is named on stderr; the others were done)
-  2  usage error: bad option, unknown model or weights, layer out of range
+  1  some images failed (each is named on stderr; the others were done), or
+     the output folder filled up: the run stopped; --skip-existing resumes
+  2  usage error: bad option, unknown model or weights, layer out of range,
+     an --out that cannot be written
   130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
 """
 
@@ -200,6 +203,35 @@ def _show_notes(loaded: Any) -> None:
         click.echo(f"warning: {note}", err=True)
 
 
+class _StdoutLines:
+    """Lines on stdout that a closed pipe (``export --json | head -1``) cannot stop: the first
+    ``BrokenPipeError`` says so once on stderr, stdout is pointed at ``/dev/null`` (so that
+    Python's final flush stays quiet) and the batch goes on: the manifest has every record."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.closed = False
+
+    def echo(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            click.echo(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            import os
+
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # no real file descriptor (an in-process test runner)
+                pass
+            click.echo(f"warning: stdout was closed; the batch went on, every record is in {self.out / 'manifest.jsonl'}",
+                       err=True)
+
+
 def _progress_enabled(params: dict[str, Any]) -> bool:
     if params["quiet"]:
         return False
@@ -222,11 +254,17 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
 
     progress = progress_bar(len(images), _progress_enabled(params))
 
+    stdout = _StdoutLines(params["out"])
+
     def on_record(record: dict[str, Any]) -> None:
         if record["status"] == "error":  # above the bar, which is redrawn below it
             progress.write(f"error: {record['error']}", file=sys.stderr)
+        if record.get("nonfinite"):
+            progress.write(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
+                           "infinite activations; they are left out of the statistics (see summary.json)",
+                           file=sys.stderr)
         if stream_records:
-            click.echo(json.dumps(record, ensure_ascii=False))
+            stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
@@ -310,9 +348,14 @@ def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
             continue
         seen.add(record["input"])
         summary = json.loads((out / record["output"] / "summary.json").read_text(encoding="utf-8"))
-        top = ", ".join(f"{p['label']} ({100 * p['probability']:.1f}%)" for p in summary.get("predictions", []))
+        top = ", ".join(f"{p['label']} ({_percent(p['probability'])})" for p in summary.get("predictions", []))
         lines.append(f"prediction: {record['input']}: {top}")
     return lines
+
+
+def _percent(probability: float | None) -> str:
+    """``12.3%``; ``n/a`` for the null a NaN probability is written as."""
+    return "n/a" if probability is None else f"{100 * probability:.1f}%"
 
 
 def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
@@ -406,8 +449,8 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
     spatial-attention overlay at each stage side by side, with the stage's name and activation
     shape, all captured in one forward pass per image."""
-    from featviz.errors import ImageError
-    from featviz.layout import atomic_write, png_bytes, stem_keys
+    from featviz.errors import ImageError, OutputError
+    from featviz.layout import atomic_write, check_output_folder, ensure_inside, is_fatal_write_error, png_bytes, stem_keys
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
@@ -415,16 +458,25 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha),
                                   weights_file=weights_file, trust_pickle=trust_pickle)
     _show_notes(visualizer.loaded)
+    check_output_folder(out)
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
         try:
             picture, results = visualizer.sweep(path)
-        except ImageError as error:
+            target = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
+        except (ImageError, UsageError) as error:
             click.echo(f"error: {error}", err=True)
             failed += 1
             continue
-        target = out / key / "sweep.png"
-        atomic_write(target, png_bytes(picture, 1))
+        try:
+            atomic_write(target, png_bytes(picture, 1))
+        except OSError as exc:
+            if is_fatal_write_error(exc):
+                raise OutputError(f"cannot write {target} ({exc.strerror}); the run stopped",
+                                  hint="free space or fix the output folder, then run sweep again") from None
+            click.echo(f"error: {target}: {exc}", err=True)
+            failed += 1
+            continue
         documents.append({"input": str(path), "output": str(target),
                           "stages": [{"layer": r.layer.path, "shape": list(r.activations.shape)} for r in results]})
         if not as_json:
@@ -460,6 +512,9 @@ def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bo
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
+    if rows and all(row["output_shape"] is None for row in rows):
+        raise UsageError(f"{loaded.name} does not run on a 3x{side}x{side} input: no layer produced an output",
+                         hint="pass --crop (and --resize) with the input size the model takes")
     se_blocks = [b.path for b in find_se_blocks(loaded.module)]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks

@@ -176,8 +176,9 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
         chosen = _pick_weights(name, enum, weights)
         if pretrained:
             module = _download_guarded(lambda: get_model(name, weights=chosen), chosen)
-        else:
-            module = _seeded_build(lambda: get_model(name, weights=None), seed)
+        else:  # the architecture the weights would be loaded into (ViT at the weights' size)
+            module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
+            _drop_aux_heads(name, module, keep=name == "inception_v3")
         categories = list(chosen.meta.get("categories") or []) or None
         return LoadedModel(
             module, name, f"{type(chosen).__name__}.{chosen.name}",
@@ -189,9 +190,20 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
                            hint=f"use --model {official.model}")
     if official is not None:
         return _load_official_file(official, weights, seed, trust_pickle)
-    module = _seeded_build(lambda: get_model(name, weights=None), seed)
-    load_state_dict_file(module, weights, trust_pickle)
+    module = _build_for_file(name, weights, seed, trust_pickle)
     return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+
+def _build_for_file(name: str, path: str, seed: int, trust_pickle: bool = False, weights: Any = None) -> Any:
+    """``name`` built as torchvision builds it for pretrained weights (see
+    :func:`pretrained_build_kwargs`), with the tensors of the file at ``path`` loaded."""
+    from torchvision.models import get_model
+
+    state = read_state_dict_file(path, trust_pickle)
+    module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, weights)), seed)
+    _drop_aux_heads(name, module, keep=any(k.startswith(AUX_HEADS.get(name, ("-",))) for k in state))
+    load_state_dict(module, state, path)
+    return module
 
 
 def _load_named_file(name: str, weights: str, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
@@ -210,11 +222,8 @@ def _load_official_file(official: OfficialWeights, path: str, seed: int, trust_p
     """torchvision weights from a local file, with their class names and preprocessing. The
     file's SHA-256 is checked against the prefix in the official name: a different file still
     loads (it fits the architecture, or loading fails), with a note that it is not the original."""
-    from torchvision.models import get_model
-
-    module = _seeded_build(lambda: get_model(official.model, weights=None), seed)
-    load_state_dict_file(module, path, trust_pickle)
     chosen = official.weights
+    module = _build_for_file(official.model, path, seed, trust_pickle, chosen)
     notes = []
     if sha256_matches(path, chosen) is False:
         notes.append(f"{path}: its SHA-256 does not start with {hash_prefix(chosen)}, so it is not torchvision's "
@@ -241,6 +250,33 @@ def _torchvision_name(name: str) -> str:
     return name
 
 
+#: Auxiliary classifier heads torchvision builds for pretrained weights and may then remove.
+AUX_HEADS: dict[str, tuple[str, ...]] = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
+
+
+def pretrained_build_kwargs(name: str, weights: Any) -> dict[str, Any]:
+    """What torchvision's builder changes when it builds ``name`` for pretrained weights, so
+    that a model built without downloading (``featviz layers``, ``--weights PATH``) is the same
+    architecture: Inception v3 and GoogLeNet take ``transform_input=True`` (they were trained on
+    inputs normalised the other way, and turn ImageNet-normalised inputs into those), their
+    auxiliary heads and no weight initialisation; a ViT is built for its weights' image size."""
+    if name in AUX_HEADS:
+        return {"transform_input": True, "aux_logits": True, "init_weights": False}
+    if name.startswith("vit_") and weights is not None:
+        return {"image_size": int(weights.meta["min_size"][0])}
+    return {}
+
+
+def _drop_aux_heads(name: str, module: Any, keep: bool) -> None:
+    """Remove the auxiliary heads, as torchvision does after loading pretrained weights (GoogLeNet
+    always, Inception v3 only when asked); they never take part in an eval-mode forward pass."""
+    if name not in AUX_HEADS or keep:
+        return
+    module.aux_logits = False
+    for prefix in AUX_HEADS[name]:
+        setattr(module, prefix.rstrip("."), None)
+
+
 def _cpu() -> torch.device:
     import torch
 
@@ -264,20 +300,58 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
     )
 
 
+#: Seconds a download may wait for the server to answer (each connect and each read), before it
+#: fails with a message; ``FEATVIZ_DOWNLOAD_TIMEOUT`` changes it.
+DOWNLOAD_TIMEOUT = 60.0
+
+
+def download_timeout() -> float:
+    """``FEATVIZ_DOWNLOAD_TIMEOUT`` (seconds, > 0), else :data:`DOWNLOAD_TIMEOUT`."""
+    text = os.environ.get("FEATVIZ_DOWNLOAD_TIMEOUT", "")
+    try:
+        value = float(text) if text.strip() else DOWNLOAD_TIMEOUT
+    except ValueError:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} must be more than 0 seconds")
+    return value
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub downloads through urllib without a timeout: a server that accepts and never
+    answers would hang forever. The default socket timeout applies to urllib's sockets; it is
+    restored afterwards."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download_guarded(build: Any, weights: Any) -> Any:
-    """Build with pretrained weights; a failed download becomes an error that says what to do."""
+    """Build with pretrained weights; a failed download becomes an error that says what to do.
+    The download times out (:func:`download_timeout`) and leaves no ``.partial`` file."""
+    import pickle
+
     import torch
 
     filename = os.path.basename(weights.url)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    import contextlib
-    import pickle
-
+    timeout = download_timeout()
+    partials_before = set(cache.glob(f"{filename}.*.partial"))
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):  # torch.hub prints "Downloading" on stdout
             return build()
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        for partial in set(cache.glob(f"{filename}.*.partial")) - partials_before:
+            partial.unlink(missing_ok=True)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError) or "timed out" in reason:
+            reason = f"no answer from the server within {timeout:g} s (FEATVIZ_DOWNLOAD_TIMEOUT): {reason}"
         cached = (cache / filename).exists()
         what = "could not be loaded" if cached else "are not cached and could not be downloaded"
         raise WeightsError(
@@ -316,6 +390,11 @@ def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool 
     """Load a state dict file into ``module``, safely (``weights_only=True``); with
     ``trust_pickle`` also a checkpoint holding other objects, or a whole pickled model (whose
     state dict is taken)."""
+    load_state_dict(module, read_state_dict_file(path, trust_pickle), path)
+
+
+def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
+    """The state dict in a file, read safely (``weights_only=True``) unless ``trust_pickle``."""
     import torch
 
     if not Path(path).is_file():
@@ -327,7 +406,11 @@ def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool 
         obj = read_torch_file(path)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
-    state = extract_state_dict(obj, path)
+    return extract_state_dict(obj, path)
+
+
+def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -> None:
+    """Load ``state`` (read from ``path``) into ``module``; keys and shapes must all fit."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -401,7 +484,40 @@ def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> An
                 hint=("did you mean " + ", ".join(close) + "?") if close else "check the factory name",
             )
         factory = getattr(factory, part)
-    return _seeded_build(factory if callable(factory) else (lambda: factory), seed)
+    return _call_factory(spec, factory, seed)
+
+
+def _call_factory(spec: str, factory: Any, seed: int) -> Any:
+    """``factory()``, seeded; a model instance is taken as it is. Whatever the factory raises
+    (``SystemExit`` from ``builtins:exit`` included, Ctrl-C excepted) is a :class:`ModelError`
+    carrying its message; a callable that needs arguments (``os:system``) is refused without
+    being called."""
+    import inspect
+
+    import torch
+
+    if isinstance(factory, torch.nn.Module):
+        return factory
+    if not callable(factory):
+        raise ModelError(f"{spec} is a {type(factory).__name__}, not a model factory",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise ModelError(f"{spec} cannot be called without arguments ({exc})",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module") from None
+    except ValueError:  # no signature to inspect (some builtins): calling it will tell
+        pass
+    try:
+        return _seeded_build(factory, seed)
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+        if isinstance(exc, SystemExit):
+            message = f"it exits the program (code {exc.code!r}) instead of returning a model"
+        raise ModelError(f"model factory {spec} raised {type(exc).__name__}: {message}",
+                         hint="fix the factory, or check that --model names the right one") from exc
 
 
 def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:

@@ -11,6 +11,7 @@ and layer. Nothing here writes files: :meth:`LayerResult.save` and :mod:`featviz
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Visualizer:
         from featviz.layers import resolve_layers
         from featviz.models import load_model
 
+        layers = list(layers)  # read more than once
         self.options = (options or RenderOptions()).validate()
         self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
                                            trust_pickle=trust_pickle)
@@ -67,7 +69,8 @@ class Visualizer:
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
-        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name)
+        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
+                                     feature_maps=self._feature_maps(layers))
         self.se_blocks: dict[str, Any] = {}
         if self.options.channel == "learned":
             from featviz.layers import split_specs
@@ -119,16 +122,32 @@ class Visualizer:
     def device(self) -> torch.device:
         return self.loaded.device
 
-    def _check_layers(self) -> None:
-        """One forward pass on a blank input, so that a layer that yields no feature map is
-        reported before any photo is read."""
+    def _blank(self) -> torch.Tensor:
+        """float32 (1, 3, H, W) zeros at the size the model gets (the crop, else 224)."""
         import torch
 
         height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
-        blank = torch.zeros(1, 3, height, width, device=self.device)
+        return torch.zeros(1, 3, height, width, device=self.device)
+
+    def _feature_maps(self, layers: Iterable[str | int]) -> list[str] | None:
+        """For ``all`` and negative indices: the feature-stack entries that yield a feature map
+        (one pass on a blank input); None when no spec needs them."""
+        from featviz.capture import feature_map_paths
+        from featviz.layers import split_specs
+
+        parts = split_specs(layers)
+        if not any(p.lower() == "all" or p.startswith("-") for p in parts):
+            return None
+        return feature_map_paths(self.loaded.module, self._blank())
+
+    def _check_layers(self) -> None:
+        """One forward pass on a blank input, so that a layer that yields no feature map is
+        reported before any photo is read."""
+        blank = self._blank()
+        height, width = blank.shape[2:]
         try:
             captured = self._capture(blank)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
                 f"({str(exc).splitlines()[0][:160]})",
@@ -188,6 +207,8 @@ class Visualizer:
     def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
         import torch
 
+        from featviz.attention import replace_nonfinite
+
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
         captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
@@ -196,7 +217,9 @@ class Visualizer:
         if self.options.normalize == "image":
             image_values = torch.cat([captured[ref.path].float().flatten(1) for ref in self.layers], dim=1)
         for ref in self.layers:
-            acts = captured[ref.path].float()
+            raw = captured[ref.path].float()
+            acts, nonfinite = replace_nonfinite(raw)
+            mask = ~torch.isfinite(raw) if bool(nonfinite.any()) else None
             spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
             theta = captured.get(":stn_theta")
             if theta is not None:
@@ -212,7 +235,9 @@ class Visualizer:
                     weights=self.loaded.weights, before=None if before is None else before[i],
                     stn_theta=None if theta is None else theta[i],
                     image_values=None if image_values is None else image_values[i],
-                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {}),
+                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
+                    | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
+                    nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
                     settings=self.settings(ref),
                 ))
         return per_image
@@ -285,7 +310,8 @@ class Visualizer:
         probabilities = torch.softmax(output.float(), dim=1)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories
-        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k, "probability": p}
+        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
+                  "probability": p if math.isfinite(p) else None}  # NaN logits: null, not a bare NaN
                  for p, k in zip(values.tolist(), indices.tolist())]
                 for values, indices in zip(top.values, top.indices)]
 

@@ -48,7 +48,7 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     if bounds is None:
         low = maps.amin(dim=(-2, -1), keepdim=True)
         span = maps.amax(dim=(-2, -1), keepdim=True) - low
-        maps.sub_(low).div_(span.clamp_min(1e-12))
+        maps.sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span)))  # only 0 is guarded: 1e-14 spans 0..255
         blank = span <= 0
         if black is not None:
             blank = blank | black[..., None, None]
@@ -57,13 +57,17 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     else:
         low, high = (b.to(maps.device, torch.float32) for b in bounds)
         span = high - low
-        maps.clamp_(min=low, max=high).sub_(low).div_(span.clamp_min(1e-12)).mul_(span > 0)
+        maps.clamp_(min=low, max=high).sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span))).mul_(span > 0)
     return maps.mul_(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def percentile_bounds(values: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension
-    (nearest rank), so one hot pixel cannot set the scale. ``values``: float (..., M)."""
+    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension,
+    so one hot pixel cannot set the scale. ``values``: float (..., M).
+
+    A rank, not an interpolation: high is the k-th smallest value with k = round(P/100 * M)
+    clamped to 1..M (rounded, where the textbook nearest-rank method takes the ceiling), low the
+    (M + 1 - k)-th smallest, so the two are symmetric."""
     count = values.shape[-1]
     high_rank = max(1, min(count, round(percentile / 100 * count)))
     low_rank = max(1, min(count, count + 1 - high_rank))
@@ -95,6 +99,10 @@ def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] 
     # constant before upsampling: black (interpolation adds ulp-sized noise)
     flat = selected.flatten(1).amax(dim=1) == selected.flatten(1).amin(dim=1)
     return to_uint8(upsample(selected, size), bounds, black=flat).cpu().numpy()
+
+
+#: Where a colour grid marks NaN and infinite activations (magenta: in no common colormap).
+NONFINITE_COLOUR = (255, 0, 255)
 
 
 @lru_cache(maxsize=32)

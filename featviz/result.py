@@ -171,6 +171,7 @@ class LayerResult:
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
+    nonfinite_mask: torch.Tensor | None = None  # bool (C, H, W): where the model gave NaN or +-inf
 
     @property
     def num_channels(self) -> int:
@@ -255,10 +256,16 @@ class LayerResult:
         return Image.fromarray(self.tile(channel))
 
     def grid(self) -> Image.Image:
+        import numpy
+        from PIL import Image
+
         from featviz.render import grid_image
 
         labels = [str(c) for c in self.grid_channels] if self.options.labels else None
-        return grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+        picture = grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+        if self._marks_nonfinite():
+            picture = Image.fromarray(self._mark_nonfinite(numpy.array(picture)))
+        return picture
 
     def grid_pixels(self) -> np.ndarray:
         """The grid as a uint8 array (what :meth:`grid` shows): the exporter encodes this, which
@@ -269,7 +276,30 @@ class LayerResult:
             import numpy
 
             return numpy.asarray(self.grid())
-        return grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+        pixels = grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+        return self._mark_nonfinite(pixels) if self._marks_nonfinite() else pixels
+
+    def _marks_nonfinite(self) -> bool:
+        from featviz.render import is_gray
+
+        return self.nonfinite_mask is not None and bool(self.nonfinite_mask.any()) and not is_gray(self.options.cmap)
+
+    def _mark_nonfinite(self, pixels: np.ndarray) -> np.ndarray:
+        """A colour grid (H, W, 3) uint8 with NONFINITE_COLOUR (magenta) on the pixels nearest to
+        a NaN or infinite activation (nearest-neighbour upsampling of the mask, same layout)."""
+        import numpy
+        import torch.nn.functional as F
+
+        from featviz.render import NONFINITE_COLOUR, grid_pixels
+
+        if self.nonfinite_mask is None:
+            return pixels
+        size = self.options.size
+        chosen = self.nonfinite_mask[list(self.grid_channels)].float()[None]
+        mask = (F.interpolate(chosen, size=(size, size), mode="nearest")[0] > 0).cpu().numpy()
+        where = grid_pixels(mask.astype(numpy.uint8) * 255, cmap="gray", pad_value=0) > 0
+        pixels[where] = NONFINITE_COLOUR
+        return pixels
 
     def _grid_tiles(self) -> np.ndarray:
         if self.grid_channels == self.drawn_channels:
