@@ -77,11 +77,29 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """``--model-kwargs``: a JSON object, or a usage error (exit 2) saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{value!r} is not JSON ({exc.msg})", param_hint="--model-kwargs") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"{value!r} is not a JSON object like '{{\"drop_rate\": 0.1}}'",
+                                 param_hint="--model-kwargs")
+    return parsed
+
+
 model_options = _compose(
     click.option("--model", "-m", default="alexnet", show_default=True,
-                 help="torchvision classification model name, a TorchScript file, or package.module:factory."),
+                 help="torchvision classification model name, timm:NAME (a timm model), a TorchScript file, "
+                      "or package.module:factory (or path/to/file.py:factory)."),
+    click.option("--model-kwargs", default=None, metavar="JSON", callback=_json_object,
+                 help="Constructor arguments of a timm or torchvision model, as a JSON object."),
     click.option("--weights", "-w", default="DEFAULT", show_default=True,
-                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file."),
+                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), pretrained (timm's own), none (random, "
+                      "seeded), or a state-dict file (.pth/.pt or .safetensors)."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
     click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 )
@@ -155,6 +173,7 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
     )
     return Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
+                      model_kwargs=params["model_kwargs"],
                       device=params["device"], resize=params["resize"], crop=params["crop"],
                       no_crop=params["no_crop"], options=options)
 
@@ -367,7 +386,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device: str, resize: int | None,
+def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: int,
+          device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
           alpha: float, out: Path, as_json: bool) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
@@ -379,6 +399,7 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
+                                  model_kwargs=model_kwargs,
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha))
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
@@ -405,7 +426,8 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
 @click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def layers(model: str, weights: str, seed: int, device: str, resize: int | None, crop: int | None,
+def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: int, device: str,
+           resize: int | None, crop: int | None,
            no_crop: bool, include_all: bool, as_json: bool) -> None:
     """List the layers --layer can name: index, module path, type and output shape.
 
@@ -418,7 +440,7 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     from featviz.learned import find_se_blocks
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False)
+    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, model_kwargs=model_kwargs)
     preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)

@@ -91,22 +91,30 @@ def load_model(
     device: str = "cpu",
     preprocess: Preprocess | None = None,
     pretrained: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build the model named by ``model`` and load ``weights`` into it.
 
     ``model`` is a torchvision classification name, a TorchScript file, or ``package.module:factory``.
     ``weights`` is ``DEFAULT``, a torchvision weights name (``IMAGENET1K_V1``), ``none`` (random,
     seeded by ``seed``) or a path to a state dict. For a user's own model ``DEFAULT`` means "as
-    built". ``preprocess`` replaces the pipeline that goes with the weights.
+    built". ``preprocess`` replaces the pipeline that goes with the weights. ``timm:NAME`` builds a
+    timm model (:mod:`featviz.timm_models`); ``model_kwargs`` go to its constructor (or to
+    torchvision's ``get_model``).
     """
     target = resolve_device(device)
     weights_text = "none" if weights is None else os.fspath(weights)
-    if _looks_like_factory(model):
+    if model.startswith("timm:"):
+        loaded = _load_timm(model, weights_text, seed, pretrained, model_kwargs)
+    elif model_kwargs and not model.startswith("timm:") and (_looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--model-kwargs applies to timm and torchvision models only",
+                         hint="build your own model with its arguments inside the factory")
+    elif _looks_like_factory(model):
         loaded = _load_factory(model, weights_text, seed)
     elif _looks_like_file(model):
         loaded = _load_torchscript(model, weights_text, seed)
     else:
-        loaded = _load_torchvision(model, weights_text, seed, pretrained)
+        loaded = _load_torchvision(model, weights_text, seed, pretrained, model_kwargs or {})
     if preprocess is not None:
         loaded.preprocess = preprocess
     loaded.module.to(target)
@@ -115,7 +123,9 @@ def load_model(
 
 
 def _looks_like_factory(spec: str) -> bool:
-    module, sep, attr = spec.partition(":")
+    module, sep, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
+    if module.endswith(".py") and attr:  # a factory in a Python file: examples/cbam_shapes.py:build
+        return True
     return bool(sep) and bool(module) and bool(attr) and not Path(spec).exists() and "/" not in module
 
 
@@ -140,8 +150,28 @@ def _seeded_build(build: Any, seed: int) -> Any:
         return build()
 
 
-def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True) -> LoadedModel:
-    from torchvision.models import get_model, get_model_weights
+def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
+               kwargs: Mapping[str, Any] | None) -> LoadedModel:
+    from featviz import timm_models
+
+    built = timm_models.build(spec, weights, seed, pretrained, kwargs)
+    if built.load_file is not None:
+        load_state_dict_file(built.module, built.load_file)
+    return LoadedModel(built.module, spec, built.weights, built.preprocess, _cpu(), built.categories,
+                       source="timm")
+
+
+def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
+                      kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+    from torchvision.models import get_model as _get_model
+    from torchvision.models import get_model_weights
+
+    def get_model(model_name: str, **options: Any) -> Any:
+        try:
+            return _get_model(model_name, **options, **(kwargs or {}))
+        except TypeError as exc:
+            raise UsageError(f"{model_name} rejects --model-kwargs: {exc}",
+                             hint="pass only arguments of the model's constructor, as JSON") from exc
 
     names = classification_model_names()
     if name not in names:
@@ -186,7 +216,7 @@ def _cpu() -> torch.device:
 
 
 def _looks_like_path(weights: str) -> bool:
-    return Path(weights).exists() or any(s in weights for s in ("/", os.sep, ".pt", ".pth", ".bin"))
+    return Path(weights).exists() or any(s in weights for s in ("/", os.sep, ".pt", ".pth", ".bin", ".safetensors"))
 
 
 def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
@@ -251,14 +281,37 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
 
 
 def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
-    """Load a state dict file into ``module``, safely (``weights_only=True``)."""
+    """Load a state dict file into ``module``, safely: ``.safetensors`` holds only tensors, any
+    other file is read with ``torch.load(weights_only=True)``."""
+    if not Path(path).is_file():
+        raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
+    if str(path).endswith(".safetensors"):
+        state = _read_safetensors(path)
+    else:
+        state = extract_state_dict(_torch_load(path), path)
+    check_state_dict(module, state, path)
+    module.load_state_dict(state, strict=True)
+
+
+def _read_safetensors(path: str) -> dict[str, Any]:
+    """A ``.safetensors`` file: tensors only, by construction."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return extract_state_dict(load_file(path, device="cpu"), path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} cannot be read as a safetensors file ({first[:200]})",
+                           hint="save one with safetensors.torch.save_file(model.state_dict(), path)") from exc
+
+
+def _torch_load(path: str) -> Any:
     import pickle
     import warnings
 
     import torch
 
-    if not Path(path).is_file():
-        raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before refusing a file
@@ -269,7 +322,11 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
             f"{path} cannot be read as a PyTorch weights file ({first[:200]})",
             hint="featviz loads only tensors (weights_only=True); save with torch.save(model.state_dict(), path)",
         ) from exc
-    state = extract_state_dict(obj, path)
+    return obj
+
+
+def check_state_dict(module: torch.nn.Module, state: Mapping[str, Any], path: str) -> None:
+    """Raise :class:`WeightsError` naming missing, unexpected and mis-shaped keys."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -289,13 +346,12 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
             f"the weights in {path} do not fit {type(module).__name__}: " + "; ".join(parts),
             hint="check that --model names the architecture these weights were trained with",
         )
-    module.load_state_dict(state, strict=True)
 
 
 def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
     import torch
 
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
     with _current_folder_importable():
         built = _build_from_factory(spec, module_name, attr, seed)
     if not isinstance(built, torch.nn.Module):
@@ -325,9 +381,26 @@ def _current_folder_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
+def _import_file(spec: str, path: str) -> Any:
+    """The module defined by a Python file, imported under a name of its own."""
+    import importlib.util
+
+    if not Path(path).is_file():
+        raise ModelError(f"model factory file {path} does not exist", hint="check the path before the colon")
+    location = importlib.util.spec_from_file_location(f"featviz_user_{Path(path).stem}", path)
+    if location is None or location.loader is None:
+        raise ModelError(f"cannot import {path} for model factory {spec!r}", hint="name a .py file")
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
+    return module
+
+
 def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> Any:
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            module = _import_file(spec, module_name)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(
             f"cannot import {module_name!r} for model factory {spec!r} ({exc})",

@@ -52,12 +52,12 @@ class Visualizer:
     def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
-                 loaded: LoadedModel | None = None) -> None:
+                 loaded: LoadedModel | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
         from featviz.layers import resolve_layers
         from featviz.models import load_model
 
         self.options = (options or RenderOptions()).validate()
-        self.loaded = loaded or load_model(model, weights, seed=seed, device=device)
+        self.loaded = loaded or load_model(model, weights, seed=seed, device=device, model_kwargs=model_kwargs)
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
@@ -291,19 +291,20 @@ def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", l
 
 def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
                      layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
-                     seed: int = 0, device: str = "cpu", **preprocess: Any) -> Visualizer:
+                     seed: int = 0, device: str = "cpu", model_kwargs: dict[str, Any] | None = None,
+                     **preprocess: Any) -> Visualizer:
     """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
     :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
     ``crop``, ``no_crop``."""
     from featviz.layers import sweep_layers
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device)
+    loaded = load_model(model, weights, seed=seed, device=device, model_kwargs=model_kwargs)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
     return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
 
 
-_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop"}
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "model_kwargs"}
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:

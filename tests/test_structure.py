@@ -19,6 +19,7 @@ STACK: list[set[str]] = [
     {"errors", "png"},
     {"layout"},
     {"images", "inputs", "preprocess"},
+    {"timm_models"},
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
