@@ -123,11 +123,12 @@ render_options = _compose(
     click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
     click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
                  help="Order of the grid tiles."),
-    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None,
-                 help="Spatial attention: mean over channels, max, or the average of both [default: mean; meanmax with --attention cbam]."),
+    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
+                 help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
+                      "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
     click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
                  help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
-                      "frequencies, or the learned gate of a squeeze-and-excitation block."),
+                      "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
     click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
                  help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
                       "of the channel-refined features (CBAM's order)."),
@@ -437,7 +438,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     import torch
 
     from featviz.capture import describe_layers
-    from featviz.learned import find_se_blocks
+    from featviz.gates import find_gates, gate_kinds, probe_input
     from featviz.models import load_model
 
     loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, model_kwargs=model_kwargs)
@@ -445,12 +446,14 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
-    se_blocks = [b.path for b in find_se_blocks(loaded.module)]
+    kinds = gate_kinds(find_gates(loaded.module, probe_input(loaded.module, side, side)))
+    se_blocks = [path for path, found in kinds.items() if "channel" in found]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks
+        row["attention"] = kinds.get(row["path"], [])
     if as_json:
         click.echo(json.dumps({"model": loaded.name, "input_size": [side, side], "layers": rows,
-                               "se_blocks": se_blocks}, indent=2))
+                               "se_blocks": se_blocks, "attention_modules": kinds}, indent=2))
         return
     click.echo(f"{loaded.name}: input 3x{side}x{side}")
     width = max([len(r["path"]) for r in rows] + [4])
@@ -459,11 +462,12 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     for row in rows:
         index = "" if row["index"] is None else str(row["index"])
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
-        mark = "  [SE block]" if row["se_block"] else ""
+        mark = f"  [{', '.join(row['attention'])} attention]" if row["attention"] else ""
         click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")
-    if se_blocks and not include_all:
-        click.echo(f"{len(se_blocks)} squeeze-and-excitation blocks, e.g. {se_blocks[0]}: `--all` lists them; "
-                   "show their learned gates with --layer PATH --channel learned")
+    if kinds and not include_all:
+        first = next(iter(kinds))
+        click.echo(f"{len(kinds)} learned attention modules, e.g. {first} ({', '.join(kinds[first])}): `--all` lists "
+                   "them; show their gates with --layer PATH --channel learned or --spatial learned")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -120,6 +120,9 @@ class RenderOptions:
         if self.attention == "cbam" and self.channel not in ("se", "cbam"):
             raise UsageError(f"--attention cbam computes CBAM's own channel attention; it cannot use --channel {self.channel}",
                              hint="leave --channel out, or drop --attention cbam")
+        if self.attention == "cbam" and self.spatial == "learned":
+            raise UsageError("--attention cbam computes its own spatial attention; it cannot use --spatial learned",
+                             hint="drop --attention cbam")
         if self.dct_frequencies is not None and self.channel != "dct":
             raise UsageError("--dct-frequencies needs --channel dct")
         if self.spatial is not None and self.spatial not in SPATIAL_MODES:
@@ -167,6 +170,7 @@ class LayerResult:
     stn_theta: torch.Tensor | None = None
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
+    raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)  # learned gates for --save-raw, e.g. gate_3d (C, H, W)
 
     @property
     def num_channels(self) -> int:
@@ -176,6 +180,8 @@ class LayerResult:
     def spatial(self) -> torch.Tensor:
         from featviz.attention import normalized_map
 
+        if self.options.spatial == "learned":  # the gate itself: its values are the picture's meaning
+            return self.spatial_raw.float().clamp(0, 1)
         return normalized_map(self.spatial_raw[None])[0]
 
     @cached_property
@@ -403,7 +409,8 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         spatial = result.spatial_raw.float().cpu().numpy()
         channel = result.channel_raw.float().cpu().numpy()
         files.append(("activations.npy", lambda: npy_bytes(activations)))
-        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel)))
+        gates = {name: value.float().cpu().numpy() for name, value in result.raw_gates.items()}
+        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel, **gates)))
     return files
 
 

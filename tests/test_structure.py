@@ -23,6 +23,7 @@ STACK: list[set[str]] = [
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
+    {"gates"},
     {"attention", "render"},
     {"result"},
     {"pipeline"},
