@@ -438,6 +438,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     import torch
 
     from featviz.capture import describe_layers
+    from featviz.errors import LayerError
     from featviz.gates import find_gates, gate_kinds, probe_input
     from featviz.models import load_model
 
@@ -446,7 +447,10 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
-    kinds = gate_kinds(find_gates(loaded.module, probe_input(loaded.module, side, side)))
+    try:
+        kinds = gate_kinds(find_gates(loaded.module, probe_input(loaded.module, side, side)))
+    except LayerError:  # the listing still stands; --channel/--spatial learned will say what failed
+        kinds = {}
     se_blocks = [path for path, found in kinds.items() if "channel" in found]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks

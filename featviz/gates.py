@@ -70,8 +70,13 @@ def probe_input(model: nn.Module, height: int, width: int) -> torch.Tensor:
 
 def find_gates(model: nn.Module, example: torch.Tensor) -> list[Gate]:
     """Every learned gate of ``model`` met during a forward pass of ``example`` ((1, 3, H, W)),
-    in the order the gates ran."""
-    trace = trace_gates(model, example)
+    in the order the gates ran. A model that cannot run ``example`` is a :class:`LayerError`."""
+    try:
+        trace = trace_gates(model, example)
+    except RuntimeError as exc:
+        raise LayerError(f"cannot look for learned attention: the model fails on a {tuple(example.shape)} input "
+                         f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+                         hint="check --resize/--crop, or that the model takes 3-channel images") from exc
     gates: list[Gate] = []
     for index, call in enumerate(trace.calls):
         gate = _owner(trace, index, call)

@@ -278,3 +278,20 @@ def test_cli_marks_attention_modules_and_draws_learned_spatial_gates(tmp_path: P
                                   "--layer", "layer2", "--spatial", "learned", "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "has no learned spatial gates" in result.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_failing_probe_is_a_layer_error_and_leaves_no_hooks() -> None:
+    class Breaks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.gate = nn.Sigmoid()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x) * self.gate(x.mean(1, keepdim=True))
+            raise RuntimeError("this model always fails")
+
+    model = Breaks().train()
+    with pytest.raises(LayerError, match="cannot look for learned attention.*always fails"):
+        find_gates(model, probe_input(model, 8, 8))
+    assert model.training and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
