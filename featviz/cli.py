@@ -466,12 +466,14 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, seed: 
     for row in rows:
         index = "" if row["index"] is None else str(row["index"])
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
-        mark = f"  [{', '.join(row['attention'])} attention]" if row["attention"] else ""
+        mark = "".join(f"  [{kind} attention]" for kind in row["attention"] if kind != "channel")
+        mark += "  [SE block]" if "channel" in row["attention"] else ""  # a learned channel gate
         click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")
     if kinds and not include_all:
         first = next(iter(kinds))
-        click.echo(f"{len(kinds)} learned attention modules, e.g. {first} ({', '.join(kinds[first])}): `--all` lists "
-                   "them; show their gates with --layer PATH --channel learned or --spatial learned")
+        click.echo(f"{len(se_blocks)} squeeze-and-excitation blocks (learned channel gates) among {len(kinds)} "
+                   f"learned attention modules, e.g. {first} ({', '.join(kinds[first])}): `--all` lists them; show "
+                   "their gates with --layer PATH --channel learned or --spatial learned")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,7 +30,7 @@ from featviz.errors import LayerError
 from featviz.layers import LayerRef
 
 KINDS = ("channel", "spatial", "3d", "branch", "context")
-CHANNEL_KINDS = ("channel", "3d")  # what --channel learned can draw (3-D: its spatial mean)
+CHANNEL_KINDS = ("channel", "3d", "branch")  # what --channel learned can draw (3-D: spatial mean; branch: branch 0's share)
 SPATIAL_KINDS = ("spatial", "3d", "context")  # what --spatial learned can draw (3-D: its channel mean)
 
 
@@ -162,8 +162,11 @@ def _grid(size: int, activations: torch.Tensor) -> tuple[int, int]:
 
 
 def channel_gate(values: torch.Tensor, gate: Gate) -> torch.Tensor:
-    """(N, C) channel weights from a channel gate, or the spatial mean of a 3-D gate."""
-    return values.mean(dim=(2, 3)) if gate.kind == "3d" else values
+    """(N, C) channel weights from a channel gate, the spatial mean of a 3-D gate, or the share
+    of branch 0 of a branch gate (N, R, C) (with two branches, branch 1 gets the rest)."""
+    if gate.kind == "3d":
+        return values.mean(dim=(2, 3))
+    return values[:, 0] if gate.kind == "branch" else values
 
 
 def spatial_gate(values: torch.Tensor, gate: Gate) -> torch.Tensor:
@@ -226,11 +229,13 @@ def every_gate(gates: list[Gate], kinds: tuple[str, ...], model_name: str, optio
     return chosen
 
 
-def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """``--channel learned`` at ``gate``'s module: (w (N, C) in (0, 1), the module's input
-    (N, C, H, W), summary fields). w = g for a channel gate, the spatial mean of a 3-D gate."""
+    (N, C, H, W) or None for a branch gate, summary fields). w = g for a channel gate, the
+    spatial mean of a 3-D gate, branch 0's weight for a branch gate (all branches (N, R, C) go
+    to ``raw_gates["branch_weights"]``)."""
     before = captured[f"{gate.path}:input"].float()
-    values = gate_values(gate, captured[gate.key], before)
+    values = gate_values(gate, captured[gate.key], captured[gate.path] if gate.kind == "branch" else before)
     weights = channel_gate(values, gate)
     extra: dict = {"se_block": gate.path, "gate_module": gate.source, "gate_kind": gate.kind,
                    "gate_function": gate.function, "gate": weights}
@@ -238,6 +243,9 @@ def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torc
         extra["gate_offset"] = gate.offset
     if gate.kind == "3d":
         extra["raw_gates"] = {"gate_3d": values}
+    if gate.kind == "branch":  # the input is not what the branches weight: no before|after picture
+        extra["raw_gates"] = {"branch_weights": values}
+        return weights, None, extra
     return weights, before, extra
 
 

@@ -223,16 +223,32 @@ def test_gates_equal_the_modules_own_gate(case: str, tmp_path: Path, monkeypatch
         assert data["gate_3d"].shape == tuple(result.activations.shape)
 
 
-@pytest.mark.parametrize("name, owner, cls, branches", [
-    ("skresnet18", "layer1.0.conv1", "SelectiveKernel", 2), ("resnest14d", "layer1.0.conv2", "SplitAttn", 2)])
-def test_branch_attention_is_recognised_with_its_branch_weights(name: str, owner: str, cls: str,
-                                                               branches: int) -> None:
+@pytest.mark.parametrize("name, owner, cls, branches, own", [
+    ("skresnet18", "layer1.0.conv1", "SelectiveKernel", 2, "layer1.0.conv1.attn"),  # (N, R, C, 1, 1)
+    ("resnest14d", "layer1.0.conv2", "SplitAttn", 2, "layer1.0.conv2.rsoftmax")])  # (N, R * C)
+def test_branch_attention_is_recognised_with_its_branch_weights(name: str, owner: str, cls: str, branches: int,
+                                                               own: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
     gates = find_gates(model, probe_input(model, SIDE, SIDE))
     assert {type(g.module).__name__ for g in gates} == {cls} and {g.kind for g in gates} == {"branch"}
     first = gates[0]
     assert first.path == owner and first.branches == branches and first.function == "softmax"
+    loaded = LoadedModel(model, name, "none", Preprocess(resize=SIDE, crop=SIDE), torch.device("cpu"))
+    visualizer = Visualizer(loaded=loaded, layers=["layer1.0"], options=RenderOptions(channel="learned", size=8))
+    result = visualizer.run(photo(tmp_path))[0]
+    assert result.layer.path == owner and result.before is None
+    batch = visualizer.preprocess(Image.open(photo(tmp_path)).convert("RGB"))[None]
+    expected = hook_output(own)(model, batch, monkeypatch).reshape(1, branches, -1)[0]  # (R, C)
+    torch.testing.assert_close(result.raw_gates["branch_weights"], expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(result.channel_weights, expected[0], atol=1e-6, rtol=1e-5)  # w = branch 0's share
+    files = {path.name: path for path in result.save(tmp_path / "out")}
+    rows = files["branch_weights.csv"].read_text().splitlines()
+    assert rows[0] == "channel,branch_0,branch_1" and len(rows) == 1 + expected.shape[1]
+    assert [float(v) for v in rows[5].split(",")[1:]] == pytest.approx(expected[:, 4].tolist(), abs=1e-5)
+    with Image.open(files["branch_weights.png"]) as picture:
+        assert picture.size == (8 * expected.shape[1], 16 * branches)
 
 
 def test_plain_models_have_no_gates_and_errors_name_the_nearest(tmp_path: Path) -> None:
