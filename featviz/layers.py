@@ -107,8 +107,6 @@ def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str
 
 
 def _stack_name(stack: Sequence[tuple[str, nn.Module]]) -> str:
-    if stack and not stack[0][0].startswith("features.") and "." in "".join(p for p, _ in stack):
-        return "feature stages"
     return "feature layers" if stack and stack[0][0].startswith("features.") else "top-level layers"
 
 
@@ -147,8 +145,9 @@ def sweep_layers(model: nn.Module) -> list[str]:
     """Default stages of ``featviz sweep``, shallow to deep.
 
     A ``features`` stack with ReLUs and pools (AlexNet, VGG): the output after each of them.
-    A timm model: its ``feature_info`` stages. Otherwise the feature-stack entries that do real work (convolutions and blocks, not norms,
-    activations, pools or the classifier): ResNet gives conv1, layer1 .. layer4.
+    A timm model: its ``feature_info`` stages. Otherwise the feature-stack entries that do real
+    work (convolutions and blocks, not norms, activations, pools or the classifier): ResNet gives
+    conv1, layer1 .. layer4.
     """
     stages = feature_info_stages(model)
     if stages:  # the model says what its stages are

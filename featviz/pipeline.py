@@ -74,7 +74,8 @@ class Visualizer:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
         :mod:`featviz.gates`); a layer with a learned channel gate becomes the module that applies
         it (``all``: every such module); the gates are captured in the same pass as the layers."""
-        from featviz.gates import CHANNEL_KINDS, SPATIAL_KINDS, every_gate as all_gates, find_gates, gate_for, probe_input
+        from featviz.gates import CHANNEL_KINDS, SPATIAL_KINDS, find_gates, gate_for, probe_input
+        from featviz.gates import every_gate as all_gates
         from featviz.layers import LayerRef
 
         model, name = self.loaded.module, self.loaded.name
