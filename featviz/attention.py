@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 SpatialMode = Literal["mean", "max", "meanmax"]
 ChannelMode = Literal["se", "cbam", "dct", "learned"]
-SPATIAL_MODES: tuple[str, ...] = ("mean", "max", "meanmax")
+SPATIAL_MODES: tuple[str, ...] = ("mean", "max", "meanmax", "learned")  # learned: featviz.gates
 CHANNEL_MODES: tuple[str, ...] = ("se", "cbam", "dct", "learned")
 ATTENTION_ORDERS: tuple[str, ...] = ("separate", "cbam")
 

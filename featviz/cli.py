@@ -107,11 +107,30 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """``--model-kwargs``: a JSON object, or a usage error (exit 2) saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{value!r} is not JSON ({exc.msg})", param_hint="--model-kwargs") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"{value!r} is not a JSON object like '{{\"drop_rate\": 0.1}}'",
+                                 param_hint="--model-kwargs")
+    return parsed
+
+
 model_options = _compose(
     click.option("--model", "-m", default="alexnet", show_default=True,
-                 help="torchvision classification model name, a TorchScript file, or package.module:factory."),
+                 help="torchvision classification model name, timm:NAME (a timm model), a TorchScript file, "
+                      "or package.module:factory (or path/to/file.py:factory)."),
+    click.option("--model-kwargs", default=None, metavar="JSON", callback=_json_object,
+                 help="Constructor arguments of a timm or torchvision model, as a JSON object."),
     click.option("--weights", "-w", default="DEFAULT", show_default=True,
-                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file (torchvision's own file names, e.g. alexnet-owt-7be5be79.pth, are recognised)."),
+                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), pretrained (timm's own), none (random, "
+                      "seeded), or a state-dict file (.pth/.pt or .safetensors; torchvision's own file names, e.g. "
+                      "alexnet-owt-7be5be79.pth, are recognised)."),
     click.option("--weights-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
                  help="Load the torchvision weights named by --weights from this file (offline; any file name)."),
     click.option("--trust-pickle", is_flag=True,
@@ -140,11 +159,12 @@ render_options = _compose(
     click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
     click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
                  help="Order of the grid tiles."),
-    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None,
-                 help="Spatial attention: mean over channels, max, or the average of both [default: mean; meanmax with --attention cbam]."),
+    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
+                 help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
+                      "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
     click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
                  help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
-                      "frequencies, or the learned gate of a squeeze-and-excitation block."),
+                      "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
     click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
                  help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
                       "of the channel-refined features (CBAM's order)."),
@@ -192,7 +212,7 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
     visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
                             no_crop=params["no_crop"], options=options, weights_file=params["weights_file"],
-                            trust_pickle=params["trust_pickle"])
+                            trust_pickle=params["trust_pickle"], model_kwargs=params["model_kwargs"])
     _show_notes(visualizer.loaded)
     return visualizer
 
@@ -442,8 +462,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path | None, trust_pickle: bool,
-          seed: int, device: str, resize: int | None,
+def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | None, weights: str,
+          weights_file: Path | None, trust_pickle: bool, seed: int, device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
           alpha: float, out: Path, as_json: bool) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
@@ -456,7 +476,8 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha),
-                                  weights_file=weights_file, trust_pickle=trust_pickle)
+                                  weights_file=weights_file, trust_pickle=trust_pickle,
+                                  model_kwargs=model_kwargs)
     _show_notes(visualizer.loaded)
     check_output_folder(out)
     documents, failed = [], 0
@@ -492,8 +513,9 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path
 @click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bool, seed: int, device: str,
-           resize: int | None, crop: int | None, no_crop: bool, include_all: bool, as_json: bool) -> None:
+def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weights_file: Path | None,
+           trust_pickle: bool, seed: int, device: str, resize: int | None, crop: int | None, no_crop: bool,
+           include_all: bool, as_json: bool) -> None:
     """List the layers --layer can name: index, module path, type and output shape.
 
     Shapes are for the model's input size (its weights' crop, else 224). Pretrained weights are
@@ -502,11 +524,12 @@ def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bo
     import torch
 
     from featviz.capture import describe_layers
-    from featviz.learned import find_se_blocks
+    from featviz.errors import LayerError
+    from featviz.gates import find_gates, gate_kinds, probe_input
     from featviz.models import load_model
 
     loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file,
-                        trust_pickle=trust_pickle)
+                        trust_pickle=trust_pickle, model_kwargs=model_kwargs)
     _show_notes(loaded)
     preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
     side = preprocess.crop or preprocess.resize or 224
@@ -515,12 +538,17 @@ def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bo
     if rows and all(row["output_shape"] is None for row in rows):
         raise UsageError(f"{loaded.name} does not run on a 3x{side}x{side} input: no layer produced an output",
                          hint="pass --crop (and --resize) with the input size the model takes")
-    se_blocks = [b.path for b in find_se_blocks(loaded.module)]
+    try:
+        kinds = gate_kinds(find_gates(loaded.module, probe_input(loaded.module, side, side)))
+    except LayerError:  # the listing still stands; --channel/--spatial learned will say what failed
+        kinds = {}
+    se_blocks = [path for path, found in kinds.items() if "channel" in found]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks
+        row["attention"] = kinds.get(row["path"], [])
     if as_json:
         click.echo(json.dumps({"model": loaded.name, "input_size": [side, side], "layers": rows,
-                               "se_blocks": se_blocks}, indent=2))
+                               "se_blocks": se_blocks, "attention_modules": kinds}, indent=2))
         return
     click.echo(f"{loaded.name}: input 3x{side}x{side}")
     width = max([len(r["path"]) for r in rows] + [4])
@@ -529,11 +557,14 @@ def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bo
     for row in rows:
         index = "" if row["index"] is None else str(row["index"])
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
-        mark = "  [SE block]" if row["se_block"] else ""
+        mark = "".join(f"  [{kind} attention]" for kind in row["attention"] if kind != "channel")
+        mark += "  [SE block]" if "channel" in row["attention"] else ""  # a learned channel gate
         click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")
-    if se_blocks and not include_all:
-        click.echo(f"{len(se_blocks)} squeeze-and-excitation blocks, e.g. {se_blocks[0]}: `--all` lists them; "
-                   "show their learned gates with --layer PATH --channel learned")
+    if kinds and not include_all:
+        first = next(iter(kinds))
+        click.echo(f"{len(se_blocks)} squeeze-and-excitation blocks (learned channel gates) among {len(kinds)} "
+                   f"learned attention modules, e.g. {first} ({', '.join(kinds[first])}): `--all` lists them; show "
+                   "their gates with --layer PATH --channel learned or --spatial learned")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,13 +39,37 @@ def is_script(module: Any) -> bool:
 
 
 def feature_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The indexable layers: ``model.features``' children, else the model's top-level children."""
+    """The indexable layers: the stages of ``model.feature_info`` (timm's ``act1, layer1 ..
+    layer4`` or ``stages.0 ..``), else ``model.features``' children, else the top-level children."""
+    stages = feature_info_stages(model)
+    if stages:
+        return stages
     features = getattr(model, "features", None)
     if features is not None and hasattr(features, "named_children"):
         children = list(features.named_children())
         if children:
             return [(f"features.{name}", module) for name, module in children]
     return list(model.named_children())
+
+
+def feature_info_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of each stage a timm model's ``feature_info`` names (a list of dicts with a
+    ``module`` key, or timm's ``FeatureInfo``); empty when the model has none, or a name does
+    not resolve. Read by attribute, so this works without importing timm."""
+    info = getattr(model, "feature_info", None)
+    entries = getattr(info, "info", info)
+    if not isinstance(entries, list) or not entries:
+        return []
+    stages: list[tuple[str, nn.Module]] = []
+    for entry in entries:
+        path = entry.get("module") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not path:
+            return []
+        try:
+            stages.append((path, model.get_submodule(path)))
+        except AttributeError:
+            return []
+    return stages
 
 
 def split_specs(specs: Iterable[str | int]) -> list[str]:
@@ -144,9 +168,13 @@ def sweep_layers(model: nn.Module) -> list[str]:
     """Default stages of ``featviz sweep``, shallow to deep.
 
     A ``features`` stack with ReLUs and pools (AlexNet, VGG): the output after each of them.
-    Otherwise the feature-stack entries that do real work (convolutions and blocks, not norms,
-    activations, pools or the classifier): ResNet gives conv1, layer1 .. layer4.
+    A timm model: its ``feature_info`` stages. Otherwise the feature-stack entries that do real
+    work (convolutions and blocks, not norms, activations, pools or the classifier): ResNet gives
+    conv1, layer1 .. layer4.
     """
+    stages = feature_info_stages(model)
+    if stages:  # the model says what its stages are
+        return [path for path, _ in stages]
     stack = feature_stack(model)
     if stack and stack[0][0].startswith("features."):
         breaks = [path for path, module in stack if _type_name(module) in _STAGE_BREAKS]

@@ -96,13 +96,16 @@ def load_model(
     pretrained: bool = True,
     weights_file: str | os.PathLike[str] | None = None,
     trust_pickle: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build the model named by ``model`` and load ``weights`` into it.
 
     ``model`` is a torchvision classification name, a TorchScript file, or ``package.module:factory``.
     ``weights`` is ``DEFAULT``, a torchvision weights name (``IMAGENET1K_V1``), ``none`` (random,
     seeded by ``seed``) or a path to a state dict. For a user's own model ``DEFAULT`` means "as
-    built". ``preprocess`` replaces the pipeline that goes with the weights.
+    built". ``preprocess`` replaces the pipeline that goes with the weights. ``timm:NAME`` builds a
+    timm model (:mod:`featviz.timm_models`); ``model_kwargs`` go to its constructor (or to
+    torchvision's ``get_model``).
 
     torchvision's own weight files work offline: a path whose file name is the official one
     (``alexnet-owt-7be5be79.pth``) gets those weights' class names and preprocessing, and
@@ -116,17 +119,22 @@ def load_model(
     target = resolve_device(device)
     weights_text = "none" if weights is None else os.fspath(weights)
     file_text = None if weights_file is None else os.fspath(weights_file)
-    if file_text is not None and (_looks_like_factory(model) or _looks_like_file(model)):
-        raise UsageError("--weights-file names the file of torchvision weights; this model is your own",
+    if file_text is not None and (model.startswith("timm:") or _looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--weights-file names the file of torchvision weights; this model is not a torchvision one",
                          hint=f"pass its state dict with --weights {file_text}")
-    if _looks_like_factory(model):
+    if model.startswith("timm:"):
+        loaded = _load_timm(model, weights_text, seed, pretrained, model_kwargs, trust_pickle)
+    elif model_kwargs and (_looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--model-kwargs applies to timm and torchvision models only",
+                         hint="build your own model with its arguments inside the factory")
+    elif _looks_like_factory(model):
         loaded = _load_factory(model, weights_text, seed, trust_pickle)
     elif _looks_like_file(model):
         loaded = _load_torchscript(model, weights_text, seed, trust_pickle)
     elif file_text is not None:
         loaded = _load_named_file(model, weights_text, file_text, seed, trust_pickle)
     else:
-        loaded = _load_torchvision(model, weights_text, seed, pretrained, trust_pickle)
+        loaded = _load_torchvision(model, weights_text, seed, pretrained, trust_pickle, model_kwargs or {})
     if preprocess is not None:
         loaded.preprocess = preprocess
     loaded.module.to(target)
@@ -135,7 +143,9 @@ def load_model(
 
 
 def _looks_like_factory(spec: str) -> bool:
-    module, sep, attr = spec.partition(":")
+    module, sep, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
+    if module.endswith(".py") and attr:  # a factory in a Python file: examples/cbam_shapes.py:build
+        return True
     return bool(sep) and bool(module) and bool(attr) and not Path(spec).exists() and "/" not in module
 
 
@@ -160,9 +170,28 @@ def _seeded_build(build: Any, seed: int) -> Any:
         return build()
 
 
+def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
+               kwargs: Mapping[str, Any] | None, trust_pickle: bool = False) -> LoadedModel:
+    from featviz import timm_models
+
+    built = timm_models.build(spec, weights, seed, pretrained, kwargs)
+    if built.load_file is not None:
+        load_state_dict_file(built.module, built.load_file, trust_pickle)
+    return LoadedModel(built.module, spec, built.weights, built.preprocess, _cpu(), built.categories,
+                       source="timm")
+
+
 def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
-                      trust_pickle: bool = False) -> LoadedModel:
-    from torchvision.models import get_model, get_model_weights
+                      trust_pickle: bool = False, kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
+    from torchvision.models import get_model as _get_model
+    from torchvision.models import get_model_weights
+
+    def get_model(model_name: str, **options: Any) -> Any:
+        try:
+            return _get_model(model_name, **options, **(kwargs or {}))
+        except TypeError as exc:
+            raise UsageError(f"{model_name} rejects --model-kwargs: {exc}",
+                             hint="pass only arguments of the model's constructor, as JSON") from exc
 
     name = _torchvision_name(name)
     if _is_none(weights):
@@ -284,7 +313,7 @@ def _cpu() -> torch.device:
 
 
 def _looks_like_path(weights: str) -> bool:
-    return Path(weights).exists() or any(s in weights for s in ("/", os.sep, ".pt", ".pth", ".bin"))
+    return Path(weights).exists() or any(s in weights for s in ("/", os.sep, ".pt", ".pth", ".bin", ".safetensors"))
 
 
 def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
@@ -394,11 +423,14 @@ def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool 
 
 
 def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
-    """The state dict in a file, read safely (``weights_only=True``) unless ``trust_pickle``."""
+    """The state dict in a file, read safely: ``.safetensors`` holds only tensors, any other file
+    is read with ``torch.load(weights_only=True)`` unless ``trust_pickle``."""
     import torch
 
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
+    if str(path).endswith(".safetensors"):
+        return _read_safetensors(path)
     if trust_pickle:
         with _current_folder_importable():  # the pickled classes' code, as for a factory
             obj = read_torch_file(path, trust_pickle=True)
@@ -409,8 +441,27 @@ def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any
     return extract_state_dict(obj, path)
 
 
+def _read_safetensors(path: str) -> dict[str, Any]:
+    """A ``.safetensors`` file: tensors only, by construction."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return extract_state_dict(load_file(path, device="cpu"), path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} cannot be read as a safetensors file ({first[:200]})",
+                           hint="save one with safetensors.torch.save_file(model.state_dict(), path)") from exc
+
+
 def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -> None:
     """Load ``state`` (read from ``path``) into ``module``; keys and shapes must all fit."""
+    check_state_dict(module, state, path)
+    module.load_state_dict(state, strict=True)
+
+
+def check_state_dict(module: torch.nn.Module, state: Mapping[str, Any], path: str) -> None:
+    """Raise :class:`WeightsError` naming missing, unexpected and mis-shaped keys."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -430,13 +481,12 @@ def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -
             f"the weights in {path} do not fit {type(module).__name__}: " + "; ".join(parts),
             hint="check that --model names the architecture these weights were trained with",
         )
-    module.load_state_dict(state, strict=True)
 
 
 def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
     with _current_folder_importable():
         built = _build_from_factory(spec, module_name, attr, seed)
     if not isinstance(built, torch.nn.Module):
@@ -466,9 +516,26 @@ def _current_folder_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
+def _import_file(spec: str, path: str) -> Any:
+    """The module defined by a Python file, imported under a name of its own."""
+    import importlib.util
+
+    if not Path(path).is_file():
+        raise ModelError(f"model factory file {path} does not exist", hint="check the path before the colon")
+    location = importlib.util.spec_from_file_location(f"featviz_user_{Path(path).stem}", path)
+    if location is None or location.loader is None:
+        raise ModelError(f"cannot import {path} for model factory {spec!r}", hint="name a .py file")
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
+    return module
+
+
 def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> Any:
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            module = _import_file(spec, module_name)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(
             f"cannot import {module_name!r} for model factory {spec!r} ({exc})",

@@ -57,61 +57,78 @@ class Visualizer:
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
                  loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
-                 trust_pickle: bool = False) -> None:
+                 trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None) -> None:
         from featviz.layers import resolve_layers
         from featviz.models import load_model
 
         layers = list(layers)  # read more than once
         self.options = (options or RenderOptions()).validate()
         self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
-                                           trust_pickle=trust_pickle)
+                                           trust_pickle=trust_pickle, model_kwargs=model_kwargs)
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
                                      feature_maps=self._feature_maps(layers))
-        self.se_blocks: dict[str, Any] = {}
-        if self.options.channel == "learned":
+        self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
+        if self.options.channel == "learned" or self.options.spatial == "learned":
             from featviz.layers import split_specs
 
-            self._use_se_blocks(every_block="all" in [p.lower() for p in split_specs(layers)])
+            self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
         self._check_layers()
 
-    def _use_se_blocks(self, every_block: bool = False) -> None:
-        """``--channel learned``: each layer becomes the SE block it names or contains (``all``:
-        every SE block of the model); its gate and its input are captured in the same pass."""
+    def _use_gates(self, every_gate: bool = False) -> None:
+        """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
+        :mod:`featviz.gates`); a layer with a learned channel gate becomes the module that applies
+        it (``all``: every such module); the gates are captured in the same pass as the layers."""
+        from featviz.gates import CHANNEL_KINDS, SPATIAL_KINDS, find_gates, gate_for, probe_input
+        from featviz.gates import every_gate as all_gates
         from featviz.layers import LayerRef
-        from featviz.learned import find_se_blocks, se_block_for
 
-        if every_block:
-            blocks = find_se_blocks(self.loaded.module)
-            if blocks:
-                self.se_blocks = {b.path: b for b in blocks}
-                self.layers = [LayerRef(b.path, None, b.module) for b in blocks]
-                return
+        model, name = self.loaded.module, self.loaded.name
+        side = self.preprocess.crop or 224
+        gates = find_gates(model, probe_input(model, side, side))
+        channel, spatial = self.options.channel == "learned", self.options.spatial == "learned"
+        if every_gate:
+            if channel and spatial:
+                raise UsageError("--layer all takes every gate of one kind: use it with --channel learned or "
+                                 "--spatial learned, not both", hint="name the layers, or run twice")
+            kinds, option = (CHANNEL_KINDS, "--channel learned") if channel else (SPATIAL_KINDS, "--spatial learned")
+            chosen = all_gates(gates, kinds, name, option)
+            self.layers = [LayerRef(g.path, None, g.module) for g in chosen]
+            self.gates = {g.path: (g, None) if channel else (None, g) for g in chosen}
+            return
         refs = []
         for ref in self.layers:
-            block = se_block_for(self.loaded.module, ref, self.loaded.name)
-            self.se_blocks[block.path] = block
-            refs.append(LayerRef(block.path, ref.index if ref.path == block.path else None, block.module))
+            own = gate_for(gates, model, ref, CHANNEL_KINDS, name, "--channel learned") if channel else None
+            where = gate_for(gates, model, ref, SPATIAL_KINDS, name, "--spatial learned") if spatial else None
+            if own is not None:
+                ref = LayerRef(own.path, ref.index if ref.path == own.path else None, own.module)
+            self.gates[ref.path] = (own, where)
+            refs.append(ref)
         self.layers = list({ref.path: ref for ref in refs}.values())
 
     def _capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         from featviz.capture import capture
         from featviz.layers import LayerRef
 
-        gates = [LayerRef(b.gate_path, None, b.gate) for b in self.se_blocks.values()]
-        refs, inputs_of = [*self.layers, *gates], list(self.se_blocks)
+        refs, gate_calls = self.layers, {}
+        for gate in (g for pair in self.gates.values() for g in pair if g is not None):
+            gate_calls.setdefault(gate.path, set()).add(gate.call)
+        # the input of a channel gate's module ("before" the gate), and of a spatial gate's (its H x W)
+        inputs_of = [g.path for pair in self.gates.values() for g in pair if g is not None]
+        refs = [*refs, *(LayerRef(p, None, self.loaded.module.get_submodule(p)) for p in dict.fromkeys(inputs_of)
+                         if p not in {r.path for r in refs})]
         if self.options.predict:
-            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True)
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True, gate_calls=gate_calls)
         if not self.options.stn:
-            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of)
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, gate_calls=gate_calls)
         from featviz.stn import AffineGridRecorder
 
         with AffineGridRecorder() as recorder:  # the whole pass: the STN may come after the layers
             captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False,
-                               keep_output=self.options.predict)
+                               keep_output=self.options.predict, gate_calls=gate_calls)
         if not recorder.thetas:
             raise UsageError(f"--stn: {self.loaded.name} never called torch.nn.functional.affine_grid",
                              hint="--stn draws the sampling grid of a spatial transformer; leave it out for this model")
@@ -161,13 +178,6 @@ class Visualizer:
                     f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
                     hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
                 )
-            block = self.se_blocks.get(ref.path)
-            if block is not None and captured[block.gate_path].numel() != shape[1]:
-                raise LayerError(
-                    f"{block.path} looks like a squeeze-and-excitation block, but its gate has "
-                    f"{captured[block.gate_path].numel()} values for {shape[1]} channels",
-                    hint="it is not a channel gate; use --channel se, cbam or dct at this layer",
-                )
             self.layer_channels[ref.path] = shape[1]
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(
@@ -178,7 +188,7 @@ class Visualizer:
     def output_estimate(self) -> OutputEstimate:
         """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
         return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
-                               se_layers=sum(1 for ref in self.layers if ref.path in self.se_blocks))
+                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None))
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
@@ -221,6 +231,7 @@ class Visualizer:
             acts, nonfinite = replace_nonfinite(raw)
             mask = ~torch.isfinite(raw) if bool(nonfinite.any()) else None
             spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
+            raw_gates = extra.pop("raw_gates", {})
             theta = captured.get(":stn_theta")
             if theta is not None:
                 extra["stn_theta"] = theta
@@ -235,6 +246,7 @@ class Visualizer:
                     weights=self.loaded.weights, before=None if before is None else before[i],
                     stn_theta=None if theta is None else theta[i],
                     image_values=None if image_values is None else image_values[i],
+                    raw_gates={name: value[i] for name, value in raw_gates.items()},
                     extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
                     | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
                     nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
@@ -262,14 +274,12 @@ class Visualizer:
         options = self.options
         before = None
         extra: dict[str, Any] = {}
+        own, where = self.gates.get(ref.path, (None, None))
         if options.channel == "learned":
-            block = self.se_blocks[ref.path]
-            gate = captured[block.gate_path].float().reshape(acts.shape[0], -1)
-            if gate.shape[1] != acts.shape[1]:
-                raise LayerError(f"the gate of {block.path} has {gate.shape[1]} values for {acts.shape[1]} channels")
-            channel_raw, weights = gate, gate
-            before = captured[f"{block.path}:input"].float()
-            extra = {"se_block": block.path, "gate_module": block.gate_path, "gate": gate}
+            from featviz.gates import learned_channel
+
+            channel_raw, before, extra = learned_channel(own, captured)
+            weights = channel_raw
         else:
             channel_raw = channel_attention(acts, options.channel_mode, options.dct_frequencies)
             weights = weights_from_statistic(channel_raw)
@@ -279,7 +289,12 @@ class Visualizer:
                 chosen = options.dct_frequencies or FCANET_TOP16
                 extra = {"dct_frequencies": [list(f) for f in chosen],
                          "dct_frequencies_scaled": [list(f) for f in scale_frequencies(chosen, *acts.shape[2:])]}
-        if options.attention == "cbam":
+        if options.spatial == "learned":
+            from featviz.gates import learned_spatial
+
+            spatial, found = learned_spatial(where, captured)
+            extra = {**extra, **found, "raw_gates": {**extra.get("raw_gates", {}), **found.get("raw_gates", {})}}
+        elif options.attention == "cbam":
             weights, refined = cbam_refine(acts)
             spatial = spatial_attention(refined, options.spatial_mode)
         else:
@@ -338,19 +353,21 @@ def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", l
 def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
                      layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
                      seed: int = 0, device: str = "cpu", weights_file: str | os.PathLike[str] | None = None,
-                     trust_pickle: bool = False, **preprocess: Any) -> Visualizer:
+                     trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None,
+                     **preprocess: Any) -> Visualizer:
     """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
     :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
     ``crop``, ``no_crop``."""
     from featviz.layers import sweep_layers
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle)
+    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle,
+                        model_kwargs=model_kwargs)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
     return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
 
 
-_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle"}
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle", "model_kwargs"}
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:

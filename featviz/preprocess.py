@@ -49,6 +49,7 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    squash: bool = False  # resize BOTH sides to ``resize`` (timm's crop_mode "squash"), not the shorter one
 
     @classmethod
     def from_transforms(cls, transforms: Any) -> Preprocess:
@@ -78,9 +79,12 @@ class Preprocess:
         return updated
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) after the resize step, by torchvision's rule for an int size."""
+        """(width, height) after the resize step, by torchvision's rule for an int size (or both
+        sides to ``resize`` when ``squash``)."""
         if self.resize is None:
             return width, height
+        if self.squash:
+            return self.resize, self.resize
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize, int(self.resize * long / short)
         return (new_short, new_long) if width <= height else (new_long, new_short)
@@ -112,7 +116,7 @@ class Preprocess:
         # preset, whose output differs by up to one grey level from resizing a uint8 tensor.
         if self.resize is not None:
             image = F.resize(
-                image, [self.resize], interpolation=InterpolationMode(self.interpolation),
+                image, [self.resize, self.resize] if self.squash else [self.resize], interpolation=InterpolationMode(self.interpolation),
                 antialias=True,
             )
         if self.crop is not None:

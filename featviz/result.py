@@ -121,6 +121,9 @@ class RenderOptions:
         if self.attention == "cbam" and self.channel not in ("se", "cbam"):
             raise UsageError(f"--attention cbam computes CBAM's own channel attention; it cannot use --channel {self.channel}",
                              hint="leave --channel out, or drop --attention cbam")
+        if self.attention == "cbam" and self.spatial == "learned":
+            raise UsageError("--attention cbam computes its own spatial attention; it cannot use --spatial learned",
+                             hint="drop --attention cbam")
         if self.dct_frequencies is not None and self.channel != "dct":
             raise UsageError("--dct-frequencies needs --channel dct")
         if self.spatial is not None and self.spatial not in SPATIAL_MODES:
@@ -172,6 +175,7 @@ class LayerResult:
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
     nonfinite_mask: torch.Tensor | None = None  # bool (C, H, W): where the model gave NaN or +-inf
+    raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)  # learned gates for --save-raw, e.g. gate_3d (C, H, W)
 
     @property
     def num_channels(self) -> int:
@@ -181,6 +185,8 @@ class LayerResult:
     def spatial(self) -> torch.Tensor:
         from featviz.attention import normalized_map
 
+        if self.options.spatial == "learned":  # the gate itself: its values are the picture's meaning
+            return self.spatial_raw.float().clamp(0, 1)
         return normalized_map(self.spatial_raw[None])[0]
 
     @cached_property
@@ -330,6 +336,26 @@ class LayerResult:
         order = self.grid_channels
         return side_by_side_grids(self.before[order], self.activations[order], self.options.size)
 
+    def branch_csv(self) -> str:
+        """``branch_weights.csv``: channel, then the weight of each branch (a row sums to 1)."""
+        weights = self.raw_gates["branch_weights"].float().cpu()  # (R, C)
+        header = "channel," + ",".join(f"branch_{r}" for r in range(weights.shape[0]))
+        rows = [f"{c}," + ",".join(f"{float(v):.6g}" for v in weights[:, c]) for c in range(weights.shape[1])]
+        return "\n".join([header, *rows]) + "\n"
+
+    def branch_picture(self, cell: int = 8) -> Image.Image:
+        """``branch_weights.png``: one row per branch, one column per channel, each cell the
+        branch's weight on the heat colour map (0 .. 1)."""
+        import numpy
+        from PIL import Image
+
+        from featviz.render import colormap_lut
+
+        weights = self.raw_gates["branch_weights"].float().clamp(0, 1).cpu().numpy()  # (R, C)
+        codes = numpy.rint(weights * 255).astype(numpy.uint8)
+        picture = colormap_lut(self.options.heat_cmap)[codes]
+        return Image.fromarray(picture.repeat(cell * 2, axis=0).repeat(cell, axis=1))
+
     def sweep_panel(self) -> Image.Image:
         """The spatial-attention overlay cut to the part of the photo the network saw."""
         import math
@@ -443,12 +469,16 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
     if result.before is not None:
         files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
+    if "branch_weights" in result.raw_gates:  # Selective Kernel / Split Attention
+        files.append(("branch_weights.png", lambda: png_bytes(result.branch_picture(), level)))
+        files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
     if result.options.save_raw:
         activations = result.activations.float().cpu().numpy()
         spatial = result.spatial_raw.float().cpu().numpy()
         channel = result.channel_raw.float().cpu().numpy()
         files.append(("activations.npy", lambda: npy_bytes(activations)))
-        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel)))
+        gates = {name: value.float().cpu().numpy() for name, value in result.raw_gates.items()}
+        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel, **gates)))
     return files
 
 
