@@ -9,19 +9,32 @@ can act on.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import os
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.checkpoints import MissingPickledCode, UntrustedPickle, read_torch_file
+from featviz.checkpoints import (
+    MissingPickledCode,
+    UntrustedPickle,
+    current_folder_importable,
+    load_state_dict,
+    load_state_dict_file,
+    read_state_dict_file,
+    read_torch_file,
+)
+from featviz.downloads import download_guarded
 from featviz.errors import ModelError, UsageError, WeightsError
-from featviz.official import OfficialWeights, file_name, hash_prefix, recognise, sha256_matches
+from featviz.official import (
+    OfficialWeights,
+    file_name,
+    hash_prefix,
+    recognise,
+    sha256_matches,
+)
 from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
@@ -204,7 +217,7 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
         enum = get_model_weights(name)
         chosen = _pick_weights(name, enum, weights)
         if pretrained:
-            module = _download_guarded(lambda: get_model(name, weights=chosen), chosen)
+            module = download_guarded(lambda: get_model(name, weights=chosen), chosen)
         else:  # the architecture the weights would be loaded into (ViT at the weights' size)
             module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
             _drop_aux_heads(name, module, keep=name == "inception_v3")
@@ -329,165 +342,11 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
     )
 
 
-#: Seconds a download may wait for the server to answer (each connect and each read), before it
-#: fails with a message; ``FEATVIZ_DOWNLOAD_TIMEOUT`` changes it.
-DOWNLOAD_TIMEOUT = 60.0
-
-
-def download_timeout() -> float:
-    """``FEATVIZ_DOWNLOAD_TIMEOUT`` (seconds, > 0), else :data:`DOWNLOAD_TIMEOUT`."""
-    text = os.environ.get("FEATVIZ_DOWNLOAD_TIMEOUT", "")
-    try:
-        value = float(text) if text.strip() else DOWNLOAD_TIMEOUT
-    except ValueError:
-        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} must be more than 0 seconds")
-    return value
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """torch.hub downloads through urllib without a timeout: a server that accepts and never
-    answers would hang forever. The default socket timeout applies to urllib's sockets; it is
-    restored afterwards."""
-    import socket
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _download_guarded(build: Any, weights: Any) -> Any:
-    """Build with pretrained weights; a failed download becomes an error that says what to do.
-    The download times out (:func:`download_timeout`) and leaves no ``.partial`` file."""
-    import pickle
-
-    import torch
-
-    filename = os.path.basename(weights.url)
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    timeout = download_timeout()
-    partials_before = set(cache.glob(f"{filename}.*.partial"))
-    try:
-        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):  # torch.hub prints "Downloading" on stdout
-            return build()
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        for partial in set(cache.glob(f"{filename}.*.partial")) - partials_before:
-            partial.unlink(missing_ok=True)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, TimeoutError) or "timed out" in reason:
-            reason = f"no answer from the server within {timeout:g} s (FEATVIZ_DOWNLOAD_TIMEOUT): {reason}"
-        cached = (cache / filename).exists()
-        what = "could not be loaded" if cached else "are not cached and could not be downloaded"
-        raise WeightsError(
-            f"pretrained weights {filename} {what} ({reason}); torchvision looks for them in "
-            f"{cache} (set TORCH_HOME to move it)",
-            hint=f"put {filename} there, or pass the file with --weights PATH (its official name is "
-            "recognised; a renamed copy: --weights NAME --weights-file PATH), or --weights none for random weights",
-        ) from exc
-
-
-def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
-    """A state dict from what ``torch.load`` returned: the dict itself, or a checkpoint holding it
-    under ``state_dict`` or ``model``; a DataParallel ``module.`` prefix is removed."""
-    import torch
-
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise WeightsError(
-            f"{source} holds no state dict (a mapping of parameter names to tensors)",
-            hint="save one with torch.save(model.state_dict(), path), or a checkpoint with it "
-            "under 'state_dict' or 'model'",
-        )
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
-def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool = False) -> None:
-    """Load a state dict file into ``module``, safely (``weights_only=True``); with
-    ``trust_pickle`` also a checkpoint holding other objects, or a whole pickled model (whose
-    state dict is taken)."""
-    load_state_dict(module, read_state_dict_file(path, trust_pickle), path)
-
-
-def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
-    """The state dict in a file, read safely: ``.safetensors`` holds only tensors, any other file
-    is read with ``torch.load(weights_only=True)`` unless ``trust_pickle``."""
-    import torch
-
-    if not Path(path).is_file():
-        raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
-    if str(path).endswith(".safetensors"):
-        return _read_safetensors(path)
-    if trust_pickle:
-        with _current_folder_importable():  # the pickled classes' code, as for a factory
-            obj = read_torch_file(path, trust_pickle=True)
-    else:
-        obj = read_torch_file(path)
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    return extract_state_dict(obj, path)
-
-
-def _read_safetensors(path: str) -> dict[str, Any]:
-    """A ``.safetensors`` file: tensors only, by construction."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return extract_state_dict(load_file(path, device="cpu"), path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} cannot be read as a safetensors file ({first[:200]})",
-                           hint="save one with safetensors.torch.save_file(model.state_dict(), path)") from exc
-
-
-def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -> None:
-    """Load ``state`` (read from ``path``) into ``module``; keys and shapes must all fit."""
-    check_state_dict(module, state, path)
-    module.load_state_dict(state, strict=True)
-
-
-def check_state_dict(module: torch.nn.Module, state: Mapping[str, Any], path: str) -> None:
-    """Raise :class:`WeightsError` naming missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) such as {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) such as {', '.join(unexpected[:3])}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) such as {'; '.join(mismatched[:2])}")
-        raise WeightsError(
-            f"the weights in {path} do not fit {type(module).__name__}: " + "; ".join(parts),
-            hint="check that --model names the architecture these weights were trained with",
-        )
-
-
 def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
     module_name, _, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
-    with _current_folder_importable():
+    with current_folder_importable():
         built = _build_from_factory(spec, module_name, attr, seed)
     if not isinstance(built, torch.nn.Module):
         raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module",
@@ -499,21 +358,6 @@ def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False
     elif _is_none(weights):
         label = f"as built (seed {seed})"
     return LoadedModel(built, spec, label, Preprocess(), _cpu(), source="factory")
-
-
-@contextlib.contextmanager
-def _current_folder_importable() -> Iterator[None]:
-    """The user's own package is found in the current folder, as ``python -m`` would find it,
-    while the factory is imported and run; ``sys.path`` is left as it was afterwards."""
-    cwd = os.getcwd()
-    added = "" not in sys.path and cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 def _import_file(spec: str, path: str) -> Any:
@@ -626,7 +470,7 @@ def _load_pickled_model(path: str, trust_pickle: bool, jit_error: Exception) -> 
     )
     try:
         if trust_pickle:
-            with _current_folder_importable():  # the model's class, as for a factory
+            with current_folder_importable():  # the model's class, as for a factory
                 obj = read_torch_file(path, trust_pickle=True)
         else:
             obj = read_torch_file(path)

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 STACK: list[set[str]] = [
     {"errors", "png", "progress", "viewer"},
     {"layout"},
-    {"checkpoints", "images", "inputs", "official", "preprocess"},
+    {"checkpoints", "downloads", "images", "inputs", "official", "preprocess"},
     {"timm_models"},
     {"models"},
     {"layers"},
