@@ -301,10 +301,11 @@ def _write_pictures(document: dict[str, Any], visualizer: Visualizer, folder: Pa
     representative: list[np.ndarray | None] = [None] * len(channels)
     written = []
     failed_inputs: set[str] = set()
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="featviz-atlas") as pool:
+    threads = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featviz-atlas") as pool:
         for start in range(0, len(channels), per_group):
             group = range(start, min(len(channels), start + per_group))
-            patches = _group_patches(channels, group, layer, visualizer, pool, failed_inputs, on_error)
+            patches = _group_patches(channels, group, layer, visualizer, pool, 2 * threads, failed_inputs, on_error)
             for c in group:
                 entries = channels[c]
                 tiles = [patches.get((c, rank)) for rank in range(len(entries))]
@@ -327,9 +328,10 @@ def _shrink(tile: np.ndarray) -> np.ndarray:
 
 
 def _group_patches(channels: list[list[dict[str, Any]]], group: range, layer: str, visualizer: Visualizer,
-                   pool: ThreadPoolExecutor, failed_inputs: set[str],
+                   pool: ThreadPoolExecutor, ahead: int, failed_inputs: set[str],
                    on_error: ErrorCallback | None) -> dict[tuple[int, int], np.ndarray]:
-    """{(channel, rank): patch} for the channels of ``group``: each kept photo decoded and run once."""
+    """{(channel, rank): patch} for the channels of ``group``: each kept photo decoded and run
+    once, ``ahead`` photos decoding at a time (memory: a few photos, whatever the group's size)."""
     wanted: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
     for c in group:
         for rank, entry in enumerate(channels[c]):
@@ -337,8 +339,11 @@ def _group_patches(channels: list[list[dict[str, Any]]], group: range, layer: st
     ref = next(r for r in visualizer.layers if r.path == layer)
     patches: dict[tuple[int, int], np.ndarray] = {}
     keys = sorted(wanted)
-    futures = {key: pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key) for key in keys}
-    for key in keys:
+    futures = {key: pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key) for key in keys[:ahead]}
+    for index, key in enumerate(keys):
+        if index + ahead < len(keys):
+            later = keys[index + ahead]
+            futures[later] = pool.submit(visualizer.prepare, wanted[later][0][2]["input"], later)
         try:
             prepared = futures.pop(key).result()
         except (FeatvizError, OSError, ValueError) as exc:  # changed or gone since the first pass
