@@ -6,14 +6,19 @@ of the gradient of the unit with respect to the input, computed on a *positive s
 model, because on the real weights zeros hide part of the field (a ReLU that is off, a max-pool
 that routes the gradient to one element only, a weight that happens to be 0):
 
-* a deep copy of the model in float64 (the user's model is not touched);
+* a deep copy of the model (the user's model is not touched), in float32;
 * every convolution and linear weight set to 1 / fan-in (each becomes an average: values stay
-  about 1 at any depth, and the smallest gradient on the border of a deep field, about
-  (1/9)^depth, stays far above float64's underflow), every bias to 0;
+  about 1 at any depth), every bias to 0;
 * batch norms made the identity (mean 0, variance 1, scale 1, shift 0);
 * max-pools replaced by average pools of the same kernel, stride, padding and ceil mode (the
   gradient then reaches every element of a window);
 * an all-ones input, so that every activation is positive and every ReLU passes its gradient.
+
+The smallest gradient, at the corner of a deep field, is about (1/9)^depth: float32 holds it
+for about 40 stacked 3x3 convolutions. When any gradient of a chunk comes within 1e-30 of zero
+(float32 stops at 1e-45), the chunk is computed again in float64, which holds it for hundreds;
+next to a pixel of the support its outward neighbour is at most a few hundred times smaller, so a
+pixel lost to underflow would show up as such a small neighbour first.
 
 For networks of convolutions, pools, batch norms, ReLU-like activations, residual sums and
 concatenations, the support is then exactly the theoretical receptive field, clipped at the image
@@ -53,10 +58,14 @@ class Field:
     right: int
 
 
+#: Below this, a float32 gradient may be near underflow: the chunk is redone in float64.
+TINY = 1e-30
+
+
 def positive_surrogate(model: nn.Module) -> nn.Module:
-    """A float64 deep copy of ``model`` whose gradient support is the receptive field (see the
+    """A float32 deep copy of ``model`` whose gradient support is the receptive field (see the
     module docstring). ``model`` itself is left exactly as it was."""
-    surrogate = copy.deepcopy(model).double().eval()
+    surrogate = copy.deepcopy(model).float().eval()
     for name, module in list(surrogate.named_modules()):
         replacement = _average_pool_for(module)
         if replacement is not None:
@@ -108,28 +117,42 @@ def input_fields(surrogate: nn.Module, layer_path: str, input_size: tuple[int, i
     """The receptive field of unit (y, x) (summed over channels: they share it) of
     ``layer_path`` for an input of ``input_size`` (height, width), for each position.
 
-    One backward pass per :data:`CHUNK` positions: the batch holds one all-ones float64 input
-    (N, 3, H, W) per position, and the gradient of each input is that position's alone.
+    One backward pass per :data:`CHUNK` positions: the batch holds one all-ones input
+    (N, 3, H, W) per position, and the gradient of each input is that position's alone. A chunk
+    whose smallest gradient is below :data:`TINY` is redone in float64 (see the module docstring).
     """
-    ref = LayerRef(layer_path, None, surrogate.get_submodule(layer_path))
-    device = next(iter(surrogate.parameters()), torch.empty(0)).device
     fields: list[Field] = []
     for start in range(0, len(positions), CHUNK):
         chunk = positions[start:start + CHUNK]
-        inputs = torch.ones(len(chunk), 3, *input_size, dtype=torch.float64, device=device, requires_grad=True)
-        output = capture_with_graph(surrogate, ref, inputs)
-        height, width = output.shape[2:]
-        for y, x in chunk:
-            if not (0 <= y < height and 0 <= x < width):
-                raise LayerError(f"position ({y}, {x}) is outside layer {layer_path}'s {height}x{width} map")
-        rows = torch.arange(len(chunk), device=device)
-        ys = torch.tensor([y for y, _ in chunk], device=device)
-        xs = torch.tensor([x for _, x in chunk], device=device)
-        picked = output[rows, :, ys, xs].sum()
-        (gradient,) = torch.autograd.grad(picked, inputs)
+        gradient = _gradients(surrogate, layer_path, input_size, chunk)
+        smallest = gradient[gradient > 0].min() if bool((gradient > 0).any()) else None
+        if smallest is not None and gradient.dtype == torch.float32 and float(smallest) < TINY:
+            gradient = _gradients(surrogate.double(), layer_path, input_size, chunk)  # stays float64 from now on
         support = gradient.abs().sum(dim=1) > 0  # bool (N, H, W)
         fields.extend(_bounding_field(plane) for plane in support)
     return fields
+
+
+def _gradients(surrogate: nn.Module, layer_path: str, input_size: tuple[int, int],
+               chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """d(sum over channels of unit (y, x)) / d input, one input per position: (N, 3, H, W), in
+    the surrogate's dtype."""
+    ref = LayerRef(layer_path, None, surrogate.get_submodule(layer_path))
+    first = next(iter(surrogate.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.float32
+    inputs = torch.ones(len(chunk), 3, *input_size, dtype=dtype, device=device, requires_grad=True)
+    output = capture_with_graph(surrogate, ref, inputs)
+    height, width = output.shape[2:]
+    for y, x in chunk:
+        if not (0 <= y < height and 0 <= x < width):
+            raise LayerError(f"position ({y}, {x}) is outside layer {layer_path}'s {height}x{width} map")
+    rows = torch.arange(len(chunk), device=device)
+    ys = torch.tensor([y for y, _ in chunk], device=device)
+    xs = torch.tensor([x for _, x in chunk], device=device)
+    picked = output[rows, :, ys, xs].sum()
+    (gradient,) = torch.autograd.grad(picked, inputs)
+    return gradient
 
 
 def _bounding_field(support: torch.Tensor) -> Field:
