@@ -461,23 +461,22 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Fold only the I-th of N deterministic slices and write its partial state (merge with --merge).")
-@click.option("--merge", "merge_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="SHARD_DIR", help="Combine the states of these shard folders into OUT (repeatable); "
-                                        "model, layers and options come from the shards.")
+@click.option("--merge", is_flag=True, help="INPUTS are shard folders (written with --shard): combine their states "
+                                             "into OUT; model, layers and options come from the shards.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state is in OUT.")
 @click.option("--checkpoint-every", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between checkpoints of the partial state (what --resume continues from).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
-def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge_dirs: tuple[Path, ...], resume: bool,
+def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bool, resume: bool,
           checkpoint_every: float, **params: Any) -> None:
     """What every channel of a layer responds to across a collection of images: per channel the
     --top N images with the highest activation, with the receptive field of the maximal unit.
 
     Writes OUT/<layer>/atlas.json, channels/NNNN.png (each channel's top patches), atlas.png
     (one patch per channel) and the page OUT/index.html. INPUTS: files, folders, quoted globs, or -
-    for paths on stdin.
+    for paths on stdin; with --merge, the shard folders.
     """
     from featviz.atlas_export import AtlasRun, atlas_settings, merge_folders, write_atlas
     from featviz.export import shard as take_shard
@@ -485,16 +484,16 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge_dir
     from featviz.pipeline import Visualizer
 
     out: Path = params["out"]
-    if merge_dirs and (inputs or shard or resume):
-        raise click.UsageError("--merge takes shard folders only: no INPUTS, --shard or --resume")
-    if not merge_dirs and not inputs:
-        raise click.UsageError("give INPUTS (or --merge SHARD_DIR...)")
+    if merge and (shard or resume):
+        raise click.UsageError("--merge combines finished shards: no --shard or --resume")
+    if not inputs:
+        raise click.UsageError("give INPUTS (with --merge: the shard folders)")
 
     def on_error(message: str) -> None:
         click.echo(f"error: {message}", err=True)
 
-    if merge_dirs:
-        state = merge_folders(merge_dirs)
+    if merge:
+        state = merge_folders([Path(folder) for folder in inputs])
         settings = state.settings
         visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
                                 seed=settings["seed"], device=params["device"], resize=settings["resize"],

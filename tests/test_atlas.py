@@ -321,7 +321,7 @@ def test_shards_merged_equal_one_run(photos: Path, tmp_path: Path) -> None:
         assert atlas(photos, "--out", shard, *common, "--shard", f"{i}/3").exit_code == 0
         assert not (shard / "features.0").exists()  # a shard writes its state only
         shards.append(shard)
-    result = atlas("--merge", shards[2], "--merge", shards[0], "--merge", shards[1], "--out", tmp_path / "merged", "-q")
+    result = atlas("--merge", shards[2], shards[0], shards[1], "--out", tmp_path / "merged", "-q")
     assert result.exit_code == 0, result.output
     for layer in ("features.0", "features.3"):
         single = (tmp_path / "single" / layer / "atlas.json").read_bytes()
@@ -334,12 +334,12 @@ def test_merge_refuses_different_options_and_missing_shards(photos: Path, tmp_pa
     common = [*TINY, *SMALL, "--layer", "0", "-q"]
     assert atlas(photos, "--out", tmp_path / "a", *common, "--shard", "1/2", "--top", "3").exit_code == 0
     assert atlas(photos, "--out", tmp_path / "b", *common, "--shard", "2/2", "--top", "4").exit_code == 0
-    result = atlas("--merge", tmp_path / "a", "--merge", tmp_path / "b", "--out", tmp_path / "m")
+    result = atlas("--merge", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "differ in top: 3 vs 4" in result.output
     result = atlas("--merge", tmp_path / "a", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "2/2 are missing" in result.output
     assert atlas(photos, "--out", tmp_path / "c", *common, "--shard", "2/2", "--top", "3", "--by", "mean").exit_code == 0
-    result = atlas("--merge", tmp_path / "a", "--merge", tmp_path / "c", "--out", tmp_path / "m")
+    result = atlas("--merge", tmp_path / "a", tmp_path / "c", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "differ in by: 'max' vs 'mean'" in result.output
     assert not (tmp_path / "m").exists()
 
