@@ -115,6 +115,8 @@ def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
     images = _inputs(paths)
     rows = []
     for model, layer in (("alexnet", "features.10"), ("resnet50", "layer3")):
+        if model not in args.cases.split(","):
+            continue
         visualizer = Visualizer(model, "none", [layer])
         floor(visualizer, images[:4], args.batch_size)  # warm-up
         best_floor = best_atlas = setup = float("inf")
@@ -124,8 +126,9 @@ def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
             seconds, setup_seconds, state = atlas_pass(visualizer, images, args.batch_size, folder / f"out-{model}-{round_}")
             best_atlas, setup = min(best_atlas, seconds), min(setup, setup_seconds)
         started = time.perf_counter()
-        write_atlas(state, visualizer, folder / f"out-{model}-0")
-        write_seconds = time.perf_counter() - started
+        if not args.no_write:
+            write_atlas(state, visualizer, folder / f"out-{model}-0")
+        write_seconds = time.perf_counter() - started if not args.no_write else float("nan")
         row = {"model": model, "layer": layer, "images": len(images), "batch": args.batch_size,
                "floor_img_s": round(len(images) / best_floor, 2), "atlas_img_s": round(len(images) / best_atlas, 2),
                "atlas/floor": round(best_floor / best_atlas, 3), "setup_s": round(setup, 2),
@@ -165,6 +168,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cases", default="alexnet,resnet50", help="comma-separated: alexnet, resnet50")
+    parser.add_argument("--no-write", action="store_true", help="skip timing the second pass")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
