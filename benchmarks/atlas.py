@@ -172,10 +172,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="skip timing the second pass")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--make-photos", type=int, default=None, metavar="N",
+                        help="only write N photos made from the samples into --folder (docs/make_pictures.sh)")
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.make_photos is not None:
+        make_photos(args.folder, args.make_photos)
+        return
     if args.child_memory is not None:
         child_memory(args.child_memory, args.folder)
         return

@@ -34,6 +34,7 @@ from featviz.atlas_pictures import ATLAS_PATCH, channel_strip, layer_atlas, patc
 from featviz.capture import capture
 from featviz.errors import FeatvizError, UsageError
 from featviz.export import default_batch_size
+from featviz.images import load_image
 from featviz.inputs import InputImage
 from featviz.layout import atomic_write, ensure_inside, json_bytes, layer_dir, png_bytes, remove_stale_temporaries
 from featviz.pipeline import PreparedImage, Visualizer
@@ -292,20 +293,24 @@ def write_atlas(atlas: Atlas, visualizer: Visualizer, out: Path, *, workers: int
 
 def _write_pictures(document: dict[str, Any], visualizer: Visualizer, folder: Path, workers: int | None,
                     on_error: ErrorCallback | None) -> list[Path]:
-    """channels/NNNN.png for every channel and atlas.png: the kept photos are decoded and run
-    again, a group of channels at a time so that at most :data:`PATCHES_IN_FLIGHT` patches wait."""
+    """channels/NNNN.png for every channel and atlas.png.
+
+    Every kept photo runs through the model once more, and the maps of the channels that keep it
+    are kept (float32 (H, W) each: C x N maps in all, a few MB, whatever the collection's size);
+    then the patches are cut a group of channels at a time (at most :data:`PATCHES_IN_FLIGHT`
+    wait for their picture), each group decoding its photos again (decoding only)."""
     layer = document["layer"]
     channels = document["channels"]
     top = max(1, int(document["top"]))
     per_group = max(1, PATCHES_IN_FLIGHT // top)
     representative: list[np.ndarray | None] = [None] * len(channels)
     written = []
-    failed_inputs: set[str] = set()
     threads = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featviz-atlas") as pool:
+        maps = _kept_maps(channels, layer, visualizer, pool, 2 * threads, on_error)
         for start in range(0, len(channels), per_group):
             group = range(start, min(len(channels), start + per_group))
-            patches = _group_patches(channels, group, layer, visualizer, pool, 2 * threads, failed_inputs, on_error)
+            patches = _group_patches(channels, group, maps, visualizer, pool, 2 * threads)
             for c in group:
                 entries = channels[c]
                 tiles = [patches.get((c, rank)) for rank in range(len(entries))]
@@ -327,33 +332,61 @@ def _shrink(tile: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(tile).resize((ATLAS_PATCH, ATLAS_PATCH), Image.Resampling.BILINEAR))
 
 
-def _group_patches(channels: list[list[dict[str, Any]]], group: range, layer: str, visualizer: Visualizer,
-                   pool: ThreadPoolExecutor, ahead: int, failed_inputs: set[str],
-                   on_error: ErrorCallback | None) -> dict[tuple[int, int], np.ndarray]:
-    """{(channel, rank): patch} for the channels of ``group``: each kept photo decoded and run
-    once, ``ahead`` photos decoding at a time (memory: a few photos, whatever the group's size)."""
+def _by_key(channels: list[list[dict[str, Any]]], group: range) -> dict[str, list[tuple[int, int, dict[str, Any]]]]:
+    """{key: [(channel, rank, entry), ...]} of the kept entries of the channels in ``group``."""
     wanted: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
     for c in group:
         for rank, entry in enumerate(channels[c]):
             wanted.setdefault(entry["key"], []).append((c, rank, entry))
-    ref = next(r for r in visualizer.layers if r.path == layer)
-    patches: dict[tuple[int, int], np.ndarray] = {}
-    keys = sorted(wanted)
-    futures = {key: pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key) for key in keys[:ahead]}
+    return wanted
+
+
+def _ahead(pool: ThreadPoolExecutor, keys: list[str], ahead: int, submit: Callable[[str], Future[Any]]) -> Iterator[tuple[str, Future[Any]]]:
+    """(key, future) in order, with at most ``ahead`` submitted and not yet consumed."""
+    futures = {key: submit(key) for key in keys[:ahead]}
     for index, key in enumerate(keys):
         if index + ahead < len(keys):
-            later = keys[index + ahead]
-            futures[later] = pool.submit(visualizer.prepare, wanted[later][0][2]["input"], later)
+            futures[keys[index + ahead]] = submit(keys[index + ahead])
+        yield key, futures.pop(key)
+
+
+def _kept_maps(channels: list[list[dict[str, Any]]], layer: str, visualizer: Visualizer, pool: ThreadPoolExecutor,
+               ahead: int, on_error: ErrorCallback | None) -> dict[tuple[int, int], torch.Tensor]:
+    """{(channel, rank): float32 (H, W) map of that channel on that entry's photo}, one forward
+    pass per kept photo. A photo that cannot be read again (changed or gone since the first
+    pass) is an error line and leaves its slots empty."""
+    wanted = _by_key(channels, range(len(channels)))
+    ref = next(r for r in visualizer.layers if r.path == layer)
+    maps: dict[tuple[int, int], torch.Tensor] = {}
+    keys = sorted(wanted)
+    submit = lambda key: pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key)  # noqa: E731
+    for key, future in _ahead(pool, keys, ahead, submit):
         try:
-            prepared = futures.pop(key).result()
-        except (FeatvizError, OSError, ValueError) as exc:  # changed or gone since the first pass
-            if key not in failed_inputs and on_error:
+            prepared = future.result()
+        except (FeatvizError, OSError, ValueError) as exc:
+            if on_error:
                 on_error(f"{wanted[key][0][2]['input']}: cannot be read again for the pictures ({exc})")
-            failed_inputs.add(key)
             continue
         acts = capture(visualizer.loaded.module, [ref], prepared.tensor[None].to(visualizer.device))[layer][0]
-        width, height = prepared.photo.size
-        crop = visualizer.preprocess.crop_box(width, height)
+        for c, rank, _ in wanted[key]:
+            maps[(c, rank)] = acts[c].float().cpu().clone()
+    return maps
+
+
+def _group_patches(channels: list[list[dict[str, Any]]], group: range, maps: dict[tuple[int, int], torch.Tensor],
+                   visualizer: Visualizer, pool: ThreadPoolExecutor, ahead: int) -> dict[tuple[int, int], np.ndarray]:
+    """{(channel, rank): patch} for the channels of ``group``, ``ahead`` photos decoding at a time."""
+    wanted = _by_key(channels, group)
+    keys = sorted(k for k, items in wanted.items() if any((c, rank) in maps for c, rank, _ in items))
+    submit = lambda key: pool.submit(load_image, wanted[key][0][2]["input"])  # noqa: E731
+    patches: dict[tuple[int, int], np.ndarray] = {}
+    for key, future in _ahead(pool, keys, ahead, submit):
+        try:
+            photo = future.result()
+        except (FeatvizError, OSError, ValueError):
+            continue  # read a moment ago by _kept_maps: gone since; its slots stay empty
+        crop = visualizer.preprocess.crop_box(*photo.size)
         for c, rank, entry in wanted[key]:
-            patches[(c, rank)] = patch(prepared.photo, acts[c].cpu(), crop, entry["box"])
+            if (c, rank) in maps:
+                patches[(c, rank)] = patch(photo, maps[(c, rank)], crop, entry["box"])
     return patches
