@@ -264,6 +264,42 @@ def _layer_height(model: torch.nn.Module, layer: torch.nn.Module, side: int) -> 
     return seen[0]
 
 
+def test_fields_from_rows_and_columns_equal_the_direct_ones() -> None:
+    model = torchvision.models.alexnet(weights=None)
+    positions = [(y, x) for y in range(5) for x in range(5)]  # features.5 at 127 px: a 7x7 map
+    fast = ReceptiveFields(model).fields("features.5", (127, 127), positions)
+    direct = ReceptiveFields(model, separable=False).fields("features.5", (127, 127), positions)
+    assert fast == direct
+    assert fast[(0, 4)] == Field(*_expected(0, 16, 18, 67, 127)[:1], *_expected(4, 16, 18, 67, 127)[:1],
+                                 *_expected(0, 16, 18, 67, 127)[1:], *_expected(4, 16, 18, 67, 127)[1:])
+
+
+class _Masked(torch.nn.Module):
+    """A 3x3 convolution, then a fixed mask (a buffer: it stays as it is in the surrogate) that
+    zeroes the lower-left triangle: the fields depend on the position, not separably."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.register_buffer("mask", torch.triu(torch.ones(12, 12)))
+        self.out = torch.nn.Conv2d(2, 2, 5, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv(x) * self.mask)
+
+
+def test_position_dependent_models_fall_back_to_direct_fields() -> None:
+    model = _Masked()
+    positions = [(y, x) for y in range(12) for x in range(12)]
+    fast = ReceptiveFields(model).fields("out", (12, 12), positions)
+    assert fast == ReceptiveFields(model, separable=False).fields("out", (12, 12), positions)
+    # (6, 6) sees conv units rows/cols 4..8, of which those with col >= row pass: rows 4..8,
+    # cols 4..8, so input 3..9. (8, 4) sees rows 6..10 x cols 2..6: only (6, 6) passes: input
+    # 5..7. (11, 0) sees rows 9..11 x cols 0..2: all masked, an empty field.
+    assert fast[(6, 6)] == Field(3, 3, 10, 10) and fast[(8, 4)] == Field(5, 5, 8, 8)
+    assert fast[(11, 0)] == Field(0, 0, 0, 0)
+
+
 def test_a_field_too_deep_for_float32_is_computed_in_float64() -> None:
     """A hundred 3x3 convolutions (padding 1): the field of a unit is 1 + 2*100 = 201 pixels
     wide. The largest gradient on its outermost row is about (1/3)^100 = 2e-48, below float32's
