@@ -43,6 +43,7 @@ from PIL import Image
 out = sys.argv[1]
 Image.open(f"{out}/atlas/features.10/channels/0003.png").save("docs/atlas-channel.png", optimize=True)
 layer = Image.open(f"{out}/atlas/features.10/atlas.png")
-layer.resize((720, round(layer.height * 720 / layer.width)), Image.LANCZOS).save("docs/atlas-layer.png", optimize=True)
+small = layer.resize((640, round(layer.height * 640 / layer.width)), Image.LANCZOS)
+small.quantize(256, dither=Image.Dither.NONE).save("docs/atlas-layer.png", optimize=True)
 PY
 echo "pictures written to docs/ (docs/report.png is a headless-Chromium screenshot of an export's index.html)"
