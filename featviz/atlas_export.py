@@ -36,7 +36,14 @@ from featviz.errors import FeatvizError, UsageError
 from featviz.export import default_batch_size
 from featviz.images import load_image
 from featviz.inputs import InputImage
-from featviz.layout import atomic_write, ensure_inside, json_bytes, layer_dir, png_bytes, remove_stale_temporaries
+from featviz.layout import (
+    atomic_write,
+    ensure_inside,
+    json_bytes,
+    layer_dir,
+    png_bytes,
+    remove_stale_temporaries,
+)
 from featviz.pipeline import PreparedImage, Visualizer
 from featviz.receptive import ReceptiveFields, photo_box
 
@@ -342,7 +349,7 @@ def _by_key(channels: list[list[dict[str, Any]]], group: range) -> dict[str, lis
     return wanted
 
 
-def _ahead(pool: ThreadPoolExecutor, keys: list[str], ahead: int, submit: Callable[[str], Future[Any]]) -> Iterator[tuple[str, Future[Any]]]:
+def _ahead(keys: list[str], ahead: int, submit: Callable[[str], Future[Any]]) -> Iterator[tuple[str, Future[Any]]]:
     """(key, future) in order, with at most ``ahead`` submitted and not yet consumed."""
     futures = {key: submit(key) for key in keys[:ahead]}
     for index, key in enumerate(keys):
@@ -360,8 +367,11 @@ def _kept_maps(channels: list[list[dict[str, Any]]], layer: str, visualizer: Vis
     ref = next(r for r in visualizer.layers if r.path == layer)
     maps: dict[tuple[int, int], torch.Tensor] = {}
     keys = sorted(wanted)
-    submit = lambda key: pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key)  # noqa: E731
-    for key, future in _ahead(pool, keys, ahead, submit):
+
+    def submit(key: str) -> Future[PreparedImage]:
+        return pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key)
+
+    for key, future in _ahead(keys, ahead, submit):
         try:
             prepared = future.result()
         except (FeatvizError, OSError, ValueError) as exc:
@@ -379,9 +389,12 @@ def _group_patches(channels: list[list[dict[str, Any]]], group: range, maps: dic
     """{(channel, rank): patch} for the channels of ``group``, ``ahead`` photos decoding at a time."""
     wanted = _by_key(channels, group)
     keys = sorted(k for k, items in wanted.items() if any((c, rank) in maps for c, rank, _ in items))
-    submit = lambda key: pool.submit(load_image, wanted[key][0][2]["input"])  # noqa: E731
     patches: dict[tuple[int, int], np.ndarray] = {}
-    for key, future in _ahead(pool, keys, ahead, submit):
+
+    def submit(key: str) -> Future[Image.Image]:
+        return pool.submit(load_image, wanted[key][0][2]["input"])
+
+    for key, future in _ahead(keys, ahead, submit):
         try:
             photo = future.result()
         except (FeatvizError, OSError, ValueError):

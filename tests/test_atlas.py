@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tinymodels
 import torch
 import torchvision
 from click.testing import CliRunner, Result
 from PIL import Image
 from torchvision import transforms
 
-import tinymodels
 from featviz.atlas import ChannelTable, merge, new_atlas
 from featviz.cli import main
 from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -324,7 +324,7 @@ def test_photo_box_goes_through_the_crop() -> None:
 def test_state_round_trips_and_merge_is_order_free() -> None:
     settings = {"top": 3, "by": "max"}
     torch.manual_seed(0)
-    batches = [(["k%d" % (4 * b + i) for i in range(4)], torch.randn(4, 5, 3, 3)) for b in range(5)]
+    batches = [([f"k{4 * b + i}" for i in range(4)], torch.randn(4, 5, 3, 3)) for b in range(5)]
     whole = new_atlas(settings, {"l": 5})
     for keys, acts in batches:
         whole.update("l", keys, acts)

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_report import browser  # noqa: F401  (the fixture that drives Chromium)
 
 from featviz.atlas_page import render_page
 from featviz.cli import main
-from test_report import browser  # noqa: F401  (the fixture that drives Chromium)
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -52,7 +52,7 @@ def selftest(run: Any, page: Path, hash_value: str) -> dict[str, Any]:
     return json.loads(html.unescape(match.group(1)))
 
 
-def test_page_shows_every_channel_and_a_channel_with_its_photos(browser: Any, atlas_out: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_page_shows_every_channel_and_a_channel_with_its_photos(browser: Any, atlas_out: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"  # photos and atlas moved together: relative links still work
     shutil.copytree(atlas_out.parent, moved)
     document = json.loads((moved / "atlas out" / "features.4" / "atlas.json").read_text(encoding="utf-8"))
@@ -69,7 +69,7 @@ def test_page_shows_every_channel_and_a_channel_with_its_photos(browser: Any, at
     assert result["filtered"]["shown"] == document["statistics"]["dead"]
 
 
-def test_range_filter_and_odd_names(browser: Any, atlas_out: Path) -> None:  # noqa: F811
+def test_range_filter_and_odd_names(browser: Any, atlas_out: Path) -> None:
     text = (atlas_out / "index.html").read_text(encoding="utf-8")
     assert "<script>&" not in text.split('id="fv-data">')[1].split("</script>")[0]
     result = selftest(browser, atlas_out / "index.html", "0;2-4, 9")
