@@ -305,8 +305,8 @@ def test_a_field_too_deep_for_float32_is_computed_in_float64() -> None:
     wide. The largest gradient on its outermost row is about (1/3)^100 = 2e-48, below float32's
     smallest number (float32 alone finds rows 13..207, measured): the float64 pass finds 2..202."""
     model = torch.nn.Sequential(*[torch.nn.Conv2d(1 if i else 3, 1, 3, padding=1) for i in range(100)])
-    found = ReceptiveFields(model).fields("99", (205, 205), [(102, 102)])
-    assert found[(102, 102)] == Field(2, 2, 203, 203)
+    found = ReceptiveFields(model).fields("99", (205, 5), [(102, 2)])  # 5 columns wide: cheap
+    assert found[(102, 2)] == Field(2, 0, 203, 5)
 
 
 def test_photo_box_goes_through_the_crop() -> None:
@@ -377,6 +377,11 @@ def test_merge_refuses_different_options_and_missing_shards(photos: Path, tmp_pa
     assert atlas(photos, "--out", tmp_path / "c", *common, "--shard", "2/2", "--top", "3", "--by", "mean").exit_code == 0
     result = atlas("--merge", tmp_path / "a", tmp_path / "c", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "differ in by: 'max' vs 'mean'" in result.output
+    assert atlas(photos, "--out", tmp_path / "d", *common, "--shard", "2/2", "--top", "3", "--seed", "1").exit_code == 0
+    result = atlas("--merge", tmp_path / "a", tmp_path / "d", "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "differ in seed: 0 vs 1" in result.output  # other weights
+    result = atlas("--merge", tmp_path / "a", "--shard", "1/2", "--out", tmp_path / "m")
+    assert result.exit_code == 2
     assert not (tmp_path / "m").exists()
 
 
