@@ -303,7 +303,7 @@ def test_position_dependent_models_fall_back_to_direct_fields() -> None:
 def test_a_field_too_deep_for_float32_is_computed_in_float64() -> None:
     """A hundred 3x3 convolutions (padding 1): the field of a unit is 1 + 2*100 = 201 pixels
     wide. The largest gradient on its outermost row is about (1/3)^100 = 2e-48, below float32's
-    smallest number (float32 alone finds rows 13..207, measured): the float64 pass finds 2..202."""
+    smallest number (float32 alone finds rows 8..196, measured): the float64 pass finds 2..202."""
     model = torch.nn.Sequential(*[torch.nn.Conv2d(1 if i else 3, 1, 3, padding=1) for i in range(100)])
     found = ReceptiveFields(model).fields("99", (205, 5), [(102, 2)])  # 5 columns wide: cheap
     assert found[(102, 2)] == Field(2, 0, 203, 5)
