@@ -36,6 +36,7 @@ from featviz.errors import FeatvizError, UsageError
 from featviz.export import default_batch_size
 from featviz.images import load_image
 from featviz.inputs import InputImage
+from featviz.layers import is_script
 from featviz.layout import (
     atomic_write,
     ensure_inside,
@@ -144,7 +145,12 @@ class AtlasRun:
         self.on_image_done = on_image_done
 
     def start(self, settings: dict[str, Any], shard: tuple[int, int], resume: bool) -> Atlas:
-        """A fresh atlas, or with ``resume`` the one in OUT (refused if its settings differ)."""
+        """A fresh atlas, or with ``resume`` the one in OUT (refused if its settings differ).
+        A TorchScript model is refused here, before any image: it has no receptive fields."""
+        if is_script(self.visualizer.loaded.module):
+            raise UsageError("featviz atlas needs a Python model: a TorchScript model takes no hooks, so its "
+                             "receptive fields cannot be computed",
+                             hint="load the model from torchvision or a package.module:factory")
         if resume and (self.out / STATE).is_file():
             atlas = read_state(self.out)
             difference = settings_difference(atlas.settings, settings)

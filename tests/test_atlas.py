@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -424,3 +425,13 @@ def test_resume_after_sigkill_gives_the_same_atlas(tmp_path: Path, tests_on_path
     assert (out / "features.3" / "atlas.json").read_bytes() == reference
     result = atlas(folder / "photo00.jpg", "--out", out, *args, "--resume")  # other inputs: refused
     assert result.exit_code == 2 and "cannot resume" in result.output and "inputs" in result.output
+
+
+def test_a_torchscript_model_is_refused_before_any_image(photos: Path, tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script/save are deprecated
+        torch.jit.save(torch.jit.script(tinymodels.tiny_features().eval()), str(path))
+    result = atlas(photos, "--out", tmp_path / "o", "--model", path, "--weights", "none", *SMALL, "--layer", "0")
+    assert result.exit_code == 2 and "TorchScript" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
