@@ -518,6 +518,11 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         state = run.start(settings, shard_index or (1, 1), resume)
         try:
             state = run.collect(state, images)
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
+                       f"in {out / 'atlas-state.json'}", err=True)
+            sys.exit(130)
         finally:
             progress.close()
         if shard_index:
