@@ -519,7 +519,6 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         try:
             state = run.collect(state, images)
         except KeyboardInterrupt:
-            progress.close()
             click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
                        f"in {out / 'atlas-state.json'}", err=True)
             sys.exit(130)
