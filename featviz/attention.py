@@ -67,11 +67,33 @@ def channel_attention(activations: torch.Tensor, mode: str = "se",
 
 
 def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Scale to [0, 1] over ``dims``; where max == min the result is 0 (a constant map is black)."""
+    """Scale to [0, 1] over ``dims``; where max == min the result is 0 (a constant map is black).
+    Only an exactly zero span is guarded: a span of 1e-14 still scales to [0, 1]."""
+    import torch
+
     low = x.amin(dim=dims, keepdim=True)
     span = x.amax(dim=dims, keepdim=True) - low
-    safe = span.clamp_min(1e-12)
+    safe = torch.where(span > 0, span, torch.ones_like(span))
     return ((x - low) / safe) * (span > 0)
+
+
+def replace_nonfinite(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) -> (a copy where every NaN and +-inf is its channel's mean over its finite
+    values (0 when it has none), the count of such values per image: int64 (N,)).
+
+    With that replacement, the SE squeeze (a channel's mean) and the max of CBAM are exactly
+    their values over the finite activations, so one NaN no longer makes every channel weight
+    NaN. ``activations`` is returned as it is (no copy) when every value is finite."""
+    import torch
+
+    finite = torch.isfinite(activations)
+    counts = (~finite).sum(dim=(1, 2, 3))
+    if bool(finite.all()):
+        return activations, counts
+    kept = torch.where(finite, activations, torch.zeros_like(activations))
+    seen = finite.sum(dim=(2, 3), keepdim=True)
+    means = kept.sum(dim=(2, 3), keepdim=True) / seen.clamp_min(1)
+    return torch.where(finite, activations, means.expand_as(activations)), counts
 
 
 def channel_weights(activations: torch.Tensor, mode: str = "se",
@@ -187,5 +209,5 @@ def parse_frequencies(text: str | None) -> tuple[tuple[int, int], ...] | None:
 def cbam_refine(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CBAM's sequence without its learned layers: channel attention first, then the features it
     refines. Returns (w (N, C) in [0, 1] from average + max pooling, refined F' = w * F)."""
-    weights = minmax(channel_attention(activations, "cbam"), dims=(1,))
+    weights = weights_from_statistic(channel_attention(activations, "cbam"))  # one channel: w = 1
     return weights, activations.float() * weights[:, :, None, None]

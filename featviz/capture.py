@@ -121,7 +121,7 @@ class ActivationCapture:
         with torch.set_grad_enabled(self.keep_graph):
             if is_script(self.model):
                 self._run_stack(batch)
-                if not self.stop_early:
+                if not self.stop_early:  # the whole pass, by the model's own forward
                     self.output = _as_tensor(self.model(batch), "output")
             else:
                 try:
@@ -140,22 +140,36 @@ class ActivationCapture:
 
     def _run_stack(self, batch: torch.Tensor) -> None:
         """TorchScript modules take no Python hooks: run the feature stack one module after the
-        other, as the seed script does, and record the requested entries."""
+        other, as the seed script does, up to the last requested entry, and record the
+        requested entries. (The model's own forward pass may do more between two entries,
+        such as ResNet's flatten before ``fc``; that is why it stops as soon as it can.)"""
         stack = feature_stack(self.model)
         wanted = {ref.path for ref in self.layers}
         unknown = wanted - {path for path, _ in stack}
         if unknown:
+            name = sorted(unknown)[0]
             raise LayerError(
-                f"layer {sorted(unknown)[0]} cannot be captured in a TorchScript model",
-                hint="TorchScript takes no hooks: pick layers by index in its feature stack",
+                f"layer {name} cannot be captured in a TorchScript model: TorchScript takes no hooks, so "
+                "featviz runs its feature stack one entry after another and sees only the entries' outputs",
+                hint="pick a feature-stack entry (an index or a path listed by `featviz layers`), or pass the "
+                     "model as a package.module:factory",
             )
-        x = batch
+        x, previous = batch, "the input"
         for path, module in stack:
-            x = module(x)
+            if not wanted - set(self.activations):
+                return
+            try:
+                x = module(x)
+            except RuntimeError as exc:
+                raise LayerError(
+                    f"layer {path} of a TorchScript model cannot take the output of {previous} "
+                    f"({str(exc).strip().splitlines()[-1][:160]}): TorchScript takes no hooks, so featviz runs its "
+                    "feature stack one entry after another, and the model's own forward pass does more in between",
+                    hint="pick an earlier layer, or pass the model as a package.module:factory",
+                ) from exc
+            previous = path
             if path in wanted:
                 self.activations[path] = x.detach().clone() if self.copy else x.detach()
-                if self.stop_early and len(self.activations) == self.expected:
-                    return
 
 
 def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
@@ -183,6 +197,9 @@ def capture_with_graph(model: nn.Module, layer: LayerRef, batch: torch.Tensor) -
 def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:
     """Output shape of each layer (without the batch dimension) for ``example``; layers the
     forward pass does not reach are absent. Nothing is copied."""
+    if is_script(model):  # only the feature stack's entries can be seen (see ActivationCapture._run_stack)
+        entries = {path for path, _ in feature_stack(model)}
+        layers = [ref for ref in layers if ref.path in entries]
     recorder = ActivationCapture(model, layers, stop_early=False, copy=False)
     shapes: dict[str, list[int]] = {}
     with recorder:
@@ -194,8 +211,8 @@ def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.T
                     recorder._run_stack(example)
                 else:
                     model(example)
-        except (LayerError, RuntimeError):
-            pass  # a layer that breaks the pass: the shapes recorded so far still stand
+        except (LayerError, RuntimeError, AssertionError, ValueError):
+            pass  # a layer that breaks the pass (or an input size the model refuses): the shapes so far stand
     for path, tensor in recorder.activations.items():
         shapes[path] = list(tensor.shape[1:])
     return shapes
@@ -226,3 +243,14 @@ def describe_layers(
             "output_shape": shapes.get(path),
         })
     return rows
+
+
+def feature_map_paths(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The feature-stack entries whose output for ``example`` (float32 (1, 3, H, W)) is a
+    feature map (N, C, H, W) larger than 1x1: what ``--layer all`` means. A global pool's 1x1
+    output and a classifier's (N, classes) are not."""
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    shapes = output_shapes(model, [LayerRef(p, index_of[p], m) for p, m in stack], example)
+    return [path for path, _ in stack
+            if len(shapes.get(path, [])) == 3 and shapes[path][1] * shapes[path][2] > 1]

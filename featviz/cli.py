@@ -3,9 +3,10 @@
 Heavy modules (torch, torchvision, matplotlib) are imported inside the commands, so
 ``featviz --help`` stays instant.
 
-Exit codes: 0 everything done; 1 some images failed (the others were done); 2 usage error
-(bad option, unknown model, weights that do not fit, layer out of range), reported before any
-image is processed.
+Exit codes: 0 everything done; 1 some images failed (the others were done), or the output
+folder stopped taking files (disk full) and the run stopped cleanly; 2 usage error (bad option,
+unknown model, weights that do not fit, layer out of range, an --out that cannot be written),
+reported before any image is processed. A closed stdout (``--json | head``) does not change it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes:
   0  everything was done
-  1  some images failed (each is named on stderr; the others were done)
-  2  usage error: bad option, unknown model or weights, layer out of range
+  1  some images failed (each is named on stderr; the others were done), or
+     the output folder filled up: the run stopped; --skip-existing resumes
+  2  usage error: bad option, unknown model or weights, layer out of range,
+     an --out that cannot be written
   130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
 """
 
@@ -46,6 +49,33 @@ class FeatvizClickError(click.ClickException):
         click.echo(f"Error: {self.message}", file=stream)
         if self.hint:
             click.echo(f"Hint: {self.hint}", file=stream)
+
+
+class FeatvizGroup(click.Group):
+    """click's own usage errors (a bad option value, an unknown option or command) in featviz's
+    style: one ``Error: …`` line and a ``Hint:`` naming the help to read, exit 2; click would
+    print its usage block and ``Error: Invalid value …`` instead."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            raise _usage_error(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:  # raised while parsing a command's options, or by the command
+            raise _usage_error(error) from None
+
+
+def _usage_error(error: click.UsageError) -> FeatvizClickError:
+    message = error.format_message().strip().rstrip(".")
+    message = message[:1].lower() + message[1:]  # "Invalid value for ..." reads like featviz's messages
+    # the command as a user types it (the root's own name depends on how click was started)
+    path = " ".join(["featviz", *(error.ctx.command_path.split()[1:] if error.ctx is not None else [])])
+    return FeatvizClickError(UsageError(message, hint=f"run `{path} --help` for the options"))
 
 
 def reports_errors(command: F) -> F:
@@ -81,7 +111,12 @@ model_options = _compose(
     click.option("--model", "-m", default="alexnet", show_default=True,
                  help="torchvision classification model name, a TorchScript file, or package.module:factory."),
     click.option("--weights", "-w", default="DEFAULT", show_default=True,
-                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file."),
+                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), none (random, seeded), or a state-dict file (torchvision's own file names, e.g. alexnet-owt-7be5be79.pth, are recognised)."),
+    click.option("--weights-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                 help="Load the torchvision weights named by --weights from this file (offline; any file name)."),
+    click.option("--trust-pickle", is_flag=True,
+                 help="Also load pickled Python objects (a whole torch.save(model) as --model, a checkpoint with "
+                      "non-tensor entries as --weights). Unpickling runs code from the file: only for files you trust."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
     click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 )
@@ -154,51 +189,47 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         stn=params["stn"], normalize=params["normalize"], clip_percentile=params["clip_percentile"],
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
     )
-    return Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
-                      device=params["device"], resize=params["resize"], crop=params["crop"],
-                      no_crop=params["no_crop"], options=options)
+    visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
+                            device=params["device"], resize=params["resize"], crop=params["crop"],
+                            no_crop=params["no_crop"], options=options, weights_file=params["weights_file"],
+                            trust_pickle=params["trust_pickle"])
+    _show_notes(visualizer.loaded)
+    return visualizer
 
 
-class _Progress:
-    """Images done, images/s and time left, on stderr.
+def _show_notes(loaded: Any) -> None:
+    """The model loader's warnings (e.g. a weights file that is not the official one), on stderr."""
+    for note in loaded.notes:
+        click.echo(f"warning: {note}", err=True)
 
-    On a terminal one line is redrawn in place (at most 10 times a second); elsewhere (forced
-    with --progress, e.g. into a job scheduler's log) a full line is written every few seconds,
-    so logs stay readable.
-    """
 
-    def __init__(self, total: int, enabled: bool, label: str) -> None:
-        import time
+class _StdoutLines:
+    """Lines on stdout that a closed pipe (``export --json | head -1``) cannot stop: the first
+    ``BrokenPipeError`` says so once on stderr, stdout is pointed at ``/dev/null`` (so that
+    Python's final flush stays quiet) and the batch goes on: the manifest has every record."""
 
-        self.total, self.enabled, self.label = total, enabled and total > 0, label
-        self.done = 0
-        self.started = self.last = time.monotonic()
-        self.interactive = sys.stderr.isatty()
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.closed = False
 
-    def advance(self) -> None:
-        import time
+    def echo(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            click.echo(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            import os
 
-        self.done += 1
-        now = time.monotonic()
-        pause = 0.1 if self.interactive else 5.0
-        if self.enabled and (now - self.last >= pause or self.done == self.total):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        text = (f"{self.label}: {self.done}/{self.total} images, {rate:.2f} images/s, "
-                f"{left:.0f} s left")
-        if self.interactive:
-            click.echo("\r" + text.ljust(70), nl=False, err=True)
-        else:
-            click.echo(text, err=True)
-
-    def close(self) -> None:
-        if self.enabled and self.interactive:
-            click.echo("", err=True)
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # no real file descriptor (an in-process test runner)
+                pass
+            click.echo(f"warning: stdout was closed; the batch went on, every record is in {self.out / 'manifest.jsonl'}",
+                       err=True)
 
 
 def _progress_enabled(params: dict[str, Any]) -> bool:
@@ -213,20 +244,33 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     from featviz.export import Exporter
 
     visualizer = _build_visualizer(params)
+    estimate = visualizer.output_estimate()
+    if estimate.too_many and not params["quiet"]:
+        click.echo(f"warning: this writes about {estimate.files:,} files (~{estimate.bytes / 1e6:,.0f} MB) per image "
+                   f"({estimate.channel_files:,} channel PNGs over {estimate.layers} layer(s)); to narrow it, draw fewer "
+                   "channels (--top-k 16, --channels 0-15) or name fewer layers (--layer 0,3)", err=True)
     records: list[dict[str, Any]] = []
-    progress = _Progress(len(images), _progress_enabled(params), "featviz")
+    from featviz.progress import progress_bar
+
+    progress = progress_bar(len(images), _progress_enabled(params))
+
+    stdout = _StdoutLines(params["out"])
 
     def on_record(record: dict[str, Any]) -> None:
-        if record["status"] == "error":
-            click.echo(f"error: {record['error']}", err=True)
+        if record["status"] == "error":  # above the bar, which is redrawn below it
+            progress.write(f"error: {record['error']}", file=sys.stderr)
+        if record.get("nonfinite"):
+            progress.write(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
+                           "infinite activations; they are left out of the statistics (see summary.json)",
+                           file=sys.stderr)
         if stream_records:
-            click.echo(json.dumps(record, ensure_ascii=False))
+            stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
     exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
                         skip_existing=skip_existing, manifest=manifest, on_record=on_record,
-                        on_image_done=progress.advance)
+                        on_image_done=progress.update)
     try:
         report = exporter.run(images)
     finally:
@@ -234,7 +278,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     return report, records
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=FeatvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="featviz")
 def main() -> None:
     """Show what a convolutional network sees: channel grids, per-channel maps and attention
@@ -247,14 +291,15 @@ def main() -> None:
 @preprocess_options
 @render_options
 @run_options
-@click.option("--open", "open_viewer", is_flag=True, help="Open the first grid in the system image viewer.")
+@click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
 @reports_errors
 def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     """Visualise LAYER activations of each IMAGE into OUT/<image stem>/<layer>/.
 
     Writes grid.png, channels/NNNN.png, spatial_attention.png, channel_attention.png and
-    summary.json per image and layer, then prints the paths it wrote (--json: one JSON document).
-    Like export, it also appends to OUT/manifest.jsonl and rewrites the report OUT/index.html.
+    summary.json per image and layer, then prints the paths it wrote and, last, the report
+    OUT/index.html, which shows them all (--json: one JSON document). Like export, it also
+    appends to OUT/manifest.jsonl.
     """
     from pathlib import PurePosixPath
 
@@ -265,9 +310,10 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True)
     for record in records:
         record["files"] = _written_files(params["out"], record)
+    page = _report_page(params["out"])
     if params["as_json"]:
-        click.echo(json.dumps({"ok": report.ok, "failed": report.failed, "results": records},
-                              indent=2, ensure_ascii=False))
+        click.echo(json.dumps({"ok": report.ok, "failed": report.failed, "report": page and str(page),
+                               "results": records}, indent=2, ensure_ascii=False))
     else:
         for record in records:
             for file in record["files"]:
@@ -275,11 +321,23 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
         if params["predict"]:
             for line in _prediction_lines(params["out"], records):
                 click.echo(line)
-    if open_viewer:
-        grids = [f for r in records for f in r["files"] if f.endswith("grid.png")]
-        if grids:
-            click.launch(grids[0])
+        if page and report.ok:  # when nothing was drawn, stdout stays empty (the errors are on stderr)
+            click.echo(str(page))
+    if open_viewer and page:
+        from featviz.viewer import open_file
+
+        problem = open_file(page)
+        if problem:
+            click.echo(f"could not open the report: {problem}; it is {page.resolve()}", err=True)
     sys.exit(report.exit_code)
+
+
+def _report_page(out: Path) -> Path | None:
+    """OUT/index.html, where the run left one (it shows every image and layer written)."""
+    from featviz.report import REPORT
+
+    page = out / REPORT
+    return page if page.is_file() else None
 
 
 def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -290,9 +348,14 @@ def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
             continue
         seen.add(record["input"])
         summary = json.loads((out / record["output"] / "summary.json").read_text(encoding="utf-8"))
-        top = ", ".join(f"{p['label']} ({100 * p['probability']:.1f}%)" for p in summary.get("predictions", []))
+        top = ", ".join(f"{p['label']} ({_percent(p['probability'])})" for p in summary.get("predictions", []))
         lines.append(f"prediction: {record['input']}: {top}")
     return lines
+
+
+def _percent(probability: float | None) -> str:
+    """``12.3%``; ``n/a`` for the null a NaN probability is written as."""
+    return "n/a" if probability is None else f"{100 * probability:.1f}%"
 
 
 def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
@@ -334,8 +397,20 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
                      skip_existing=skip_existing)
     if not params["quiet"]:
-        click.echo(f"{report.ok} done, {report.skipped} skipped, {report.failed} failed -> {params['out']}", err=True)
+        page = _report_page(params["out"])
+        where = f"; report: {page}" if page else ""
+        click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {report.failed} failed "
+                   f"-> {params['out']}{where}", err=True)
     sys.exit(1 if report.failed or found.missing else 0)
+
+
+def _redone_note(redone: dict[str, int]) -> str:
+    """`` (5 redone: --cmap changed (gray -> viridis))`` after the done count, or nothing."""
+    if not redone:
+        return ""
+    reason, _ = max(redone.items(), key=lambda item: item[1])
+    more = f"; {len(redone) - 1} other reason(s) in the manifest" if len(redone) > 1 else ""
+    return f" ({sum(redone.values())} redone: {reason}{more})"
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -367,29 +442,41 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device: str, resize: int | None,
+def sweep(images: tuple[Path, ...], model: str, weights: str, weights_file: Path | None, trust_pickle: bool,
+          seed: int, device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
           alpha: float, out: Path, as_json: bool) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
     spatial-attention overlay at each stage side by side, with the stage's name and activation
     shape, all captured in one forward pass per image."""
-    from featviz.errors import ImageError
-    from featviz.layout import atomic_write, png_bytes, stem_keys
+    from featviz.errors import ImageError, OutputError
+    from featviz.layout import atomic_write, check_output_folder, ensure_inside, is_fatal_write_error, png_bytes, stem_keys
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
-                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha))
+                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha),
+                                  weights_file=weights_file, trust_pickle=trust_pickle)
+    _show_notes(visualizer.loaded)
+    check_output_folder(out)
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
         try:
             picture, results = visualizer.sweep(path)
-        except ImageError as error:
+            target = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
+        except (ImageError, UsageError) as error:
             click.echo(f"error: {error}", err=True)
             failed += 1
             continue
-        target = out / key / "sweep.png"
-        atomic_write(target, png_bytes(picture, 1))
+        try:
+            atomic_write(target, png_bytes(picture, 1))
+        except OSError as exc:
+            if is_fatal_write_error(exc):
+                raise OutputError(f"cannot write {target} ({exc.strerror}); the run stopped",
+                                  hint="free space or fix the output folder, then run sweep again") from None
+            click.echo(f"error: {target}: {exc}", err=True)
+            failed += 1
+            continue
         documents.append({"input": str(path), "output": str(target),
                           "stages": [{"layer": r.layer.path, "shape": list(r.activations.shape)} for r in results]})
         if not as_json:
@@ -405,8 +492,8 @@ def sweep(images: tuple[Path, ...], model: str, weights: str, seed: int, device:
 @click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @reports_errors
-def layers(model: str, weights: str, seed: int, device: str, resize: int | None, crop: int | None,
-           no_crop: bool, include_all: bool, as_json: bool) -> None:
+def layers(model: str, weights: str, weights_file: Path | None, trust_pickle: bool, seed: int, device: str,
+           resize: int | None, crop: int | None, no_crop: bool, include_all: bool, as_json: bool) -> None:
     """List the layers --layer can name: index, module path, type and output shape.
 
     Shapes are for the model's input size (its weights' crop, else 224). Pretrained weights are
@@ -418,11 +505,16 @@ def layers(model: str, weights: str, seed: int, device: str, resize: int | None,
     from featviz.learned import find_se_blocks
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False)
+    loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file,
+                        trust_pickle=trust_pickle)
+    _show_notes(loaded)
     preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
     rows = describe_layers(loaded.module, example, include_all=include_all)
+    if rows and all(row["output_shape"] is None for row in rows):
+        raise UsageError(f"{loaded.name} does not run on a 3x{side}x{side} input: no layer produced an output",
+                         hint="pass --crop (and --resize) with the input size the model takes")
     se_blocks = [b.path for b in find_se_blocks(loaded.module)]
     for row in rows:
         row["se_block"] = row["path"] in se_blocks
@@ -482,6 +574,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
     from featviz.export import shard as take_shard
     from featviz.inputs import find_images
     from featviz.pipeline import Visualizer
+    from featviz.progress import progress_bar
 
     out: Path = params["out"]
     if merge and (shard or resume):
@@ -512,9 +605,11 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         images = take_shard(found.images, *shard_index) if shard_index else found.images
         settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
                                   model=params["model"], weights=params["weights"], seed=params["seed"])
-        progress = _Progress(len(images), not params["quiet"] and (params["progress"] or sys.stderr.isatty()), "atlas")
+        progress = progress_bar(len(images), _progress_enabled(params))
         run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
-                       checkpoint_seconds=checkpoint_every, on_error=on_error, on_image_done=progress.advance)
+                       checkpoint_seconds=checkpoint_every,
+                       on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
+                       on_image_done=progress.update)
         state = run.start(settings, shard_index or (1, 1), resume)
         try:
             state = run.collect(state, images)

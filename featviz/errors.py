@@ -6,6 +6,8 @@ never prints or exits; the CLI decides the exit code from the class:
 * :class:`UsageError` (and subclasses): the request itself cannot work (unknown model, layer
   out of range, weights that do not fit). Detected before any image is processed; exit 2.
 * :class:`ImageError`: one input image cannot be used. A batch records it and goes on; exit 1.
+* :class:`OutputError`: the output folder stopped taking files (disk full, read-only) during a
+  run; the run stops cleanly; exit 1.
 """
 
 from __future__ import annotations
@@ -41,3 +43,10 @@ class LayerError(UsageError):
 
 class ImageError(FeatvizError):
     """One input image cannot be decoded into an RGB picture."""
+
+
+class OutputError(FeatvizError):
+    """The output folder cannot take more files (full, read-only): the run stops, exit 1.
+
+    Unlike an :class:`ImageError`, going on cannot help; the files already written are whole and
+    ``--skip-existing`` resumes once there is room."""

@@ -22,20 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import FeatvizError, UsageError
+from featviz.errors import FeatvizError, OutputError, UsageError
 from featviz.layout import (
     MANIFEST,
     SUMMARY,
     TMP_MARK,
+    append_line,
     atomic_write,
+    check_output_folder,
+    complete_summary,
     ensure_inside,
+    is_fatal_write_error,
     is_complete,
     json_bytes,
     layer_dir,
     remove_stale_temporaries,
 )
-from featviz.report import ReportWriter
+from featviz.report import REPORT, ReportWriter
 from featviz.result import Producer, result_files
+from featviz.settings import changed_settings
 
 if TYPE_CHECKING:
 
@@ -56,6 +61,9 @@ class ExportReport:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    # --skip-existing: images that were complete but made with other settings, and why (a count
+    # per reason, e.g. {"--cmap changed (gray -> viridis)": 5}); they are also counted in ok/failed
+    redone: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -119,22 +127,39 @@ class Exporter:
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}
         self._image_failed: dict[str, bool] = {}
+        self._redo_reason: dict[str, str] = {}  # key -> why a complete folder is done again
         self._report_writer: Any = None  # featviz.report.ReportWriter while run() writes a manifest
+        self._fatal: OutputError | None = None  # set when OUT stops taking files: the run stops
 
     # Records ----------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
         """Append a manifest line and pass the record on; serialised by the caller's lock."""
-        if self.write_manifest:
-            with open(self.out / MANIFEST, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            if self._report_writer is not None:
-                self._report_writer.update()  # OUT/index.html, rewritten every few seconds
+        if self.write_manifest and self._fatal is None:
+            try:  # one write per line; a failed append leaves no torn line (layout.append_line)
+                append_line(self.out / MANIFEST, json.dumps(record, ensure_ascii=False, allow_nan=False))
+            except OSError as exc:  # full, read-only, or a link planted there during the run
+                self._stop(self.out / MANIFEST, exc)
+            else:
+                if self._report_writer is not None:
+                    self._report_writer.update()  # OUT/index.html, rewritten every few seconds
         if self.on_record is not None:
             self.on_record(record)
+
+    def _stop(self, path: Path, error: OSError) -> None:
+        """OUT stopped taking files: finish what is in flight, start nothing new, and let
+        :meth:`run` raise one :class:`OutputError` (the first cause is the one reported)."""
+        if self._fatal is None:
+            reason = error.strerror or str(error)
+            self._fatal = OutputError(
+                f"cannot write {path} ({reason}); the run stopped",
+                hint="free space or fix the output folder, then rerun with --skip-existing: the photos "
+                     "already done are whole and are kept",
+            )
 
     def _fail_image(self, image: InputImage, message: str, seconds: float = 0.0) -> None:
         with self._lock:
             self.report.failed += 1
+            self._redo_reason.pop(str(image.key), None)
             if len(self.report.errors) < 1000:
                 self.report.errors.append(message)
             self._emit({"input": str(image.path), "key": str(image.key), "layer": None, "output": None,
@@ -151,6 +176,8 @@ class Exporter:
                 atomic_write(pending.directory / SUMMARY, json_bytes(result.summary(pending.names)))
             except OSError as exc:
                 error = f"{pending.directory}: cannot write summary ({exc})"
+                if is_fatal_write_error(exc):
+                    self._stop(pending.directory / SUMMARY, exc)
         with self._lock:
             key = result.key
             self._layers_left[key] -= 1
@@ -166,9 +193,13 @@ class Exporter:
                 "top_channels": result.ranking[: result.options.summary_top],
                 "seconds": round(pending.seconds, 4),
                 **_report_fields(result, pending.names),
+                **({"reason": f"redone: {self._redo_reason[key]}"} if key in self._redo_reason else {}),
             })
             if self._layers_left[key] == 0:
                 del self._layers_left[key]
+                reason = self._redo_reason.pop(key, None)
+                if reason:
+                    self.report.redone[reason] = self.report.redone.get(reason, 0) + 1
                 if self._image_failed.pop(key, False):
                     self.report.failed += 1
                 else:
@@ -181,10 +212,25 @@ class Exporter:
         return [layer_dir(self.out, str(image.key), ref.path) for ref in self.visualizer.layers]
 
     def _already_done(self, image: InputImage) -> bool:
+        """With ``skip_existing``: whether every layer's folder holds a finished result made with
+        this run's settings. A finished one made with other settings is redone; why is kept for
+        its manifest lines and the report's counts."""
+        if not self.skip_existing:
+            return False
         try:
-            return self.skip_existing and all(is_complete(d) for d in self._directories(image))
+            directories = self._directories(image)
         except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
             return False
+        reason = None
+        for ref, directory in zip(self.visualizer.layers, directories):
+            summary = complete_summary(directory)
+            if summary is None:
+                return False  # unfinished: done now, a resume rather than a redo
+            reason = reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+        if reason:
+            self._redo_reason[str(image.key)] = reason
+            return False
+        return True
 
     def _skip(self, image: InputImage) -> None:
         with self._lock:
@@ -201,16 +247,27 @@ class Exporter:
 
     def run(self, images: Sequence[InputImage]) -> ExportReport:
         """Process every image; returns the counts. Bad images are recorded, never raised.
-        With the manifest comes OUT/index.html (featviz.report), up to date even if interrupted."""
-        if self.out.is_dir():  # a killed run may have left the report half-written
-            remove_stale_temporaries(self.out)
+        With the manifest comes OUT/index.html (featviz.report), up to date even if interrupted.
+
+        Raises :class:`UsageError` before any image is read when OUT cannot be made or written
+        (or its manifest or report is a planted symlink), and :class:`OutputError` after
+        stopping cleanly when OUT stops taking files during the run (disk full, read-only)."""
+        check_output_folder(self.out, (MANIFEST, REPORT) if self.write_manifest else ())
+        remove_stale_temporaries(self.out)  # a killed run may have left the report half-written
+        self._fatal = None
         self._report_writer = ReportWriter(self.out) if self.write_manifest else None
         try:
-            return self._run(images)
+            report = self._run(images)
         finally:
             if self._report_writer is not None:
-                self._report_writer.close()
+                if self._fatal is None:
+                    self._report_writer.close()
+                else:  # OUT is full: the page would fail too; the resume rewrites it
+                    self._report_writer.discard()
                 self._report_writer = None
+        if self._fatal is not None:
+            raise self._fatal
+        return report
 
     def _run(self, images: Sequence[InputImage]) -> ExportReport:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +281,7 @@ class Exporter:
             in_flight: deque[_PendingResult] = deque()
             batches = _chunks(todo, self.batch_size)
             decoding = self._decode_async(pool, next(batches, []))
-            while decoding:
+            while decoding and self._fatal is None:
                 current = decoding
                 decoding = self._decode_async(pool, next(batches, []))  # overlaps the forward pass
                 prepared = self._collect(current)
@@ -255,7 +312,7 @@ class Exporter:
         return prepared
 
     def _forward_and_submit(self, pool: ThreadPoolExecutor, prepared: list[tuple[InputImage, PreparedImage]]) -> Iterator[_PendingResult]:
-        if not prepared:
+        if not prepared or self._fatal is not None:
             return
         started = time.perf_counter()
         try:
@@ -276,6 +333,9 @@ class Exporter:
                 continue
             except OSError as exc:
                 self._fail_image(image, f"{image.path}: cannot create its output folder ({exc})")
+                if is_fatal_write_error(exc):
+                    self._stop(self.out / str(image.key), exc)
+                    return
                 continue
             with self._lock:
                 self._layers_left[str(image.key)] = len(results)
@@ -297,8 +357,22 @@ class Exporter:
         pending = _PendingResult(result, directory, files, self._result_done)
         pending.seconds = forward_seconds + (time.perf_counter() - begun)
         for name, produce in files:
-            pending.futures.append(pool.submit(_write_job, pending, directory / name, produce))
+            pending.futures.append(pool.submit(self._write_job, pending, directory / name, produce))
         return pending
+
+    def _write_job(self, pending: _PendingResult, path: Path, produce: Producer) -> None:
+        started = time.perf_counter()
+        error = None
+        if self._fatal is not None:
+            error = f"{path}: not written: the output folder stopped taking files"
+        else:
+            try:
+                atomic_write(path, produce())
+            except (OSError, ValueError, FeatvizError) as exc:
+                error = f"{path}: {exc}"
+                if is_fatal_write_error(exc):
+                    self._stop(path, exc)  # type: ignore[arg-type]
+        pending.file_done(time.perf_counter() - started, error)
 
 
 def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
@@ -315,17 +389,9 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
     }
     if "predictions" in result.extra:
         fields["predictions"] = result.extra["predictions"]
+    if result.extra.get("nonfinite"):  # NaN or infinite activations, replaced before drawing
+        fields["nonfinite"] = result.extra["nonfinite"]
     return fields
-
-
-def _write_job(pending: _PendingResult, path: Path, produce: Producer) -> None:
-    started = time.perf_counter()
-    error = None
-    try:
-        atomic_write(path, produce())
-    except (OSError, ValueError, FeatvizError) as exc:
-        error = f"{path}: {exc}"
-    pending.file_done(time.perf_counter() - started, error)
 
 
 def _chunks(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +56,14 @@ def split_specs(specs: Iterable[str | int]) -> list[str]:
     return parts
 
 
-def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str = "the model") -> list[LayerRef]:
+def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str = "the model",
+                   feature_maps: Collection[str] | None = None) -> list[LayerRef]:
     """Turn layer specs (indices, negative indices, dotted paths, ``all``) into modules.
 
+    ``feature_maps``: the feature-stack paths whose output is a feature map (N, C, H, W) larger
+    than 1x1, when known (:func:`featviz.capture.feature_map_paths`). Then ``all`` means those
+    layers (not ResNet's global pool or classifier), and a negative index counts back from the
+    last of them (ResNet's -1 is layer4); non-negative indices always count the whole stack.
     The result keeps the order given, without duplicates. Raises :class:`LayerError` with the
     valid range or the closest module names.
     """
@@ -67,10 +72,13 @@ def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str
     parts = split_specs(specs)
     if not parts:
         raise LayerError("no layer was given", hint="pass --layer K, a module path, or all")
+    mapped = [(i, p, m) for i, (p, m) in enumerate(stack) if feature_maps is None or p in feature_maps]
     refs: list[LayerRef] = []
     for part in parts:
         if part.lower() == "all":
-            refs.extend(LayerRef(p, i, m) for i, (p, m) in enumerate(stack))
+            refs.extend(LayerRef(p, i, m) for i, p, m in mapped)
+        elif _INDEX.match(part) and int(part) < 0 and feature_maps is not None:
+            refs.append(_from_end(stack, mapped, int(part), model_name))
         elif _INDEX.match(part):
             refs.append(_by_index(stack, int(part), model_name))
         else:
@@ -80,6 +88,20 @@ def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str
     for ref in refs:
         unique.setdefault(ref.path, ref)
     return list(unique.values())
+
+
+def _from_end(stack: Sequence[tuple[str, nn.Module]], mapped: Sequence[tuple[int, str, nn.Module]], index: int,
+              model_name: str) -> LayerRef:
+    """A negative index among the layers that yield feature maps."""
+    if not -len(mapped) <= index < 0:
+        among = "" if len(mapped) == len(stack) else ", among the layers that yield a feature map"
+        raise LayerError(
+            f"layer {index} is out of range: {model_name} has {_stack_name(stack)} 0..{len(stack) - 1}"
+            f" (or -{len(mapped)}..-1 from the end{among})",
+            hint=f"run `featviz layers --model {model_name}` to list them",
+        )
+    position, path, module = mapped[index]
+    return LayerRef(path, position, module)
 
 
 def _stack_name(stack: Sequence[tuple[str, nn.Module]]) -> str:
@@ -102,9 +124,10 @@ def _by_index(stack: Sequence[tuple[str, nn.Module]], index: int, model_name: st
 
 
 def _by_path(model: nn.Module, path: str, model_name: str) -> nn.Module:
-    names = [name for name, _ in model.named_modules() if name]
-    if path in names:
-        return model.get_submodule(path)
+    modules = {name: module for name, module in model.named_modules() if name}
+    if path in modules:  # not get_submodule: TorchScript modules do not support it
+        return modules[path]
+    names = list(modules)
     close = difflib.get_close_matches(path, names, n=4, cutoff=0.5)
     hint = ("did you mean " + ", ".join(close) + "?") if close else (
         f"run `featviz layers --model {model_name} --all` to list module paths"
@@ -126,7 +149,12 @@ def sweep_layers(model: nn.Module) -> list[str]:
     """
     stack = feature_stack(model)
     if stack and stack[0][0].startswith("features."):
-        breaks = [path for path, module in stack if type(module).__name__ in _STAGE_BREAKS]
+        breaks = [path for path, module in stack if _type_name(module) in _STAGE_BREAKS]
         if breaks:
             return breaks
-    return [path for path, module in stack if not any(word in type(module).__name__ for word in _NOT_STAGES)]
+    return [path for path, module in stack if not any(word in _type_name(module) for word in _NOT_STAGES)]
+
+
+def _type_name(module: nn.Module) -> str:
+    """The module's class name, also for TorchScript modules (their ``original_name``)."""
+    return module.original_name if is_script(module) else type(module).__name__

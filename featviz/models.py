@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featviz.checkpoints import MissingPickledCode, UntrustedPickle, read_torch_file
 from featviz.errors import ModelError, UsageError, WeightsError
+from featviz.official import OfficialWeights, file_name, hash_prefix, recognise, sha256_matches
 from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
@@ -44,6 +46,7 @@ class LoadedModel:
     categories: list[str] | None = None
     source: str = "torchvision"  # "torchvision", "torchscript" or "factory"
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (the CLI prints them)
 
 
 def classification_model_names() -> list[str]:
@@ -91,6 +94,8 @@ def load_model(
     device: str = "cpu",
     preprocess: Preprocess | None = None,
     pretrained: bool = True,
+    weights_file: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Build the model named by ``model`` and load ``weights`` into it.
 
@@ -98,15 +103,30 @@ def load_model(
     ``weights`` is ``DEFAULT``, a torchvision weights name (``IMAGENET1K_V1``), ``none`` (random,
     seeded by ``seed``) or a path to a state dict. For a user's own model ``DEFAULT`` means "as
     built". ``preprocess`` replaces the pipeline that goes with the weights.
+
+    torchvision's own weight files work offline: a path whose file name is the official one
+    (``alexnet-owt-7be5be79.pth``) gets those weights' class names and preprocessing, and
+    ``weights_file`` loads the tensors of the torchvision weights named by ``weights`` from a
+    file of any name instead of downloading them (:mod:`featviz.official`).
+
+    Files are read as tensors only. ``trust_pickle`` also unpickles Python objects (a whole model
+    saved with ``torch.save(model)`` as ``model``, a checkpoint with non-tensor entries as
+    ``weights``): only for files you trust, since unpickling runs code from the file.
     """
     target = resolve_device(device)
     weights_text = "none" if weights is None else os.fspath(weights)
+    file_text = None if weights_file is None else os.fspath(weights_file)
+    if file_text is not None and (_looks_like_factory(model) or _looks_like_file(model)):
+        raise UsageError("--weights-file names the file of torchvision weights; this model is your own",
+                         hint=f"pass its state dict with --weights {file_text}")
     if _looks_like_factory(model):
-        loaded = _load_factory(model, weights_text, seed)
+        loaded = _load_factory(model, weights_text, seed, trust_pickle)
     elif _looks_like_file(model):
-        loaded = _load_torchscript(model, weights_text, seed)
+        loaded = _load_torchscript(model, weights_text, seed, trust_pickle)
+    elif file_text is not None:
+        loaded = _load_named_file(model, weights_text, file_text, seed, trust_pickle)
     else:
-        loaded = _load_torchvision(model, weights_text, seed, pretrained)
+        loaded = _load_torchvision(model, weights_text, seed, pretrained, trust_pickle)
     if preprocess is not None:
         loaded.preprocess = preprocess
     loaded.module.to(target)
@@ -140,9 +160,81 @@ def _seeded_build(build: Any, seed: int) -> Any:
         return build()
 
 
-def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True) -> LoadedModel:
+def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
+                      trust_pickle: bool = False) -> LoadedModel:
     from torchvision.models import get_model, get_model_weights
 
+    name = _torchvision_name(name)
+    if _is_none(weights):
+        module = _seeded_build(lambda: get_model(name, weights=None), seed)
+        # Class names still come from the default weights' metadata (no download needed).
+        default = get_model_weights(name).DEFAULT
+        categories = list(default.meta.get("categories") or []) or None
+        return LoadedModel(module, name, f"none (seed {seed})", Preprocess(), _cpu(), categories)
+    if _is_default(weights) or not _looks_like_path(weights):
+        enum = get_model_weights(name)
+        chosen = _pick_weights(name, enum, weights)
+        if pretrained:
+            module = _download_guarded(lambda: get_model(name, weights=chosen), chosen)
+        else:  # the architecture the weights would be loaded into (ViT at the weights' size)
+            module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
+            _drop_aux_heads(name, module, keep=name == "inception_v3")
+        categories = list(chosen.meta.get("categories") or []) or None
+        return LoadedModel(
+            module, name, f"{type(chosen).__name__}.{chosen.name}",
+            Preprocess.from_transforms(chosen.transforms()), _cpu(), categories,
+        )
+    official = recognise(weights, name) if Path(weights).is_file() else None
+    if official is not None and official.model != name:
+        raise WeightsError(f"{weights} is torchvision's {official.label} file, made for {official.model}, not {name}",
+                           hint=f"use --model {official.model}")
+    if official is not None:
+        return _load_official_file(official, weights, seed, trust_pickle)
+    module = _build_for_file(name, weights, seed, trust_pickle)
+    return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+
+def _build_for_file(name: str, path: str, seed: int, trust_pickle: bool = False, weights: Any = None) -> Any:
+    """``name`` built as torchvision builds it for pretrained weights (see
+    :func:`pretrained_build_kwargs`), with the tensors of the file at ``path`` loaded."""
+    from torchvision.models import get_model
+
+    state = read_state_dict_file(path, trust_pickle)
+    module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, weights)), seed)
+    _drop_aux_heads(name, module, keep=any(k.startswith(AUX_HEADS.get(name, ("-",))) for k in state))
+    load_state_dict(module, state, path)
+    return module
+
+
+def _load_named_file(name: str, weights: str, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
+    """``--weights IMAGENET1K_V1 --weights-file PATH``: the named weights' tensors from a file."""
+    from torchvision.models import get_model_weights
+
+    name = _torchvision_name(name)
+    if _is_none(weights) or _looks_like_path(weights):
+        raise UsageError("--weights-file needs --weights to name the torchvision weights the file holds",
+                         hint=f"e.g. --weights IMAGENET1K_V1 --weights-file {path}")
+    chosen = _pick_weights(name, get_model_weights(name), weights)
+    return _load_official_file(OfficialWeights(name, chosen), path, seed, trust_pickle)
+
+
+def _load_official_file(official: OfficialWeights, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
+    """torchvision weights from a local file, with their class names and preprocessing. The
+    file's SHA-256 is checked against the prefix in the official name: a different file still
+    loads (it fits the architecture, or loading fails), with a note that it is not the original."""
+    chosen = official.weights
+    module = _build_for_file(official.model, path, seed, trust_pickle, chosen)
+    notes = []
+    if sha256_matches(path, chosen) is False:
+        notes.append(f"{path}: its SHA-256 does not start with {hash_prefix(chosen)}, so it is not torchvision's "
+                     f"own {file_name(chosen)}; using its class names and preprocessing all the same")
+    categories = list(chosen.meta.get("categories") or []) or None
+    return LoadedModel(module, official.model, f"{official.label} from {path}",
+                       Preprocess.from_transforms(chosen.transforms()), _cpu(), categories, notes=notes)
+
+
+def _torchvision_name(name: str) -> str:
+    """``name`` as torchvision spells it (case-insensitive), or a ModelError with close names."""
     names = classification_model_names()
     if name not in names:
         lowered = {n.lower(): n for n in names}
@@ -155,28 +247,34 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
                 "for the names, or pass a TorchScript file or package.module:factory"
             )
             raise ModelError(f"unknown model {name!r}: it is not a torchvision classification model", hint=hint)
+    return name
 
-    if _is_none(weights):
-        module = _seeded_build(lambda: get_model(name, weights=None), seed)
-        # Class names still come from the default weights' metadata (no download needed).
-        default = get_model_weights(name).DEFAULT
-        categories = list(default.meta.get("categories") or []) or None
-        return LoadedModel(module, name, f"none (seed {seed})", Preprocess(), _cpu(), categories)
-    if _is_default(weights) or not _looks_like_path(weights):
-        enum = get_model_weights(name)
-        chosen = _pick_weights(name, enum, weights)
-        if pretrained:
-            module = _download_guarded(lambda: get_model(name, weights=chosen), chosen)
-        else:
-            module = _seeded_build(lambda: get_model(name, weights=None), seed)
-        categories = list(chosen.meta.get("categories") or []) or None
-        return LoadedModel(
-            module, name, f"{type(chosen).__name__}.{chosen.name}",
-            Preprocess.from_transforms(chosen.transforms()), _cpu(), categories,
-        )
-    module = _seeded_build(lambda: get_model(name, weights=None), seed)
-    load_state_dict_file(module, weights)
-    return LoadedModel(module, name, weights, Preprocess(), _cpu())
+
+#: Auxiliary classifier heads torchvision builds for pretrained weights and may then remove.
+AUX_HEADS: dict[str, tuple[str, ...]] = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
+
+
+def pretrained_build_kwargs(name: str, weights: Any) -> dict[str, Any]:
+    """What torchvision's builder changes when it builds ``name`` for pretrained weights, so
+    that a model built without downloading (``featviz layers``, ``--weights PATH``) is the same
+    architecture: Inception v3 and GoogLeNet take ``transform_input=True`` (they were trained on
+    inputs normalised the other way, and turn ImageNet-normalised inputs into those), their
+    auxiliary heads and no weight initialisation; a ViT is built for its weights' image size."""
+    if name in AUX_HEADS:
+        return {"transform_input": True, "aux_logits": True, "init_weights": False}
+    if name.startswith("vit_") and weights is not None:
+        return {"image_size": int(weights.meta["min_size"][0])}
+    return {}
+
+
+def _drop_aux_heads(name: str, module: Any, keep: bool) -> None:
+    """Remove the auxiliary heads, as torchvision does after loading pretrained weights (GoogLeNet
+    always, Inception v3 only when asked); they never take part in an eval-mode forward pass."""
+    if name not in AUX_HEADS or keep:
+        return
+    module.aux_logits = False
+    for prefix in AUX_HEADS[name]:
+        setattr(module, prefix.rstrip("."), None)
 
 
 def _cpu() -> torch.device:
@@ -202,27 +300,65 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
     )
 
 
+#: Seconds a download may wait for the server to answer (each connect and each read), before it
+#: fails with a message; ``FEATVIZ_DOWNLOAD_TIMEOUT`` changes it.
+DOWNLOAD_TIMEOUT = 60.0
+
+
+def download_timeout() -> float:
+    """``FEATVIZ_DOWNLOAD_TIMEOUT`` (seconds, > 0), else :data:`DOWNLOAD_TIMEOUT`."""
+    text = os.environ.get("FEATVIZ_DOWNLOAD_TIMEOUT", "")
+    try:
+        value = float(text) if text.strip() else DOWNLOAD_TIMEOUT
+    except ValueError:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise UsageError(f"FEATVIZ_DOWNLOAD_TIMEOUT={text!r} must be more than 0 seconds")
+    return value
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub downloads through urllib without a timeout: a server that accepts and never
+    answers would hang forever. The default socket timeout applies to urllib's sockets; it is
+    restored afterwards."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download_guarded(build: Any, weights: Any) -> Any:
-    """Build with pretrained weights; a failed download becomes an error that says what to do."""
+    """Build with pretrained weights; a failed download becomes an error that says what to do.
+    The download times out (:func:`download_timeout`) and leaves no ``.partial`` file."""
+    import pickle
+
     import torch
 
     filename = os.path.basename(weights.url)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    import contextlib
-    import pickle
-
+    timeout = download_timeout()
+    partials_before = set(cache.glob(f"{filename}.*.partial"))
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):  # torch.hub prints "Downloading" on stdout
             return build()
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        for partial in set(cache.glob(f"{filename}.*.partial")) - partials_before:
+            partial.unlink(missing_ok=True)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError) or "timed out" in reason:
+            reason = f"no answer from the server within {timeout:g} s (FEATVIZ_DOWNLOAD_TIMEOUT): {reason}"
         cached = (cache / filename).exists()
         what = "could not be loaded" if cached else "are not cached and could not be downloaded"
         raise WeightsError(
             f"pretrained weights {filename} {what} ({reason}); torchvision looks for them in "
             f"{cache} (set TORCH_HOME to move it)",
-            hint=f"put {filename} there, pass --weights PATH to a state dict, or --weights none "
-            "for random weights",
+            hint=f"put {filename} there, or pass the file with --weights PATH (its official name is "
+            "recognised; a renamed copy: --weights NAME --weights-file PATH), or --weights none for random weights",
         ) from exc
 
 
@@ -250,26 +386,31 @@ def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
     return dict(obj)
 
 
-def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
-    """Load a state dict file into ``module``, safely (``weights_only=True``)."""
-    import pickle
-    import warnings
+def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool = False) -> None:
+    """Load a state dict file into ``module``, safely (``weights_only=True``); with
+    ``trust_pickle`` also a checkpoint holding other objects, or a whole pickled model (whose
+    state dict is taken)."""
+    load_state_dict(module, read_state_dict_file(path, trust_pickle), path)
 
+
+def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
+    """The state dict in a file, read safely (``weights_only=True``) unless ``trust_pickle``."""
     import torch
 
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before refusing a file
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path} cannot be read as a PyTorch weights file ({first[:200]})",
-            hint="featviz loads only tensors (weights_only=True); save with torch.save(model.state_dict(), path)",
-        ) from exc
-    state = extract_state_dict(obj, path)
+    if trust_pickle:
+        with _current_folder_importable():  # the pickled classes' code, as for a factory
+            obj = read_torch_file(path, trust_pickle=True)
+    else:
+        obj = read_torch_file(path)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    return extract_state_dict(obj, path)
+
+
+def load_state_dict(module: torch.nn.Module, state: dict[str, Any], path: str) -> None:
+    """Load ``state`` (read from ``path``) into ``module``; keys and shapes must all fit."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -292,7 +433,7 @@ def load_state_dict_file(module: torch.nn.Module, path: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
+def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
     module_name, _, attr = spec.partition(":")
@@ -303,7 +444,7 @@ def _load_factory(spec: str, weights: str, seed: int) -> LoadedModel:
                          hint="the factory must build and return the model")
     label = "as built"
     if not _is_none(weights) and not _is_default(weights):
-        load_state_dict_file(built, weights)
+        load_state_dict_file(built, weights, trust_pickle)
         label = weights
     elif _is_none(weights):
         label = f"as built (seed {seed})"
@@ -343,10 +484,43 @@ def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> An
                 hint=("did you mean " + ", ".join(close) + "?") if close else "check the factory name",
             )
         factory = getattr(factory, part)
-    return _seeded_build(factory if callable(factory) else (lambda: factory), seed)
+    return _call_factory(spec, factory, seed)
 
 
-def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:
+def _call_factory(spec: str, factory: Any, seed: int) -> Any:
+    """``factory()``, seeded; a model instance is taken as it is. Whatever the factory raises
+    (``SystemExit`` from ``builtins:exit`` included, Ctrl-C excepted) is a :class:`ModelError`
+    carrying its message; a callable that needs arguments (``os:system``) is refused without
+    being called."""
+    import inspect
+
+    import torch
+
+    if isinstance(factory, torch.nn.Module):
+        return factory
+    if not callable(factory):
+        raise ModelError(f"{spec} is a {type(factory).__name__}, not a model factory",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise ModelError(f"{spec} cannot be called without arguments ({exc})",
+                         hint="name a function that takes no arguments and returns a torch.nn.Module") from None
+    except ValueError:  # no signature to inspect (some builtins): calling it will tell
+        pass
+    try:
+        return _seeded_build(factory, seed)
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+        if isinstance(exc, SystemExit):
+            message = f"it exits the program (code {exc.code!r}) instead of returning a model"
+        raise ModelError(f"model factory {spec} raised {type(exc).__name__}: {message}",
+                         hint="fix the factory, or check that --model names the right one") from exc
+
+
+def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     import torch
 
     if not Path(path).is_file():
@@ -361,14 +535,42 @@ def _load_torchscript(path: str, weights: str, seed: int) -> LoadedModel:
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
             module = torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(
-            f"{path} is not a TorchScript model",
-            hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "
-            "name the architecture with --model and pass the file with --weights",
-        ) from exc
+        module = _load_pickled_model(path, trust_pickle, exc)
+        source = "pickle"
+    else:
+        source = "torchscript"
     label = "as saved"
     if not _is_none(weights) and not _is_default(weights):
-        load_state_dict_file(module, weights)
+        load_state_dict_file(module, weights, trust_pickle)
         label = weights
     del seed
-    return LoadedModel(module, path, label, Preprocess(), _cpu(), source="torchscript")
+    return LoadedModel(module, path, label, Preprocess(), _cpu(), source=source)
+
+
+def _load_pickled_model(path: str, trust_pickle: bool, jit_error: Exception) -> torch.nn.Module:
+    """A model saved whole with ``torch.save(model)``: refused (unpickling runs code) unless
+    ``trust_pickle``; a state dict or anything else passed as ``--model`` gets a hint."""
+    import torch
+
+    not_a_model = ModelError(
+        f"{path} is not a TorchScript model",
+        hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "
+        "name the architecture with --model and pass the file with --weights",
+    )
+    try:
+        if trust_pickle:
+            with _current_folder_importable():  # the model's class, as for a factory
+                obj = read_torch_file(path, trust_pickle=True)
+        else:
+            obj = read_torch_file(path)
+    except (UntrustedPickle, MissingPickledCode):
+        raise
+    except WeightsError:
+        raise not_a_model from jit_error
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        raise ModelError(f"{path} is not a TorchScript model: it holds weights (a state dict), not a model",
+                         hint="name the architecture with --model (a torchvision name or package.module:factory) "
+                         "and pass this file with --weights")
+    raise not_a_model from jit_error

@@ -11,6 +11,7 @@ and layer. Nothing here writes files: :meth:`LayerResult.save` and :mod:`featviz
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import LayerError, UsageError
+from featviz.estimate import OutputEstimate, estimate_output
+from featviz.notebook import Results
 from featviz.result import LayerResult, RenderOptions, parse_channels
+from featviz.settings import settings_record
 
 __all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "sweep",
            "sweep_visualizer", "visualize"]
@@ -52,17 +56,21 @@ class Visualizer:
     def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
-                 loaded: LoadedModel | None = None) -> None:
+                 loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
+                 trust_pickle: bool = False) -> None:
         from featviz.layers import resolve_layers
         from featviz.models import load_model
 
+        layers = list(layers)  # read more than once
         self.options = (options or RenderOptions()).validate()
-        self.loaded = loaded or load_model(model, weights, seed=seed, device=device)
+        self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
+                                           trust_pickle=trust_pickle)
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
-        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name)
+        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
+                                     feature_maps=self._feature_maps(layers))
         self.se_blocks: dict[str, Any] = {}
         if self.options.channel == "learned":
             from featviz.layers import split_specs
@@ -114,21 +122,38 @@ class Visualizer:
     def device(self) -> torch.device:
         return self.loaded.device
 
-    def _check_layers(self) -> None:
-        """One forward pass on a blank input, so that a layer that yields no feature map is
-        reported before any photo is read."""
+    def _blank(self) -> torch.Tensor:
+        """float32 (1, 3, H, W) zeros at the size the model gets (the crop, else 224)."""
         import torch
 
         height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
-        blank = torch.zeros(1, 3, height, width, device=self.device)
+        return torch.zeros(1, 3, height, width, device=self.device)
+
+    def _feature_maps(self, layers: Iterable[str | int]) -> list[str] | None:
+        """For ``all`` and negative indices: the feature-stack entries that yield a feature map
+        (one pass on a blank input); None when no spec needs them."""
+        from featviz.capture import feature_map_paths
+        from featviz.layers import split_specs
+
+        parts = split_specs(layers)
+        if not any(p.lower() == "all" or p.startswith("-") for p in parts):
+            return None
+        return feature_map_paths(self.loaded.module, self._blank())
+
+    def _check_layers(self) -> None:
+        """One forward pass on a blank input, so that a layer that yields no feature map is
+        reported before any photo is read."""
+        blank = self._blank()
+        height, width = blank.shape[2:]
         try:
             captured = self._capture(blank)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
                 f"({str(exc).splitlines()[0][:160]})",
                 hint="check --resize/--crop, or that the model takes 3-channel images",
             ) from exc
+        self.layer_channels: dict[str, int] = {}
         for ref in self.layers:
             shape = tuple(captured[ref.path].shape)
             if len(shape) != 4:
@@ -143,11 +168,17 @@ class Visualizer:
                     f"{captured[block.gate_path].numel()} values for {shape[1]} channels",
                     hint="it is not a channel gate; use --channel se, cbam or dct at this layer",
                 )
+            self.layer_channels[ref.path] = shape[1]
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(
                     f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels 0..{shape[1] - 1}",
                     hint="check --channels",
                 )
+
+    def output_estimate(self) -> OutputEstimate:
+        """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
+        return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
+                               se_layers=sum(1 for ref in self.layers if ref.path in self.se_blocks))
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
@@ -176,6 +207,8 @@ class Visualizer:
     def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
         import torch
 
+        from featviz.attention import replace_nonfinite
+
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
         captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
@@ -184,7 +217,9 @@ class Visualizer:
         if self.options.normalize == "image":
             image_values = torch.cat([captured[ref.path].float().flatten(1) for ref in self.layers], dim=1)
         for ref in self.layers:
-            acts = captured[ref.path].float()
+            raw = captured[ref.path].float()
+            acts, nonfinite = replace_nonfinite(raw)
+            mask = ~torch.isfinite(raw) if bool(nonfinite.any()) else None
             spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
             theta = captured.get(":stn_theta")
             if theta is not None:
@@ -200,9 +235,18 @@ class Visualizer:
                     weights=self.loaded.weights, before=None if before is None else before[i],
                     stn_theta=None if theta is None else theta[i],
                     image_values=None if image_values is None else image_values[i],
-                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {}),
+                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
+                    | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
+                    nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
+                    settings=self.settings(ref),
                 ))
         return per_image
+
+    def settings(self, ref: LayerRef) -> dict[str, Any]:
+        """What decides this layer's results (recorded in each summary; ``--skip-existing``
+        redoes a folder whose record differs)."""
+        return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
+                               [layer.path for layer in self.layers])
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
@@ -266,18 +310,20 @@ class Visualizer:
         probabilities = torch.softmax(output.float(), dim=1)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories
-        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k, "probability": p}
+        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
+                  "probability": p if math.isfinite(p) else None}  # NaN logits: null, not a bare NaN
                  for p, k in zip(values.tolist(), indices.tolist())]
                 for values, indices in zip(top.values, top.indices)]
 
-    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> list[LayerResult]:
-        """Photos (paths or PIL images) -> results, photo-major then layer order."""
+    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
+        """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
+        Jupyter displays as pictures)."""
         from featviz.layout import stem_keys
 
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
-        return [result for per_photo in self.forward(prepared) for result in per_photo]
+        return Results(result for per_photo in self.forward(prepared) for result in per_photo)
 
 
 def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", layers: Iterable[str | int] | None = None,
@@ -291,19 +337,20 @@ def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", l
 
 def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
                      layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
-                     seed: int = 0, device: str = "cpu", **preprocess: Any) -> Visualizer:
+                     seed: int = 0, device: str = "cpu", weights_file: str | os.PathLike[str] | None = None,
+                     trust_pickle: bool = False, **preprocess: Any) -> Visualizer:
     """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
     :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
     ``crop``, ``no_crop``."""
     from featviz.layers import sweep_layers
     from featviz.models import load_model
 
-    loaded = load_model(model, weights, seed=seed, device=device)
+    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
     return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
 
 
-_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop"}
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle"}
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:
@@ -337,7 +384,7 @@ def _same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage
 
 def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], model: str = "alexnet",
               layers: Iterable[str | int] = (0,), weights: str | None = "DEFAULT", *,
-              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> list[LayerResult]:
+              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> Results:
     """One call from photos to results; with ``out``, also write each result's files there
     (``out/<image stem>/<layer path>/``).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     if bounds is None:
         low = maps.amin(dim=(-2, -1), keepdim=True)
         span = maps.amax(dim=(-2, -1), keepdim=True) - low
-        maps.sub_(low).div_(span.clamp_min(1e-12))
+        maps.sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span)))  # only 0 is guarded: 1e-14 spans 0..255
         blank = span <= 0
         if black is not None:
             blank = blank | black[..., None, None]
@@ -57,13 +57,17 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     else:
         low, high = (b.to(maps.device, torch.float32) for b in bounds)
         span = high - low
-        maps.clamp_(min=low, max=high).sub_(low).div_(span.clamp_min(1e-12)).mul_(span > 0)
+        maps.clamp_(min=low, max=high).sub_(low).div_(torch.where(span > 0, span, torch.ones_like(span))).mul_(span > 0)
     return maps.mul_(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def percentile_bounds(values: torch.Tensor, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension
-    (nearest rank), so one hot pixel cannot set the scale. ``values``: float (..., M)."""
+    """(low, high) = the (100 - P)-th and P-th percentiles of ``values`` over its last dimension,
+    so one hot pixel cannot set the scale. ``values``: float (..., M).
+
+    A rank, not an interpolation: high is the k-th smallest value with k = round(P/100 * M)
+    clamped to 1..M (rounded, where the textbook nearest-rank method takes the ceiling), low the
+    (M + 1 - k)-th smallest, so the two are symmetric."""
     count = values.shape[-1]
     high_rank = max(1, min(count, round(percentile / 100 * count)))
     low_rank = max(1, min(count, count + 1 - high_rank))
@@ -95,6 +99,10 @@ def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] 
     # constant before upsampling: black (interpolation adds ulp-sized noise)
     flat = selected.flatten(1).amax(dim=1) == selected.flatten(1).amin(dim=1)
     return to_uint8(upsample(selected, size), bounds, black=flat).cpu().numpy()
+
+
+#: Where a colour grid marks NaN and infinite activations (magenta: in no common colormap).
+NONFINITE_COLOUR = (255, 0, 255)
 
 
 @lru_cache(maxsize=32)
@@ -252,43 +260,65 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
     Per-channel scaling would hide exactly what a channel gate does (multiply a whole channel by
     a number), so both stacks are min-max scaled together: a channel the gate turned down is
     darker on the right.
+
+    The titles are sized to the whole picture (a 40th of its width, at least 12 px), so they
+    stay readable when a wide picture (8,000 px for 256 channels) is scaled to fit a screen.
     """
     import torch
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     both = torch.stack([upsample(left, size), upsample(right, size)])  # (2, K, S, S)
     tiles = to_uint8(both, (both.amin(), both.amax())).cpu().numpy()
     grids = [grid_image(tiles[0]), grid_image(tiles[1])]
-    header = max(14, size // 10)
     width = grids[0].width + gap + grids[1].width
+    font_size = max(12, width // 40)
+    header = font_size + font_size // 2
     canvas = Image.new("L", (width, grids[0].height + header), 255)
     canvas.paste(grids[0], (0, header))
     canvas.paste(grids[1], (grids[0].width + gap, header))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(10, header - 4))
-    draw.text((2, 1), titles[0], fill=0, font=font)
-    draw.text((grids[0].width + gap + 2, 1), titles[1], fill=0, font=font)
+    for x, title, room in ((2, titles[0], grids[0].width), (grids[0].width + gap + 2, titles[1], grids[1].width)):
+        font = _fitting_font(draw, title, font_size, room - 4)
+        draw.text((x, font_size // 4), title, fill=0, font=font)
     return canvas
 
 
+def _fitting_font(draw: Any, text: str, size: int, room: float, smallest: int = 9) -> Any:
+    """PIL's default font at ``size`` px, or smaller until ``text`` fits in ``room`` px."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=size)
+    while size > smallest and draw.textlength(text, font=font) > room:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    return font
+
+
 def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "channel weights",
-              width: int = 900, height: int = 260) -> Image.Image:
+              width: int = 640, height: int = 240) -> Image.Image:
     """A bar per channel (values in [0, 1]), the ``highlight`` channels in orange with their
-    numbers above them. Drawn with PIL: fast enough to make one per image in a batch."""
+    numbers above them. Drawn with PIL: fast enough to make one per image in a batch.
+
+    The text is sized to the picture (a 32nd of its width: 20 px at the default 640), so the
+    chart stays readable where the report shows it, about 430 px wide: a 900 px chart with
+    11 px text was unreadable there."""
     from PIL import Image, ImageDraw, ImageFont
 
     count = max(1, len(values))
-    margin_left, margin_right, margin_top, margin_bottom = 40, 10, 28, 24
-    plot_w, plot_h = width - margin_left - margin_right, height - margin_top - margin_bottom
+    size = max(11, round(width / 32))
     picture = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=11)
-    draw.text((margin_left, 6), title, fill=(0, 0, 0), font=font)
+    font = ImageFont.load_default(size=size)
+    small = ImageFont.load_default(size=max(10, round(size * 0.8)))
+    margin_left = round(draw.textlength("0.5", font=font)) + size // 2 + 6
+    margin_right, margin_top, margin_bottom = size // 2, round(size * 2.6), round(size * 1.5)
+    plot_w, plot_h = width - margin_left - margin_right, height - margin_top - margin_bottom
+    draw.text((margin_left, size // 4), title, fill=(0, 0, 0), font=_fitting_font(draw, title, size, width - margin_left - 4))
     base_y = margin_top + plot_h
     for tick in (0.0, 0.5, 1.0):
         y = base_y - tick * plot_h
         draw.line((margin_left - 4, y, margin_left + plot_w, y), fill=(225, 225, 225))
-        draw.text((4, y - 6), f"{tick:.1f}", fill=(90, 90, 90), font=font)
+        draw.text((4, y - size * 0.6), f"{tick:.1f}", fill=(90, 90, 90), font=font)
     step = plot_w / count
     marked = set(highlight)
     for channel, value in enumerate(values):
@@ -301,10 +331,11 @@ def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "c
             x = margin_left + (channel + 0.4) * step
             y = base_y - max(0.0, min(1.0, float(values[channel]))) * plot_h
             label = str(channel)
-            box = draw.textbbox((0, 0), label, font=font)
-            draw.text((x - (box[2] - box[0]) / 2, max(margin_top - 14, y - 14)), label, fill=(160, 60, 0), font=font)
+            box = draw.textbbox((0, 0), label, font=small)
+            lift = (box[3] - box[1]) + 4
+            draw.text((x - (box[2] - box[0]) / 2, max(margin_top - lift, y - lift)), label, fill=(160, 60, 0), font=small)
     draw.line((margin_left, base_y, margin_left + plot_w, base_y), fill=(0, 0, 0))
-    draw.text((margin_left, base_y + 6), f"channel 0 .. {count - 1}", fill=(90, 90, 90), font=font)
+    draw.text((margin_left, base_y + 4), f"channel 0 .. {count - 1}", fill=(90, 90, 90), font=small)
     return picture
 
 

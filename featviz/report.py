@@ -125,6 +125,12 @@ class ReportWriter:
                 self._closed = True
                 self._refresh(final=True)
 
+    def discard(self) -> None:
+        """Stop without the final rewrite: the output folder is full or read-only, where writing
+        the page would only fail again. The next run into the folder rewrites it."""
+        with self._lock:
+            self._closed = True
+
     def __enter__(self) -> ReportWriter:
         return self
 

@@ -26,6 +26,7 @@ from featviz.layout import (
     png_bytes,
     remove_stale_temporaries,
 )
+from featviz.notebook import grid_png, result_html, short_repr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,9 +127,11 @@ class RenderOptions:
             raise UsageError(f"unknown spatial attention {self.spatial!r}", hint="use " + ", ".join(SPATIAL_MODES))
         if self.channel not in CHANNEL_MODES:
             raise UsageError(f"unknown channel attention {self.channel!r}", hint="use " + ", ".join(CHANNEL_MODES))
-        for name, value in (("--top-k", self.top_k), ("--max-channels", self.max_channels)):
+        for name, value, meaning in (("--top-k", self.top_k, "draw every channel"),
+                                     ("--max-channels", self.max_channels, "put every drawn channel in the grid")):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, got {value}")
+                raise UsageError(f"{name} must be at least 1, got {value}",
+                                 hint=f"leave {name} out to {meaning}, or give a number of channels such as {name} 8")
         if not 0 <= self.png_level <= 9:
             raise UsageError(f"PNG compression level {self.png_level} is out of range", hint="use 0..9")
         if not 0.0 <= self.alpha <= 1.0:
@@ -167,6 +170,8 @@ class LayerResult:
     stn_theta: torch.Tensor | None = None
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
+    nonfinite_mask: torch.Tensor | None = None  # bool (C, H, W): where the model gave NaN or +-inf
 
     @property
     def num_channels(self) -> int:
@@ -251,10 +256,16 @@ class LayerResult:
         return Image.fromarray(self.tile(channel))
 
     def grid(self) -> Image.Image:
+        import numpy
+        from PIL import Image
+
         from featviz.render import grid_image
 
         labels = [str(c) for c in self.grid_channels] if self.options.labels else None
-        return grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+        picture = grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
+        if self._marks_nonfinite():
+            picture = Image.fromarray(self._mark_nonfinite(numpy.array(picture)))
+        return picture
 
     def grid_pixels(self) -> np.ndarray:
         """The grid as a uint8 array (what :meth:`grid` shows): the exporter encodes this, which
@@ -265,7 +276,30 @@ class LayerResult:
             import numpy
 
             return numpy.asarray(self.grid())
-        return grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+        pixels = grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
+        return self._mark_nonfinite(pixels) if self._marks_nonfinite() else pixels
+
+    def _marks_nonfinite(self) -> bool:
+        from featviz.render import is_gray
+
+        return self.nonfinite_mask is not None and bool(self.nonfinite_mask.any()) and not is_gray(self.options.cmap)
+
+    def _mark_nonfinite(self, pixels: np.ndarray) -> np.ndarray:
+        """A colour grid (H, W, 3) uint8 with NONFINITE_COLOUR (magenta) on the pixels nearest to
+        a NaN or infinite activation (nearest-neighbour upsampling of the mask, same layout)."""
+        import numpy
+        import torch.nn.functional as F
+
+        from featviz.render import NONFINITE_COLOUR, grid_pixels
+
+        if self.nonfinite_mask is None:
+            return pixels
+        size = self.options.size
+        chosen = self.nonfinite_mask[list(self.grid_channels)].float()[None]
+        mask = (F.interpolate(chosen, size=(size, size), mode="nearest")[0] > 0).cpu().numpy()
+        where = grid_pixels(mask.astype(numpy.uint8) * 255, cmap="gray", pad_value=0) > 0
+        pixels[where] = NONFINITE_COLOUR
+        return pixels
 
     def _grid_tiles(self) -> np.ndarray:
         if self.grid_channels == self.drawn_channels:
@@ -338,7 +372,7 @@ class LayerResult:
         """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
         from featviz.render import bar_chart
 
-        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}, top channels labelled"
+        title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}"
         return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
 
     def summary(self, files: Sequence[str] = ()) -> dict[str, Any]:
@@ -367,12 +401,23 @@ class LayerResult:
             "clip_percentile": self.options.clip_percentile,
             "drawn_channels": self.drawn_channels,
             **self.extra,
+            **({"options": self.settings} if self.settings is not None else {}),
             "files": list(files),
         }
 
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write this result's files into ``directory`` (see :func:`write_result`)."""
         return write_result(self, Path(directory))
+
+    # Jupyter (featviz.notebook): the grid as a picture, or grid and overlays as small thumbnails
+    def _repr_png_(self) -> bytes:
+        return grid_png(self)
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def result_files(result: LayerResult) -> list[tuple[str, Producer]]:

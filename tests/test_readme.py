@@ -54,3 +54,13 @@ def test_quick_start_show_command_works_word_for_word(tmp_path: Path, monkeypatc
 def test_readme_pictures_exist() -> None:
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
         assert (ROOT / target).is_file(), target
+
+
+def test_readme_shows_the_cpu_only_install_after_the_quick_start() -> None:
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2 and blocks[0].strip().splitlines() == quick_start()  # the quick start comes first
+    cpu = [line.strip() for line in blocks[1].splitlines() if line.strip()]
+    install = next(line for line in quick_start() if line.startswith("pip install"))
+    wheel = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    assert wheel in cpu and install in cpu and cpu.index(wheel) < cpu.index(install)

@@ -16,15 +16,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 
 # Bottom first. A module may import modules of lower levels (and none of its own level or above).
 STACK: list[set[str]] = [
-    {"errors", "png"},
+    {"errors", "png", "progress", "viewer"},
     {"layout"},
-    {"images", "inputs", "preprocess"},
+    {"checkpoints", "images", "inputs", "official", "preprocess"},
     {"models"},
     {"layers"},
     {"capture", "learned", "stn"},
-    {"attention", "render", "receptive", "atlas"},
+    {"attention", "faithfulness", "notebook", "render", "receptive", "atlas"},
     {"atlas_pictures"},
     {"result"},
+    {"estimate", "settings"},
     {"pipeline"},
     {"report", "atlas_page"},
     {"export"},
