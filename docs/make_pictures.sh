@@ -33,4 +33,17 @@ save("se/chelsea/features.1.block.1/se_reweight.png", "chelsea-se-reweight.png",
 save("stn/chelsea/features.0/stn_grid.png", "chelsea-stn-grid.png")
 save("sweep/chelsea/sweep.png", "chelsea-sweep.png", 1100)
 PY
+# The atlas pictures (README "Atlas"): 20 photos made from the samples at four scales and crops.
+python benchmarks/atlas.py --make-photos 20 --folder "$out/atlas-photos"
+featviz atlas "$out/atlas-photos" --weights none --layer features.10 --top 5 --out "$out/atlas" --quiet
+python - "$out" <<'PY'
+import sys
+from PIL import Image
+
+out = sys.argv[1]
+Image.open(f"{out}/atlas/features.10/channels/0003.png").save("docs/atlas-channel.png", optimize=True)
+layer = Image.open(f"{out}/atlas/features.10/atlas.png")
+small = layer.resize((640, round(layer.height * 640 / layer.width)), Image.LANCZOS)
+small.quantize(256, dither=Image.Dither.NONE).save("docs/atlas-layer.png", optimize=True)
+PY
 echo "pictures written to docs/ (docs/report.png is a headless-Chromium screenshot of an export's index.html)"

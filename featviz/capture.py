@@ -54,8 +54,9 @@ class ActivationCapture:
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerRef], stop_early: bool = True,
                  copy: bool = True, inputs_of: Sequence[str] = (),
-                 gate_calls: Mapping[str, set[int]] | None = None) -> None:
+                 gate_calls: Mapping[str, set[int]] | None = None, keep_graph: bool = False) -> None:
         self.model = model
+        self.keep_graph = keep_graph  # outputs keep their autograd graph (receptive fields need it)
         self.layers = list(layers)
         self.inputs_of = set(inputs_of)  # paths whose input is also kept, as "<path>:input"
         self.gate_calls = dict(gate_calls or {})  # "<path>:gate<k>": the k-th gate call inside path
@@ -99,7 +100,9 @@ class ActivationCapture:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if path in self.activations:  # a module called twice: keep its first output
                 return
-            tensor = _as_tensor(output, path).detach()
+            tensor = _as_tensor(output, path)
+            if not self.keep_graph:
+                tensor = tensor.detach()
             self._keep(path, tensor.clone() if self.copy else tensor)
 
         return hook
@@ -125,7 +128,7 @@ class ActivationCapture:
 
         self.activations = {}
         self.output = None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.keep_graph):
             if is_script(self.model):
                 self._run_stack(batch)
                 if not self.stop_early:  # the whole pass, by the model's own forward
@@ -192,6 +195,16 @@ def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
     if keep_output:  # the whole pass ran: its result is the model's output
         captured[":output"] = recorder.output
     return captured
+
+
+def capture_with_graph(model: nn.Module, layer: LayerRef, batch: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` for ``batch`` with its autograd graph kept, so that a gradient
+    with respect to ``batch`` can be taken (:mod:`featviz.receptive`). The pass stops at the layer."""
+    if is_script(model):
+        raise LayerError("receptive fields need a Python module: a TorchScript model takes no hooks",
+                         hint="load the model from torchvision or a package.module:factory")
+    with ActivationCapture(model, [layer], copy=False, keep_graph=True) as recorder:
+        return recorder.run(batch)[layer.path]
 
 
 def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:

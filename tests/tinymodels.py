@@ -71,3 +71,12 @@ def tiny_residual() -> nn.Module:
 
 def not_a_module() -> str:
     return "nope"
+
+
+def tiny_dead_channel() -> nn.Module:
+    """TinyFeatures whose channel 5 of ``features.3`` has a bias so negative that it is never
+    positive on images (a dead channel after ``features.4``'s ReLU)."""
+    model = tiny_features()
+    with torch.no_grad():
+        model.features[3].bias[5] = -1000.0
+    return model
