@@ -32,7 +32,7 @@ from featviz import cam as formulas
 from featviz.capture import GradientCapture
 from featviz.errors import UsageError
 from featviz.layers import LayerRef
-from featviz.targets import Target, class_indices
+from featviz.targets import Target, class_indices, label
 
 DEFAULT_CAM_BATCH = 32
 
@@ -54,6 +54,7 @@ class CamMap:
     weights: torch.Tensor | None
     logit: float | None
     probability: float | None
+    label: str | None = None  # the class's name (the weights' categories, else "class K")
 
     @property
     def name(self) -> str:
@@ -79,7 +80,8 @@ class ClassExplainer:
     """
 
     def __init__(self, model: nn.Module, layer: LayerRef, methods: Sequence[str], targets: Sequence[Target],
-                 *, cam_batch: int = DEFAULT_CAM_BATCH, classifier: nn.Linear | None = None) -> None:
+                 *, cam_batch: int = DEFAULT_CAM_BATCH, classifier: nn.Linear | None = None,
+                 categories: Sequence[str] | None = None) -> None:
         unknown = [m for m in methods if m not in formulas.METHODS]
         if unknown:
             raise UsageError(f"unknown CAM method {unknown[0]!r}", hint="use " + ", ".join(formulas.METHODS))
@@ -93,6 +95,7 @@ class ClassExplainer:
         self.targets = list(targets)
         self.cam_batch = cam_batch
         self.classifier = classifier
+        self.categories = categories
         self.ablation_from_layer: bool | None = None  # decided on the first Ablation-CAM pass
 
     @property
@@ -124,7 +127,8 @@ class ClassExplainer:
                         method, cls, None if cls is None else _rank(self.targets[t]), cam_map[n],
                         None if weights is None else weights[n],
                         None if cls is None else float(logits[n, cls]),
-                        None if cls is None else float(probabilities[n, cls])))
+                        None if cls is None else float(probabilities[n, cls]),
+                        None if cls is None else label(cls, self.categories)))
             per_image.append(maps)
         for n, message in errors.items():
             per_image[n] = []
@@ -266,3 +270,44 @@ def find_cam_classifier(model: nn.Module, layer: LayerRef, example: torch.Tensor
         raise UsageError(f"--cam cam: the model does not end in global pooling + one linear layer after {layer.path}",
                          hint=hint)
     return fc
+
+
+def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequence[str],
+                     target_specs: Sequence[str], categories: Sequence[str] | None, example: torch.Tensor,
+                     cam_batch: int = DEFAULT_CAM_BATCH) -> dict[str, ClassExplainer]:
+    """One :class:`ClassExplainer` per layer, after every check that needs no photo: the
+    targets (names, ranges), ``cam``'s pooling + linear ending, ``eigencam``'s channels.
+    ``example``: float32 (1, 3, H, W), a stand-in photo (the caller's seeded noise). Raises
+    :class:`UsageError`."""
+    from featviz.layers import is_script
+    from featviz.targets import parse_targets
+
+    if is_script(model):
+        raise UsageError("--cam needs gradients and hooks, which a TorchScript model does not offer",
+                         hint="load the model as a torchvision name or a package.module:factory")
+    unknown = [m for m in methods if m not in formulas.METHODS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], formulas.METHODS, n=3)
+        raise UsageError(f"unknown CAM method {unknown[0]!r}",
+                         hint=("did you mean " + ", ".join(close) + "? " if close else "") + "use " + ", ".join(formulas.METHODS))
+    parse_targets(target_specs, categories)  # names and syntax, before the model runs
+    explainers: dict[str, ClassExplainer] = {}
+    for ref in layers:
+        with GradientCapture(model, ref, with_grad=False) as recorder:
+            logits = recorder.run(example)
+        activations = recorder.activations
+        if logits.dim() != 2:
+            raise UsageError(f"--cam needs a model that returns class logits (N, classes); it returned {tuple(logits.shape)}")
+        if activations is None or activations.dim() != 4:
+            raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W)",
+                             hint="choose a convolutional layer")
+        if "eigencam" in methods and activations.shape[1] < 2:
+            raise UsageError(f"--cam eigencam: layer {ref.path} has one channel, and a principal component of one channel "
+                             "is the channel itself", hint="choose a layer with several channels, or another method")
+        targets = parse_targets(target_specs, categories, num_classes=int(logits.shape[1]))
+        classifier = find_cam_classifier(model, ref, example) if "cam" in methods else None
+        explainers[ref.path] = ClassExplainer(model, ref, methods, targets, cam_batch=cam_batch, classifier=classifier,
+                                                categories=categories)
+    return explainers

@@ -69,6 +69,19 @@ class Visualizer:
 
             self._use_se_blocks(every_block="all" in [p.lower() for p in split_specs(layers)])
         self._check_layers()
+        self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
+
+    def _class_explainers(self) -> dict[str, Any]:
+        """``--cam``: one :class:`featviz.explain.ClassExplainer` per layer, every target and
+        method checked on seeded noise before any photo is read."""
+        import torch
+
+        from featviz.explain import build_explainers
+
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
+        return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
+                                self.loaded.categories, example, cam_batch=self.options.cam_batch)
 
     def _use_se_blocks(self, every_block: bool = False) -> None:
         """``--channel learned``: each layer becomes the SE block it names or contains (``all``:
@@ -202,7 +215,25 @@ class Visualizer:
                     image_values=None if image_values is None else image_values[i],
                     extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {}),
                 ))
+        for position, ref in enumerate(self.layers):
+            if ref.path in self.explainers:
+                self._explain(ref.path, stacked, group, [results[position] for results in per_image])
         return per_image
+
+    def _explain(self, path: str, stacked: torch.Tensor, group: Sequence[PreparedImage],
+                 results: list[LayerResult]) -> None:
+        """Class activation maps of the group at one layer into its results; a photo whose
+        gradients are not finite is an :class:`~featviz.errors.ImageError` (the batch engine
+        then runs the photos one by one, and only that one fails)."""
+        from featviz.errors import ImageError
+
+        explained = self.explainers[path].explain(stacked)
+        for index, message in sorted(explained.errors.items()):
+            name = group[index].path or group[index].key
+            raise ImageError(f"{name}: layer {path}: {message}",
+                             hint="the model overflows on this photo; check its preprocessing or weights")
+        for result, cams in zip(results, explained.per_image):
+            result.cams = cams
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
@@ -251,8 +282,11 @@ class Visualizer:
         results = self.run(image)
         panels = [(r.sweep_panel(), f"{r.layer.path} ({r.layer.type_name})\n{'x'.join(map(str, r.activations.shape))}")
                   for r in results]
-        title = (f"{self.loaded.name}, weights {self.loaded.weights}: "
-                 f"spatial attention ({self.options.spatial_mode}) by depth")
+        what = f"spatial attention ({self.options.spatial_mode})"
+        if results and results[0].cams:
+            first = results[0].cams[0]
+            what = f"{first.method}" + ("" if first.label is None else f" for {first.label}")
+        title = f"{self.loaded.name}, weights {self.loaded.weights}: {what} by depth"
         return sweep_picture(panels, title=title), results
 
     def _predictions(self, output: torch.Tensor | None, count: int) -> list[list[dict[str, Any]]]:
@@ -304,6 +338,7 @@ def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
 
 
 _VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop"}
+_TUPLE_OPTIONS = ("cam", "target")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:
@@ -313,6 +348,12 @@ def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions
     rest = {k: v for k, v in kwargs.items() if k not in _VISUALIZER_KEYS}
     if isinstance(rest.get("channels"), str):
         rest["channels"] = parse_channels(rest["channels"])
+    for key in _TUPLE_OPTIONS:  # cam="gradcam,scorecam" or cam=["gradcam"]; target=281 or ["top3", "tabby"]
+        value = rest.get(key)
+        if value is not None and not isinstance(value, tuple):
+            items = [value] if isinstance(value, (str, int)) else list(value)
+            parts = tuple(p.strip() for item in items for p in str(item).split(",") if p.strip())
+            rest[key] = tuple(p.lower() for p in parts) if key == "cam" else parts
     return vis_kwargs, RenderOptions(**rest)
 
 

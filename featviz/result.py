@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from featviz.explain import CamMap
     from featviz.layers import LayerRef
     from featviz.preprocess import CropBox
 
@@ -89,6 +90,9 @@ class RenderOptions:
     save_raw: bool = False
     png_level: int = 1
     summary_top: int = 10
+    cam: tuple[str, ...] = ()
+    target: tuple[str, ...] = ("top",)
+    cam_batch: int = 32
 
     @property
     def spatial_mode(self) -> str:
@@ -137,6 +141,8 @@ class RenderOptions:
             raise UsageError("channel numbers start at 0")
         colormap_lut(self.cmap)
         colormap_lut(self.heat_cmap)
+        if self.cam_batch < 1:
+            raise UsageError(f"--cam-batch must be at least 1, got {self.cam_batch}")
         return self
 
 
@@ -167,6 +173,7 @@ class LayerResult:
     stn_theta: torch.Tensor | None = None
     image_values: torch.Tensor | None = None  # --normalize image: every layer's values, flattened
     extra: dict[str, Any] = field(default_factory=dict)
+    cams: list[CamMap] = field(default_factory=list)  # --cam: class activation maps (featviz.explain)
 
     @property
     def num_channels(self) -> int:
@@ -297,13 +304,15 @@ class LayerResult:
         return side_by_side_grids(self.before[order], self.activations[order], self.options.size)
 
     def sweep_panel(self) -> Image.Image:
-        """The spatial-attention overlay cut to the part of the photo the network saw."""
+        """The spatial-attention overlay (with ``cam``: the first class map) cut to the part of
+        the photo the network saw."""
         import math
 
         box = self.box
         crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
                 min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
-        return self.spatial_overlay().crop(crop)
+        overlay = self.cam_overlay(self.cams[0]) if self.cams else self.spatial_overlay()
+        return overlay.crop(crop)
 
     def stn_grid(self) -> Image.Image:
         """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
@@ -312,6 +321,31 @@ class LayerResult:
         if self.stn_theta is None:
             raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
         return draw_sampling_grid(self.photo, self.stn_theta, self.box)
+
+    def cam_overlay(self, cam: CamMap) -> Image.Image:
+        """``cam/<method>-<target>.png``: the class map, upsampled from the layer's H x W and
+        min-max scaled, as a heat overlay on the original photo (like spatial_attention.png)."""
+        from featviz.attention import normalized_map
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, normalized_map(cam.map[None].float())[0], self.box,
+                            cmap=self.options.heat_cmap, alpha=self.options.alpha)
+
+    def cam_records(self) -> list[dict[str, Any]]:
+        """The ``cams`` list of summary.json: one record per method and target (method, target
+        class index, its rank for top/topN, label, logit, softmax probability, channel weights w
+        for the channel-weighting methods, the PNG). A faithfulness score can join a record as
+        its ``scores`` field."""
+        records = []
+        for cam in self.cams:
+            records.append({
+                "method": cam.method, "target": cam.target, "rank": cam.rank,
+                "label": cam.label,
+                "logit": cam.logit, "probability": cam.probability,
+                "weights": None if cam.weights is None else cam.weights.float().cpu().tolist(),
+                "file": f"cam/{cam.name}.png",
+            })
+        return records
 
     def channel_table(self) -> list[dict[str, Any]]:
         """One row per channel: channel, mean, max, weight, rank (1 = largest weight)."""
@@ -367,6 +401,7 @@ class LayerResult:
             "clip_percentile": self.options.clip_percentile,
             "drawn_channels": self.drawn_channels,
             **self.extra,
+            **({"cams": self.cam_records()} if self.cams else {}),
             "files": list(files),
         }
 
@@ -398,6 +433,12 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
     if result.before is not None:
         files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
+    for cam in result.cams:
+        files.append((f"cam/{cam.name}.png", lambda cam=cam: png_bytes(result.cam_overlay(cam), level)))
+    if result.options.save_raw and result.cams:
+        raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
+               for cam in result.cams}
+        files.append(("cam.npz", lambda: npz_bytes(**raw)))
     if result.options.save_raw:
         activations = result.activations.float().cpu().numpy()
         spatial = result.spatial_raw.float().cpu().numpy()
