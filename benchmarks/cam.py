@@ -106,7 +106,6 @@ def check_gradcam(model: torch.nn.Module, batch: torch.Tensor) -> float:
     """Largest difference between featviz's and the peers' raw Grad-CAM maps (min-max scaled)."""
     import torchcam.methods as tc
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from featviz.explain import ClassExplainer
     from featviz.layers import LayerRef

@@ -287,7 +287,7 @@ def test_eigencam_equals_pytorch_grad_cam_up_to_the_sign(resnet18, resnet50) -> 
 def test_ablationcam_equals_pytorch_grad_cam_where_activations_are_non_negative(resnet18) -> None:
     """pytorch-grad-cam ablates a channel by setting it to 0 only when the layer's minimum is 0;
     at a ReLU output (ResNet's layer4) that is the paper's zeroing."""
-    for model, path, side in ((resnet18, "layer4", 96),):
+    for model, path, side in ((resnet18, "layer4", 64),):
         x = _photos(side, 1)
         for cls in CLASSES[:1]:
             ours = featviz_maps(model, path, x, "ablationcam", cls, cam_batch=64)
