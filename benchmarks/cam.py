@@ -184,8 +184,9 @@ def main() -> None:
               f"{'featviz / faster peer':>22}  (images/s)")
         for method, data, batches in cases:
             run = runners(model, method, args.cam_batch)
-            for name in run:  # warm-up on one photo
-                run[name](data[:1])  # type: ignore[operator]
+            if method == "gradcam":  # warm-up on one photo (Score-CAM's thousands of passes need none)
+                for name in run:
+                    run[name](data[:1])  # type: ignore[operator]
             for batch_size in batches:
                 rates = {name: images_per_second(fn, data, batch_size) for name, fn in run.items()}
                 faster = max(rates["pytorch-grad-cam"], rates["torch-cam"])
