@@ -119,9 +119,13 @@ class ClassExplainer:
         per_image: list[list[CamMap]] = []
         for n in range(batch.shape[0]):
             maps: list[CamMap] = []
+            seen: set[tuple[str, int | None]] = set()  # top1 may be the class also named: one map each
             for method in self.methods:
                 for t, (cam_map, weights) in enumerate(columns[method]):
                     cls = None if method in formulas.CLASS_FREE else int(classes[n, t])
+                    if (method, cls) in seen:
+                        continue
+                    seen.add((method, cls))
                     maps.append(CamMap(
                         method, cls, None if cls is None else _rank(self.targets[t]), cam_map[n],
                         None if weights is None else weights[n],

@@ -140,6 +140,16 @@ def test_ablation_falls_back_to_full_forwards_where_the_batch_cannot_broadcast(u
         assert result.weights[channel].item() == pytest.approx((logit - ablated) / logit, rel=1e-4, abs=1e-6)
 
 
+def test_a_class_named_twice_gets_one_map() -> None:
+    """``--target top,K`` where K is the top class: one map, with the rank of its first mention."""
+    model = tiny_features()
+    x = _example(1)
+    top = int(model(x).argmax())
+    ref = LayerRef("features.4", 4, model.features[4])
+    cams = ClassExplainer(model, ref, ["gradcam"], [Target(rank=1), Target(index=top)]).explain(x).per_image[0]
+    assert [(c.target, c.rank) for c in cams] == [(top, 1)]
+
+
 def test_the_model_is_left_as_found() -> None:
     model = tiny_features().train()
     model.features[0].weight.requires_grad_(False)
