@@ -285,6 +285,7 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
     from featviz.layers import is_script
     from featviz.targets import parse_targets
 
+    methods = [m.strip().lower() for m in methods]
     if is_script(model):
         raise UsageError("--cam needs gradients and hooks, which a TorchScript model does not offer",
                          hint="load the model as a torchvision name or a package.module:factory")
