@@ -65,10 +65,14 @@ class CamMap:
 class CamBatch:
     """A batch's maps: ``per_image[n]`` lists photo n's :class:`CamMap`, methods in the order
     asked, targets in order within each method. ``errors[n]``: why photo n has none (non-finite
-    activations, logits or gradients)."""
+    activations, logits or gradients). ``activations``: the layer's output, float32 (N, C, H, W)
+    as captured (a copy); ``logits``: float32 (N, classes): the pipeline reuses both instead of a
+    second capture pass."""
 
     per_image: list[list[CamMap]]
     errors: dict[int, str] = field(default_factory=dict)
+    activations: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class ClassExplainer:
@@ -135,7 +139,7 @@ class ClassExplainer:
             per_image.append(maps)
         for n, message in errors.items():
             per_image[n] = []
-        return CamBatch(per_image, errors)
+        return CamBatch(per_image, errors, activations, logits)
 
     def _gradients(self, logits: torch.Tensor, classes: torch.Tensor, leaf: torch.Tensor | None) -> list[torch.Tensor]:
         """dY^c/dA for each target column: float32 (N, C, H, W) each, one backward per column."""

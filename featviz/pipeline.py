@@ -190,7 +190,15 @@ class Visualizer:
         import torch
 
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
-        captured = self._capture(stacked)
+        explained: dict[str, Any] = {}
+        if self.explainers and self.options.channel != "learned" and not self.options.stn:
+            # --cam: each layer's gradient pass captures what the plain pass would (same copy of
+            # the output), so that pass is skipped; its logits serve --predict.
+            explained = {ref.path: self.explainers[ref.path].explain(stacked) for ref in self.layers}
+            captured = {path: batch.activations for path, batch in explained.items()}
+            captured[":output"] = next(iter(explained.values())).logits
+        else:
+            captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
         image_values = None
@@ -217,17 +225,18 @@ class Visualizer:
                 ))
         for position, ref in enumerate(self.layers):
             if ref.path in self.explainers:
-                self._explain(ref.path, stacked, group, [results[position] for results in per_image])
+                batch = explained.get(ref.path) or self.explainers[ref.path].explain(stacked)
+                self._explain(ref.path, batch, group, [results[position] for results in per_image])
         return per_image
 
-    def _explain(self, path: str, stacked: torch.Tensor, group: Sequence[PreparedImage],
+    def _explain(self, path: str, explained: Any, group: Sequence[PreparedImage],
                  results: list[LayerResult]) -> None:
-        """Class activation maps of the group at one layer into its results; a photo whose
-        gradients are not finite is an :class:`~featviz.errors.ImageError` (the batch engine
-        then runs the photos one by one, and only that one fails)."""
+        """Class activation maps of the group at one layer (a :class:`featviz.explain.CamBatch`)
+        into its results; a photo whose gradients are not finite is an
+        :class:`~featviz.errors.ImageError` (the batch engine then runs the photos one by one, and
+        only that one fails)."""
         from featviz.errors import ImageError
 
-        explained = self.explainers[path].explain(stacked)
         for index, message in sorted(explained.errors.items()):
             name = group[index].path or group[index].key
             raise ImageError(f"{name}: layer {path}: {message}",

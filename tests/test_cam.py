@@ -345,3 +345,16 @@ def test_torchscript_is_refused(tmp_path) -> None:
     code, _, err = _cli("show", str(tmp_path / "x.png"), "--model", str(path), "--layer", "4",
                         "--cam", "gradcam", "--out", str(tmp_path / "o"))
     assert code == 2 and "TorchScript" in err
+
+
+def test_the_gradient_pass_serves_the_other_outputs(tests_on_path, photos) -> None:
+    """With --cam the plain capture pass is skipped: the gradient pass's copy of each layer's
+    output and its logits give the same activations, summaries and predictions."""
+    plain = featviz.visualize(photos, model="tinymodels:tiny_features", layers=[1, 4], weights="none",
+                              resize=40, crop=32, predict=True)
+    with_cam = featviz.visualize(photos, model="tinymodels:tiny_features", layers=[1, 4], weights="none",
+                                 resize=40, crop=32, predict=True, cam="gradcam")
+    for a, b in zip(plain, with_cam):
+        assert torch.equal(a.activations, b.activations)
+        summary = b.summary()
+        assert summary.pop("cams") and summary == a.summary()
