@@ -47,3 +47,28 @@ small = layer.resize((640, round(layer.height * 640 / layer.width)), Image.LANCZ
 small.quantize(256, dither=Image.Dither.NONE).save("docs/atlas-layer.png", optimize=True)
 PY
 echo "pictures written to docs/ (docs/report.png is a headless-Chromium screenshot of an export's index.html)"
+
+# "Explaining a class": several CAM methods side by side (ResNet-18 layer4, random weights).
+cams=$(mktemp -d)
+featviz show "$cat" --model resnet18 --weights none --layer layer4 --target top \
+    --cam gradcam,gradcam++,layercam,scorecam,ablationcam,eigencam --cam-batch 64 --out "$cams" --quiet >/dev/null
+python - "$cams" <<'PY'
+import json
+import sys
+from PIL import Image, ImageDraw
+
+folder = f"{sys.argv[1]}/chelsea/layer4"
+summary = json.load(open(f"{folder}/summary.json"))
+left, top, right, bottom = (round(v) for v in summary["crop_box"])
+panels = []
+for record in summary["cams"]:
+    with Image.open(f"{folder}/{record['file']}") as image:
+        panels.append((record["method"], image.crop((left, top, right, bottom)).resize((180, 180), Image.LANCZOS)))
+sheet = Image.new("RGB", (180 * len(panels), 200), "white")
+draw = ImageDraw.Draw(sheet)
+for i, (method, panel) in enumerate(panels):
+    sheet.paste(panel, (180 * i, 20))
+    draw.text((180 * i + 6, 4), method, fill="black")
+sheet.quantize(128, dither=Image.Dither.NONE).save("docs/chelsea-cams.png", optimize=True)  # small: a palette
+PY
+rm -rf "$cams"

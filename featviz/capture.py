@@ -444,3 +444,94 @@ class GateRecorder:
             self.active[path] = index + 1
             if index in self.wanted[path]:
                 self.keep(f"{path}:gate{index}", result.detach().clone())
+
+
+class GradientCapture:
+    """Context manager for class-attention passes: one layer's output, and gradients that stop there.
+
+    >>> with GradientCapture(model, layer) as grads:
+    ...     logits = grads.run(batch)          # the model's output, float32 (N, classes)
+    ...     grads.activations                  # float32 (N, C, H, W), a private copy
+    ...     torch.autograd.grad(score, grads.leaf)
+
+    The forward hook keeps ``activations = out.detach().clone()`` and lets the pass go on from a
+    fresh leaf tensor (``leaf = out.detach().clone().requires_grad_(True)``, continued as
+    ``leaf.clone()``): gradients are computed only from the layer up (nothing below it is
+    differentiated), and an in-place op after the layer (AlexNet's ``ReLU(inplace=True)``)
+    changes neither the captured activations nor the leaf. Parameters do not need gradients for
+    the pass: their ``requires_grad`` flags are turned off on entry and every flag, and every
+    module's train/eval mode, is restored on exit, also when the pass raises.
+
+    ``replace``: with it the layer's output is not kept but replaced by ``replace(output)``
+    (Ablation-CAM's ablated copies, float32 (K, C, H, W)); no leaf is made then.
+    """
+
+    def __init__(self, model: nn.Module, layer: LayerRef, with_grad: bool = True,
+                 replace: Any = None) -> None:
+        self.model = model
+        self.layer = layer
+        self.with_grad = with_grad
+        self.replace = replace
+        self.activations: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+        self._stack: ExitStack | None = None
+        self._training: list[tuple[nn.Module, bool]] = []
+        self._flags: list[tuple[Any, bool]] = []
+
+    def __enter__(self) -> GradientCapture:
+        if is_script(self.model):
+            raise LayerError("class attention needs Python hooks, which a TorchScript model does not take",
+                             hint="load the model as a torchvision name or a package.module:factory")
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self._stack = ExitStack()
+        try:
+            self.model.eval()
+            for parameter, _ in self._flags:
+                parameter.requires_grad_(False)
+            handle = self.layer.module.register_forward_hook(self._hook)
+            self._stack.callback(handle.remove)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._stack is not None:
+                self._stack.close()
+        finally:
+            for module, training in self._training:
+                module.train(training)
+            for parameter, flag in self._flags:
+                parameter.requires_grad_(flag)
+            self._stack = None
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        import torch
+
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
+                             hint="class attention needs a layer whose output is one feature map")
+        if self.replace is not None:
+            return self.replace(output.detach())
+        if self.activations is not None:  # a module called twice: the first call is the one explained
+            return None
+        self.activations = output.detach().clone()
+        if not self.with_grad:
+            return None
+        self.leaf = output.detach().clone().requires_grad_(True)
+        return self.leaf.clone()
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
+        differentiable with respect to :attr:`leaf` when ``with_grad``."""
+        import torch
+
+        self.activations, self.leaf = None, None
+        with torch.enable_grad() if self.with_grad else torch.no_grad():
+            output = _as_tensor(self.model(batch), "output")
+        if self.activations is None and self.replace is None:
+            raise LayerError(f"layer {self.layer.path} was never run by the model's forward pass",
+                             hint="choose a module that the forward pass calls (see `featviz layers`)")
+        return output

@@ -182,6 +182,21 @@ render_options = _compose(
                       "export ~4x slower)."),
 )
 
+cam_options = _compose(
+    click.option("--cam", "cam", default=None, metavar="METHOD[,METHOD…]",
+                 help="Class activation maps: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, "
+                      "ablationcam, eigencam (comma-separated); writes cam/<method>-<target>.png per layer."),
+    click.option("--target", "target", multiple=True, default=("top",), show_default=True, metavar="T[,T…]",
+                 help="Classes to explain: an index (281), a class name (tabby), top, or topN; comma-separated."),
+    click.option("--cam-batch", default=32, show_default=True, type=click.IntRange(1, 65536),
+                 help="Masked or ablated inputs per forward pass for scorecam and ablationcam."),
+)
+
+
+def _cam_methods(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
+
+
 run_options = _compose(
     click.option("--out", "-o", "out", default="featviz-out", show_default=True,
                  type=click.Path(file_okay=False, path_type=Path), help="Output folder."),
@@ -208,6 +223,7 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         dct_frequencies=parse_frequencies(params["dct_frequencies"]),
         stn=params["stn"], normalize=params["normalize"], clip_percentile=params["clip_percentile"],
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
+        cam=_cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -310,6 +326,7 @@ def main() -> None:
 @model_options
 @preprocess_options
 @render_options
+@cam_options
 @run_options
 @click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
 @reports_errors
@@ -391,6 +408,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 @model_options
 @preprocess_options
 @render_options
+@cam_options
 @run_options
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete (resume).")
@@ -461,21 +479,24 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 @click.option("--out", "-o", "out", default="featviz-out", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
+@cam_options
 @reports_errors
 def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | None, weights: str,
           weights_file: Path | None, trust_pickle: bool, seed: int, device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
-          alpha: float, out: Path, as_json: bool) -> None:
+          alpha: float, out: Path, as_json: bool, cam: str | None, target: tuple[str, ...], cam_batch: int) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
     spatial-attention overlay at each stage side by side, with the stage's name and activation
-    shape, all captured in one forward pass per image."""
+    shape, all captured in one forward pass per image. With --cam, each stage shows the class
+    activation map of the first method and target instead."""
     from featviz.errors import ImageError, OutputError
     from featviz.layout import atomic_write, check_output_folder, ensure_inside, is_fatal_write_error, png_bytes, stem_keys
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
-                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha),
+                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha,
+                                                        cam=_cam_methods(cam), target=target, cam_batch=cam_batch),
                                   weights_file=weights_file, trust_pickle=trust_pickle,
                                   model_kwargs=model_kwargs)
     _show_notes(visualizer.loaded)

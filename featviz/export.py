@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import FeatvizError, OutputError, UsageError
+from featviz.errors import FeatvizError, ImageError, OutputError, UsageError
 from featviz.layout import (
     MANIFEST,
     SUMMARY,
@@ -317,13 +317,15 @@ class Exporter:
         started = time.perf_counter()
         try:
             outputs = list(zip(prepared, self.visualizer.forward([p for _, p in prepared])))
-        except RuntimeError:
+        except (RuntimeError, ImageError):
             outputs = []
             for item in prepared:  # find the photo the batch failed on; the others go on
                 try:
                     outputs.append((item, self.visualizer.forward([item[1]])[0]))
                 except RuntimeError as exc:
                     self._fail_image(item[0], f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
+                except ImageError as exc:  # e.g. --cam: gradients that are not finite for this photo
+                    self._fail_image(item[0], str(exc))
         share = (time.perf_counter() - started) / max(1, len(outputs))
         for (image, _), results in outputs:
             try:  # a folder that leads out of OUT (a planted symlink) or cannot be made fails this photo
@@ -391,6 +393,9 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
         fields["predictions"] = result.extra["predictions"]
     if result.extra.get("nonfinite"):  # NaN or infinite activations, replaced before drawing
         fields["nonfinite"] = result.extra["nonfinite"]
+    if result.cams:  # --cam: what the report's row of class maps needs (the weights stay in summary.json)
+        fields["cams"] = [{k: r[k] for k in ("method", "target", "rank", "label", "logit", "probability", "file")}
+                          for r in result.cam_records()]
     return fields
 
 

@@ -77,6 +77,19 @@ class Visualizer:
 
             self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
         self._check_layers()
+        self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
+
+    def _class_explainers(self) -> dict[str, Any]:
+        """``--cam``: one :class:`featviz.explain.ClassExplainer` per layer, every target and
+        method checked on seeded noise before any photo is read."""
+        import torch
+
+        from featviz.explain import build_explainers
+
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
+        return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
+                                self.loaded.categories, example, cam_batch=self.options.cam_batch)
 
     def _use_gates(self, every_gate: bool = False) -> None:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
@@ -220,7 +233,16 @@ class Visualizer:
         from featviz.attention import replace_nonfinite
 
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
-        captured = self._capture(stacked)
+        explained: dict[str, Any] = {}
+        if self.explainers and not self.gates and not self.options.stn:
+            # --cam: each layer's gradient pass captures what the plain pass would (same copy of
+            # the output), so that pass is skipped; its logits serve --predict. Learned gates and
+            # spatial transformers are recorded by the plain pass, which then runs as well.
+            explained = {ref.path: self.explainers[ref.path].explain(stacked) for ref in self.layers}
+            captured = {path: batch.activations for path, batch in explained.items()}
+            captured[":output"] = next(iter(explained.values())).logits
+        else:
+            captured = self._capture(stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
         image_values = None
@@ -252,6 +274,10 @@ class Visualizer:
                     nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
                     settings=self.settings(ref),
                 ))
+        for position, ref in enumerate(self.layers):
+            if ref.path in self.explainers:
+                batch = explained.get(ref.path) or self.explainers[ref.path].explain(stacked)
+                self._explain(ref.path, batch, group, [results[position] for results in per_image])
         return per_image
 
     def settings(self, ref: LayerRef) -> dict[str, Any]:
@@ -259,6 +285,21 @@ class Visualizer:
         redoes a folder whose record differs)."""
         return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
                                [layer.path for layer in self.layers])
+
+    def _explain(self, path: str, explained: Any, group: Sequence[PreparedImage],
+                 results: list[LayerResult]) -> None:
+        """Class activation maps of the group at one layer (a :class:`featviz.explain.CamBatch`)
+        into its results; a photo whose gradients are not finite is an
+        :class:`~featviz.errors.ImageError` (the batch engine then runs the photos one by one, and
+        only that one fails)."""
+        from featviz.errors import ImageError
+
+        for index, message in sorted(explained.errors.items()):
+            name = group[index].path or group[index].key
+            raise ImageError(f"{name}: layer {path}: {message}",
+                             hint="the model overflows on this photo; check its preprocessing or weights")
+        for result, cams in zip(results, explained.per_image):
+            result.cams = cams
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
@@ -310,8 +351,11 @@ class Visualizer:
         results = self.run(image)
         panels = [(r.sweep_panel(), f"{r.layer.path} ({r.layer.type_name})\n{'x'.join(map(str, r.activations.shape))}")
                   for r in results]
-        title = (f"{self.loaded.name}, weights {self.loaded.weights}: "
-                 f"spatial attention ({self.options.spatial_mode}) by depth")
+        what = f"spatial attention ({self.options.spatial_mode})"
+        if results and results[0].cams:
+            first = results[0].cams[0]
+            what = f"{first.method}" + ("" if first.label is None else f" for {first.label}")
+        title = f"{self.loaded.name}, weights {self.loaded.weights}: {what} by depth"
         return sweep_picture(panels, title=title), results
 
     def _predictions(self, output: torch.Tensor | None, count: int) -> list[list[dict[str, Any]]]:
@@ -368,6 +412,7 @@ def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
 
 
 _VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle", "model_kwargs"}
+_TUPLE_OPTIONS = ("cam", "target")
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:
@@ -377,6 +422,12 @@ def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions
     rest = {k: v for k, v in kwargs.items() if k not in _VISUALIZER_KEYS}
     if isinstance(rest.get("channels"), str):
         rest["channels"] = parse_channels(rest["channels"])
+    for key in _TUPLE_OPTIONS:  # cam="gradcam,scorecam" or cam=["gradcam"]; target=281 or ["top3", "tabby"]
+        value = rest.get(key)
+        if value is not None and not isinstance(value, tuple):
+            items = [value] if isinstance(value, (str, int)) else list(value)
+            parts = tuple(p.strip() for item in items for p in str(item).split(",") if p.strip())
+            rest[key] = tuple(p.lower() for p in parts) if key == "cam" else parts
     return vis_kwargs, RenderOptions(**rest)
 
 

@@ -316,7 +316,7 @@ def _inside(folder: Path, output: str, name: str) -> Path | None:
 
 
 def _entry(record: dict[str, Any], *, model: Any, weights: Any, index: Any, type_name: Any, shape: Any,
-           files: Iterable[Any], top_files: Iterable[Any], predictions: Any) -> dict[str, Any]:
+           files: Iterable[Any], top_files: Iterable[Any], predictions: Any, cams: Any = None) -> dict[str, Any]:
     output = record.get("output")
     folder = _url(output) if isinstance(output, str) else None
     names = [str(f) for f in files]
@@ -348,6 +348,7 @@ def _entry(record: dict[str, Any], *, model: Any, weights: Any, index: Any, type
         "links": [v for v in links if v[1]] if folder else [],
         "top": top if folder else [],
         "pred": pred,
+        "cams": _cam_rows(cams, present) if folder else [],
         "_output": output,
     }
 
@@ -356,7 +357,26 @@ def _entry_from_record(record: dict[str, Any]) -> dict[str, Any]:
     return _entry(record, model=record.get("model"), weights=record.get("weights"),
                   index=record.get("layer_index"), type_name=record.get("layer_type"), shape=record.get("shape"),
                   files=record.get("files") or [], top_files=record.get("top_channel_files") or [],
-                  predictions=record.get("predictions"))
+                  predictions=record.get("predictions"), cams=record.get("cams"))
+
+
+def _cam_rows(cams: Any, present: set[str]) -> list[list[Any]]:
+    """``--cam``: one row per target, [caption, [[method, url], ...]]; the class-free Eigen-CAM
+    gets its own row. Only files the result lists are shown."""
+    rows: dict[Any, list[Any]] = {}
+    for cam in cams if isinstance(cams, list) else []:
+        if not isinstance(cam, dict) or str(cam.get("file")) not in present or not _url(str(cam.get("file"))):
+            continue
+        target = cam.get("target")
+        if target is None:
+            key, caption = None, "no class (principal component)"
+        else:
+            probability = cam.get("probability")
+            rank = f"top{cam.get('rank')} " if isinstance(cam.get("rank"), int) else ""
+            chance = f" ({100 * probability:.1f}%)" if isinstance(probability, (int, float)) and math.isfinite(probability) else ""
+            key, caption = target, f"{rank}{_text(cam.get('label'))} [{target}]{chance}"
+        rows.setdefault(key, [caption, []])[1].append([_text(cam.get("method")), _url(str(cam["file"]))])
+    return list(rows.values())
 
 
 def _entry_from_summary(record: dict[str, Any], path: Path) -> dict[str, Any] | None:
@@ -372,7 +392,8 @@ def _entry_from_summary(record: dict[str, Any], path: Path) -> dict[str, Any] | 
     top = [f"channels/{c:04d}.png" for c in summary.get("top_channels") or [] if isinstance(c, int) and c in drawn]
     return _entry(record, model=summary.get("model"), weights=summary.get("weights"), index=layer.get("index"),
                   type_name=layer.get("type"), shape=summary.get("activation_shape"),
-                  files=summary.get("files") or [], top_files=top, predictions=summary.get("predictions"))
+                  files=summary.get("files") or [], top_files=top, predictions=summary.get("predictions"),
+                  cams=summary.get("cams"))
 
 
 # --- writing the page ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from featviz.explain import CamMap
     from featviz.layers import LayerRef
     from featviz.preprocess import CropBox
 
@@ -90,6 +91,9 @@ class RenderOptions:
     save_raw: bool = False
     png_level: int = 1
     summary_top: int = 10
+    cam: tuple[str, ...] = ()
+    target: tuple[str, ...] = ("top",)
+    cam_batch: int = 32
 
     @property
     def spatial_mode(self) -> str:
@@ -143,6 +147,8 @@ class RenderOptions:
             raise UsageError("channel numbers start at 0")
         colormap_lut(self.cmap)
         colormap_lut(self.heat_cmap)
+        if self.cam_batch < 1:
+            raise UsageError(f"--cam-batch must be at least 1, got {self.cam_batch}")
         return self
 
 
@@ -176,6 +182,7 @@ class LayerResult:
     settings: dict[str, Any] | None = None  # featviz.settings.settings_record: what made it
     nonfinite_mask: torch.Tensor | None = None  # bool (C, H, W): where the model gave NaN or +-inf
     raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)  # learned gates for --save-raw, e.g. gate_3d (C, H, W)
+    cams: list[CamMap] = field(default_factory=list)  # --cam: class activation maps (featviz.explain)
 
     @property
     def num_channels(self) -> int:
@@ -357,13 +364,15 @@ class LayerResult:
         return Image.fromarray(picture.repeat(cell * 2, axis=0).repeat(cell, axis=1))
 
     def sweep_panel(self) -> Image.Image:
-        """The spatial-attention overlay cut to the part of the photo the network saw."""
+        """The spatial-attention overlay (with ``cam``: the first class map) cut to the part of
+        the photo the network saw."""
         import math
 
         box = self.box
         crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
                 min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
-        return self.spatial_overlay().crop(crop)
+        overlay = self.cam_overlay(self.cams[0]) if self.cams else self.spatial_overlay()
+        return overlay.crop(crop)
 
     def stn_grid(self) -> Image.Image:
         """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
@@ -372,6 +381,31 @@ class LayerResult:
         if self.stn_theta is None:
             raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
         return draw_sampling_grid(self.photo, self.stn_theta, self.box)
+
+    def cam_overlay(self, cam: CamMap) -> Image.Image:
+        """``cam/<method>-<target>.png``: the class map, upsampled from the layer's H x W and
+        min-max scaled, as a heat overlay on the original photo (like spatial_attention.png)."""
+        from featviz.attention import normalized_map
+        from featviz.render import heat_overlay
+
+        return heat_overlay(self.photo, normalized_map(cam.map[None].float())[0], self.box,
+                            cmap=self.options.heat_cmap, alpha=self.options.alpha)
+
+    def cam_records(self) -> list[dict[str, Any]]:
+        """The ``cams`` list of summary.json: one record per method and target (method, target
+        class index, its rank for top/topN, label, logit, softmax probability, channel weights w
+        for the channel-weighting methods, the PNG). A faithfulness score can join a record as
+        its ``scores`` field."""
+        records = []
+        for cam in self.cams:
+            records.append({
+                "method": cam.method, "target": cam.target, "rank": cam.rank,
+                "label": cam.label,
+                "logit": cam.logit, "probability": cam.probability,
+                "weights": None if cam.weights is None else cam.weights.float().cpu().tolist(),
+                "file": f"cam/{cam.name}.png",
+            })
+        return records
 
     def channel_table(self) -> list[dict[str, Any]]:
         """One row per channel: channel, mean, max, weight, rank (1 = largest weight)."""
@@ -428,6 +462,7 @@ class LayerResult:
             "drawn_channels": self.drawn_channels,
             **self.extra,
             **({"options": self.settings} if self.settings is not None else {}),
+            **({"cams": self.cam_records()} if self.cams else {}),
             "files": list(files),
         }
 
@@ -472,6 +507,12 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     if "branch_weights" in result.raw_gates:  # Selective Kernel / Split Attention
         files.append(("branch_weights.png", lambda: png_bytes(result.branch_picture(), level)))
         files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
+    for cam in result.cams:
+        files.append((f"cam/{cam.name}.png", lambda cam=cam: png_bytes(result.cam_overlay(cam), level)))
+    if result.options.save_raw and result.cams:
+        raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
+               for cam in result.cams}
+        files.append(("cam.npz", lambda: npz_bytes(**raw)))
     if result.options.save_raw:
         activations = result.activations.float().cpu().numpy()
         spatial = result.spatial_raw.float().cpu().numpy()

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Class attention speed: featviz vs pytorch-grad-cam vs torch-cam, and --cam's cost in an export.
+
+    python benchmarks/cam.py            # 32 photos, Grad-CAM and Score-CAM, batch 1 and 8 (very long on a CPU)
+    python benchmarks/cam.py --quick    # smoke run: 4 photos for Grad-CAM, 1 photo at 64x64 for Score-CAM
+
+All three libraries run in this process on the same ResNet-50 (``weights=None``, seeded), its
+``layer4``, the same photos (the sample images at four scales, preprocessed once by featviz) and
+the same target class (281). Each library's usual call is timed:
+
+featviz          ``ClassExplainer.explain(batch)`` (one forward, one backward per batch; Score-CAM's
+                 masked photos ``--cam-batch`` at a time) + ``cam_at_input`` (maps at input size).
+pytorch-grad-cam ``GradCAM(model, [layer4])(batch, targets)`` / ``ScoreCAM`` (``batch_size`` =
+                 the same cam batch); returns maps at input size.
+torch-cam        ``model(batch)`` inside the extractor + ``extractor(class_idx, scores)``.
+
+Grad-CAM runs ``--rounds`` interleaved rounds (the order rotated each round) and keeps each
+library's best, the run least disturbed by other processes; Score-CAM runs once.
+
+Before timing, the Grad-CAM maps of the first batch are compared at the layer's resolution
+after min-max scaling (featviz vs torch-cam's raw maps and vs pytorch-grad-cam's own
+``get_cam_image``): they must agree to 1e-4. Score-CAM is not compared: featviz follows the
+authors' code, both peers softmax logits over channels (see the README, "Explaining a class").
+
+Last, the cost of ``--cam gradcam`` in an export: ``Exporter`` over the same photos at layer4,
+with and without ``cam=("gradcam",)``, images/s.
+
+The machine this was written on was shared by several jobs: numbers are "measured under load".
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 281
+
+
+def photos(folder: Path, count: int) -> list[Path]:
+    """The five sample images at scales 1.0 / 0.85 / 0.7 / 0.55, as bench.py does."""
+    samples = sorted((ROOT / "sample_images").glob("*.jpg"))
+    paths = []
+    for i in range(count):
+        scale = (1.0, 0.85, 0.7, 0.55)[(i // len(samples)) % 4]
+        with Image.open(samples[i % len(samples)]) as image:
+            image = image.convert("RGB")
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+            path = folder / f"photo{i:03d}.png"
+            image.save(path)
+            paths.append(path)
+    return paths
+
+
+def minmax(maps: np.ndarray) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float64)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    return (maps - low) / np.where(span > 0, span, 1)
+
+
+def runners(model: torch.nn.Module, method: str, cam_batch: int) -> dict[str, object]:
+    from pytorch_grad_cam import GradCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    import torchcam.methods as tc
+    from featviz.cam import cam_at_input
+    from featviz.explain import ClassExplainer
+    from featviz.layers import LayerRef
+    from featviz.targets import Target
+
+    explainer = ClassExplainer(model, LayerRef("layer4", None, model.layer4), [method],
+                               [Target(index=TARGET)], cam_batch=cam_batch)
+
+    def featviz_run(batch: torch.Tensor) -> np.ndarray:
+        maps = torch.stack([per[0].map for per in explainer.explain(batch).per_image])
+        return cam_at_input(maps, tuple(batch.shape[2:])).numpy()
+
+    def pgc_run(batch: torch.Tensor) -> np.ndarray:
+        cls = GradCAM if method == "gradcam" else ScoreCAM
+        peer = cls(model, [model.layer4])
+        peer.batch_size = cam_batch
+        try:
+            return peer(batch, [ClassifierOutputTarget(TARGET)] * batch.shape[0])
+        finally:
+            peer.activations_and_grads.release()
+
+    def torchcam_run(batch: torch.Tensor) -> np.ndarray:
+        if method == "gradcam":
+            with tc.GradCAM(model, "layer4", input_shape=tuple(batch.shape[1:])) as extractor:
+                scores = model(batch)
+                return extractor([TARGET] * batch.shape[0], scores)[0].detach().numpy()
+        with tc.ScoreCAM(model, "layer4", batch_size=cam_batch, input_shape=tuple(batch.shape[1:])) as extractor:
+            with torch.no_grad():
+                model(batch)
+            return extractor([TARGET] * batch.shape[0])[0].numpy()
+
+    return {"featviz": featviz_run, "pytorch-grad-cam": pgc_run, "torch-cam": torchcam_run}
+
+
+def check_gradcam(model: torch.nn.Module, batch: torch.Tensor) -> float:
+    """Largest difference between featviz's and the peers' raw Grad-CAM maps (min-max scaled)."""
+    import torchcam.methods as tc
+    from pytorch_grad_cam import GradCAM
+
+    from featviz.explain import ClassExplainer
+    from featviz.layers import LayerRef
+    from featviz.targets import Target
+
+    ours = np.stack([per[0].map.numpy() for per in ClassExplainer(
+        model, LayerRef("layer4", None, model.layer4), ["gradcam"], [Target(index=TARGET)]).explain(batch).per_image])
+    with tc.GradCAM(model, "layer4", input_shape=tuple(batch.shape[1:])) as extractor:
+        scores = model(batch)
+        theirs_tc = extractor([TARGET] * batch.shape[0], scores, normalized=False)[0].detach().numpy()
+    peer = GradCAM(model, [model.layer4])
+    try:
+        outputs = peer.activations_and_grads(batch)
+        model.zero_grad()
+        sum(o[TARGET] for o in outputs).backward()
+        recorded = peer.activations_and_grads
+        theirs_pgc = np.maximum(peer.get_cam_image(batch, model.layer4, None, recorded.activations[0].numpy(),
+                                                   recorded.gradients[0].numpy(), False), 0)
+    finally:
+        peer.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+    return float(max(np.abs(minmax(ours) - minmax(np.maximum(theirs_tc, 0))).max(),
+                     np.abs(minmax(ours) - minmax(theirs_pgc)).max()))
+
+
+def images_per_second(run: object, tensors: torch.Tensor, batch_size: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, tensors.shape[0], batch_size):
+        run(tensors[start:start + batch_size])  # type: ignore[operator]
+    return tensors.shape[0] / (time.perf_counter() - started)
+
+
+def export_overhead(paths: list[Path], folder: Path) -> tuple[float, float]:
+    """images/s of an export of ResNet-50 layer4 without and with --cam gradcam."""
+    from featviz.export import Exporter
+    from featviz.inputs import InputImage
+    from featviz.pipeline import RenderOptions, Visualizer
+
+    rates = []
+    inputs = [InputImage(path=p, key=Path(p.stem)) for p in paths]
+    for cam in ((), ("gradcam",)):
+        visualizer = Visualizer("resnet50", "none", ["layer4"], options=RenderOptions(cam=cam, target=(str(TARGET),)))
+        out = folder / f"export-{len(cam)}"
+        Exporter(visualizer, out, batch_size=1).run(inputs[:1])  # warm-up
+        shutil.rmtree(out)
+        started = time.perf_counter()
+        Exporter(visualizer, out, batch_size=1).run(inputs)
+        rates.append(len(paths) / (time.perf_counter() - started))
+        shutil.rmtree(out)
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 photos for Grad-CAM, 1 small photo for Score-CAM")
+    parser.add_argument("--cam-batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=None, help="Grad-CAM rounds, best kept [default: 3, --quick 2]")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 3)
+
+    from featviz.pipeline import Visualizer
+
+    torch.set_grad_enabled(True)
+    count = 4 if args.quick else 32
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(temp)
+        paths = photos(folder, count)
+        visualizer = Visualizer("resnet50", "none", ["layer4"])
+        model = visualizer.loaded.module.eval()
+        tensors = torch.stack([visualizer.prepare(p).tensor for p in paths])
+        print(f"ResNet-50 (weights none) layer4, target {TARGET}, {count} photos {tuple(tensors.shape[2:])}, "
+              f"torch threads {torch.get_num_threads()}")
+        print(f"Grad-CAM maps agree: max |featviz - peer| after min-max = {check_gradcam(model, tensors[:2]):.2e}")
+        cases = [("gradcam", tensors, (1, 8) if not args.quick else (1, 4))]
+        small = torch.nn.functional.interpolate(tensors[:1], size=(64, 64), mode="bilinear", align_corners=False)
+        cases.append(("scorecam", small if args.quick else tensors, (1,) if args.quick else (1, 8)))
+        print(f"{'method':<9} {'batch':>5}  {'featviz':>9} {'pytorch-grad-cam':>17} {'torch-cam':>10}  "
+              f"{'featviz / faster peer':>22}  (images/s)")
+        for method, data, batches in cases:
+            run = runners(model, method, args.cam_batch)
+            if method == "gradcam":  # warm-up on one photo (Score-CAM's thousands of passes need none)
+                for name in run:
+                    run[name](data[:1])  # type: ignore[operator]
+            for batch_size in batches:
+                rates = {name: 0.0 for name in run}
+                names = list(run)
+                for round_ in range(rounds if method == "gradcam" else 1):  # best of interleaved rounds
+                    for name in names[round_ % 3:] + names[:round_ % 3]:
+                        rates[name] = max(rates[name], images_per_second(run[name], data, batch_size))
+                faster = max(rates["pytorch-grad-cam"], rates["torch-cam"])
+                print(f"{method:<9} {batch_size:>5}  {rates['featviz']:>9.2f} {rates['pytorch-grad-cam']:>17.2f} "
+                      f"{rates['torch-cam']:>10.2f}  {rates['featviz'] / faster:>21.2f}x")
+        plain, with_cam = export_overhead(paths[: (2 if args.quick else 8)], folder)
+        print(f"export layer4: {plain:.2f} images/s without --cam, {with_cam:.2f} with --cam gradcam "
+              f"(+{100 * (plain / with_cam - 1):.0f}% time)")
+
+
+if __name__ == "__main__":
+    main()
