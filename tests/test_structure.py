@@ -106,3 +106,15 @@ def test_the_checker_sees_deferred_imports(tmp_path: Path) -> None:
     source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from featviz.cli import main\n"
                       "def f():\n    from featviz.export import Exporter\n", encoding="utf-8")
     assert featviz_imports(source) == {"export"}
+
+
+def test_the_readme_layout_lists_every_module_top_down() -> None:
+    """The README's "Project layout" names every module once, in the stack's order (top first)."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Project layout", 1)[1].split("```", 2)[1]
+    listed = re.findall(r"^  (\w+)\.py ", block, re.M)
+    assert sorted(listed) == sorted(set(MODULES) - {"__main__"})
+    levels = [LEVEL[name] for name in listed]
+    assert levels == sorted(levels, reverse=True), listed
