@@ -15,13 +15,13 @@ device; nothing is modified in place.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
+
+import torch
 
 from featviz.errors import UsageError
-
-if TYPE_CHECKING:
-    import torch
 
 SpatialMode = Literal["mean", "max", "meanmax"]
 ChannelMode = Literal["se", "cbam", "dct", "learned"]
@@ -69,8 +69,6 @@ def channel_attention(activations: torch.Tensor, mode: str = "se",
 def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Scale to [0, 1] over ``dims``; where max == min the result is 0 (a constant map is black).
     Only an exactly zero span is guarded: a span of 1e-14 still scales to [0, 1]."""
-    import torch
-
     low = x.amin(dim=dims, keepdim=True)
     span = x.amax(dim=dims, keepdim=True) - low
     safe = torch.where(span > 0, span, torch.ones_like(span))
@@ -84,8 +82,6 @@ def replace_nonfinite(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     With that replacement, the SE squeeze (a channel's mean) and the max of CBAM are exactly
     their values over the finite activations, so one NaN no longer makes every channel weight
     NaN. ``activations`` is returned as it is (no copy) when every value is finite."""
-    import torch
-
     finite = torch.isfinite(activations)
     counts = (~finite).sum(dim=(1, 2, 3))
     if bool(finite.all()):
@@ -105,8 +101,6 @@ def channel_weights(activations: torch.Tensor, mode: str = "se",
 def weights_from_statistic(statistic: torch.Tensor) -> torch.Tensor:
     """z (N, C) -> w (N, C) in [0, 1], min-max over C. Where every z_c is equal (a one-channel
     layer) every channel counts fully, w = 1: all-zero weights would draw a black channel map."""
-    import torch
-
     weights = minmax(statistic, dims=(1,))
     uniform = statistic.amax(dim=1) == statistic.amin(dim=1)
     return torch.where(uniform[:, None], torch.ones_like(weights), weights)
@@ -137,16 +131,12 @@ FCANET_GRID = 7
 def dct_basis_1d(frequency: int, length: int) -> list[float]:
     """Orthonormal DCT-II basis vector: cos(pi f (x + 1/2) / L) / sqrt(L), times sqrt(2) for f > 0
     (FcaNet's ``build_filter``)."""
-    import math
-
     scale = 1.0 if frequency == 0 else math.sqrt(2.0)
     return [scale * math.cos(math.pi * frequency * (x + 0.5) / length) / math.sqrt(length) for x in range(length)]
 
 
 def dct_basis(u: int, v: int, height: int, width: int) -> torch.Tensor:
     """float32 (H, W): the 2-D DCT basis image of frequency (u, v); orthonormal over (u, v)."""
-    import torch
-
     rows = torch.tensor(dct_basis_1d(u, height), dtype=torch.float64)
     cols = torch.tensor(dct_basis_1d(v, width), dtype=torch.float64)
     return torch.outer(rows, cols).float()
@@ -169,8 +159,6 @@ def dct_channel_attention(activations: torch.Tensor,
     y_c = sum_{h,w} A_c(h, w) B_{u_g, v_g}(h, w). With the single frequency (0, 0) this is
     sqrt(H W) times the SE squeeze.
     """
-    import torch
-
     _check(activations)
     n, c, h, w = activations.shape
     if not frequencies:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn import functional
 from torch.overrides import TorchFunctionMode
 
 from featviz.errors import LayerError
@@ -29,8 +30,6 @@ class _StopForward(Exception):
 
 def _as_tensor(output: Any, path: str) -> torch.Tensor:
     """The tensor a module produced: itself, or the first tensor of a tuple/list/dict output."""
-    import torch
-
     if isinstance(output, torch.Tensor):
         return output
     values = output.values() if isinstance(output, dict) else output
@@ -124,8 +123,6 @@ class ActivationCapture:
     def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``batch`` (float32 (N, 3, H, W) on the model's device); return the captures
         keyed by layer path, in the order the layers were requested."""
-        import torch
-
         self.activations = {}
         self.output = None
         with torch.set_grad_enabled(self.keep_graph):
@@ -272,9 +269,6 @@ def feature_map_paths(model: nn.Module, example: torch.Tensor) -> list[str]:
 # --- gate activations: what sigmoid, hard-sigmoid and softmax computed inside modules ---------
 
 def _gate_function_names() -> dict[Any, str]:
-    import torch
-    from torch.nn import functional
-
     return {torch.sigmoid: "sigmoid", torch.Tensor.sigmoid: "sigmoid", functional.sigmoid: "sigmoid",
             functional.hardsigmoid: "hardsigmoid", torch.softmax: "softmax", torch.Tensor.softmax: "softmax",
             functional.softmax: "softmax"}
@@ -323,8 +317,6 @@ class GateTrace:
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
-    import torch
-
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)):
@@ -357,8 +349,6 @@ def trace_gates(model: nn.Module, batch: torch.Tensor) -> GateTrace:
     Hooks live inside this call only; the model's flags are restored; nothing is kept of
     modules without gate calls. TorchScript models cannot be traced: the trace is empty.
     """
-    import torch
-
     trace = GateTrace()
     if is_script(model):
         return trace
@@ -508,8 +498,6 @@ class GradientCapture:
             self._stack = None
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
-        import torch
-
         if not isinstance(output, torch.Tensor):
             raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
                              hint="class attention needs a layer whose output is one feature map")
@@ -526,8 +514,6 @@ class GradientCapture:
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
         differentiable with respect to :attr:`leaf` when ``with_grad``."""
-        import torch
-
         self.activations, self.leaf = None, None
         with torch.enable_grad() if self.with_grad else torch.no_grad():
             output = _as_tensor(self.model(batch), "output")

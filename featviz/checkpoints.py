@@ -92,8 +92,6 @@ def current_folder_importable() -> Iterator[None]:
 def extract_state_dict(obj: Any, source: str) -> dict[str, Any]:
     """A state dict from what ``torch.load`` returned: the dict itself, or a checkpoint holding it
     under ``state_dict`` or ``model``; a DataParallel ``module.`` prefix is removed."""
-    import torch
-
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             inner = obj.get(key)
@@ -123,8 +121,6 @@ def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool 
 def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
     """The state dict in a file, read safely: ``.safetensors`` holds only tensors, any other file
     is read with ``torch.load(weights_only=True)`` unless ``trust_pickle``."""
-    import torch
-
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
     if str(path).endswith(".safetensors"):

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from torch import nn
+from torchvision.ops import SqueezeExcitation
+
 from featviz.errors import LayerError
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from featviz.layers import LayerRef
 
@@ -31,8 +33,6 @@ class SEBlock:
 
 
 def _channels(layer: nn.Module, side: str) -> int | None:
-    from torch import nn
-
     if isinstance(layer, nn.Conv2d):
         return layer.in_channels if side == "in" else layer.out_channels
     if isinstance(layer, nn.Linear):
@@ -48,9 +48,6 @@ def se_gate(module: nn.Module) -> tuple[str, nn.Module] | None:
     last child that is a Sigmoid or Hardsigmoid (the structure of SENet's block). Not an
     ``nn.Sequential``: its output is the gate itself, not the features scaled by it.
     """
-    from torch import nn
-    from torchvision.ops import SqueezeExcitation
-
     if isinstance(module, SqueezeExcitation):
         return "scale_activation", module.scale_activation
     if isinstance(module, nn.Sequential):  # returns its last child's output: the gate, unscaled

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import inspect
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+import torchvision
+from torchvision.models import get_model, get_model_weights
+from torchvision.models import get_model as _get_model
+
+from featviz import timm_models
 from featviz.checkpoints import (
     MissingPickledCode,
     UntrustedPickle,
@@ -39,8 +48,6 @@ from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
 
-if TYPE_CHECKING:
-    import torch
 
 DEFAULT_MODEL = "alexnet"
 DEFAULT_WEIGHTS = "DEFAULT"
@@ -64,15 +71,11 @@ class LoadedModel:
 
 def classification_model_names() -> list[str]:
     """Every torchvision classification model name (``alexnet``, ``resnet50``, ...)."""
-    import torchvision
-
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then the CPU; an unavailable device is a usage error."""
-    import torch
-
     name = device.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -176,8 +179,6 @@ def _is_default(weights: str) -> bool:
 
 def _seeded_build(build: Any, seed: int) -> Any:
     """Run ``build()`` with torch's RNG seeded, leaving the caller's RNG state untouched."""
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
@@ -185,8 +186,6 @@ def _seeded_build(build: Any, seed: int) -> Any:
 
 def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
                kwargs: Mapping[str, Any] | None, trust_pickle: bool = False) -> LoadedModel:
-    from featviz import timm_models
-
     built = timm_models.build(spec, weights, seed, pretrained, kwargs)
     if built.load_file is not None:
         load_state_dict_file(built.module, built.load_file, trust_pickle)
@@ -196,9 +195,6 @@ def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
 
 def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
                       trust_pickle: bool = False, kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
-    from torchvision.models import get_model as _get_model
-    from torchvision.models import get_model_weights
-
     def get_model(model_name: str, **options: Any) -> Any:
         try:
             return _get_model(model_name, **options, **(kwargs or {}))
@@ -239,8 +235,6 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
 def _build_for_file(name: str, path: str, seed: int, trust_pickle: bool = False, weights: Any = None) -> Any:
     """``name`` built as torchvision builds it for pretrained weights (see
     :func:`pretrained_build_kwargs`), with the tensors of the file at ``path`` loaded."""
-    from torchvision.models import get_model
-
     state = read_state_dict_file(path, trust_pickle)
     module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, weights)), seed)
     _drop_aux_heads(name, module, keep=any(k.startswith(AUX_HEADS.get(name, ("-",))) for k in state))
@@ -250,8 +244,6 @@ def _build_for_file(name: str, path: str, seed: int, trust_pickle: bool = False,
 
 def _load_named_file(name: str, weights: str, path: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     """``--weights IMAGENET1K_V1 --weights-file PATH``: the named weights' tensors from a file."""
-    from torchvision.models import get_model_weights
-
     name = _torchvision_name(name)
     if _is_none(weights) or _looks_like_path(weights):
         raise UsageError("--weights-file needs --weights to name the torchvision weights the file holds",
@@ -320,8 +312,6 @@ def _drop_aux_heads(name: str, module: Any, keep: bool) -> None:
 
 
 def _cpu() -> torch.device:
-    import torch
-
     return torch.device("cpu")
 
 
@@ -343,8 +333,6 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
 
 
 def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
-    import torch
-
     module_name, _, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
     with current_folder_importable():
         built = _build_from_factory(spec, module_name, attr, seed)
@@ -362,8 +350,6 @@ def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False
 
 def _import_file(spec: str, path: str) -> Any:
     """The module defined by a Python file, imported under a name of its own."""
-    import importlib.util
-
     if not Path(path).is_file():
         raise ModelError(f"model factory file {path} does not exist", hint="check the path before the colon")
     location = importlib.util.spec_from_file_location(f"featviz_user_{Path(path).stem}", path)
@@ -403,10 +389,6 @@ def _call_factory(spec: str, factory: Any, seed: int) -> Any:
     (``SystemExit`` from ``builtins:exit`` included, Ctrl-C excepted) is a :class:`ModelError`
     carrying its message; a callable that needs arguments (``os:system``) is refused without
     being called."""
-    import inspect
-
-    import torch
-
     if isinstance(factory, torch.nn.Module):
         return factory
     if not callable(factory):
@@ -432,14 +414,11 @@ def _call_factory(spec: str, factory: Any, seed: int) -> Any:
 
 
 def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
-    import torch
-
     if not Path(path).is_file():
         raise ModelError(
             f"model file {path} does not exist",
             hint="--model takes a torchvision name, a TorchScript file or package.module:factory",
         )
-    import warnings
 
     try:
         with warnings.catch_warnings():
@@ -461,8 +440,6 @@ def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = F
 def _load_pickled_model(path: str, trust_pickle: bool, jit_error: Exception) -> torch.nn.Module:
     """A model saved whole with ``torch.save(model)``: refused (unpickling runs code) unless
     ``trust_pickle``; a state dict or anything else passed as ``--model`` gets a hint."""
-    import torch
-
     not_a_model = ModelError(
         f"{path} is not a TorchScript model",
         hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "

@@ -16,6 +16,7 @@ library's zlib does the deflate: the same pixels, about twice Pillow's speed ins
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from types import ModuleType
@@ -98,8 +99,6 @@ def encode_png(pixels: np.ndarray | Image.Image, level: int = 1) -> bytes:
 
 
 def _pillow_png(image: Image.Image, level: int) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,10 +111,6 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> normalised float32 tensor (3, H, W)."""
-        import torch
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as F
-
         # Resize and crop the PIL image (PIL's resampling), then convert: the order of the
         # preset, whose output differs by up to one grey level from resizing a uint8 tensor.
         if self.resize is not None:

@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from featviz.errors import UsageError
 
 if TYPE_CHECKING:
-    import torch
-    from PIL import Image
 
     from featviz.preprocess import CropBox
 
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
 def upsample(activations: torch.Tensor, size: int) -> torch.Tensor:
     """(C, H, W) -> float32 (C, size, size), bilinear with ``align_corners=True``: the values of
     the seed's ``nn.UpsamplingBilinear2d(size=(size, size))``."""
-    import torch.nn.functional as F
-
     return F.interpolate(activations.float()[None], size=(size, size), mode="bilinear",
                          align_corners=True)[0]
 
@@ -43,8 +43,6 @@ def to_uint8(maps: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | Non
     broadcastable to ``maps``, values are clipped to [low, high] and scaled from there: one scale
     for a whole layer or image.
     """
-    import torch
-
     if bounds is None:
         low = maps.amin(dim=(-2, -1), keepdim=True)
         span = maps.amax(dim=(-2, -1), keepdim=True) - low
@@ -83,8 +81,6 @@ def channel_tiles(activations: torch.Tensor, size: int, channels: Sequence[int] 
     ``bounds``: see :func:`to_uint8`; per-channel bounds are (C,) and follow the selection.
     The work is done on the activations' device; only the final bytes move to the CPU.
     """
-    import torch
-
     index = None if channels is None else torch.as_tensor(list(channels), dtype=torch.long, device=activations.device)
     selected = activations if index is None else activations[index]
     if selected.shape[0] == 0:
@@ -108,8 +104,6 @@ NONFINITE_COLOUR = (255, 0, 255)
 @lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
     """A matplotlib colormap as a (256, 3) uint8 lookup table."""
-    import matplotlib
-
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
@@ -167,8 +161,6 @@ def grid_image(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_valu
                labels: Sequence[str] | None = None, columns: int | None = None) -> Image.Image:
     """:func:`grid_pixels` as a PIL image (8-bit L when grey, else RGB), channel numbers drawn in
     the tiles' corners when ``labels`` are given."""
-    from PIL import Image
-
     picture = Image.fromarray(grid_pixels(tiles, cmap, padding, pad_value, columns))
     if labels:
         columns = min(columns or grid_columns(tiles.shape[0]), tiles.shape[0])
@@ -177,8 +169,6 @@ def grid_image(tiles: np.ndarray, cmap: str = "gray", padding: int = 2, pad_valu
 
 
 def _draw_labels(picture: Image.Image, labels: Sequence[str], columns: int, size: int, padding: int) -> None:
-    from PIL import ImageDraw, ImageFont
-
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=max(10, size // 12))
     white = 255 if picture.mode == "L" else (255, 255, 255)
@@ -201,10 +191,6 @@ def heat_overlay(photo: Image.Image, heat: torch.Tensor, box: CropBox, cmap: str
     elsewhere it is dimmed by ``dim`` so the eye sees what the network did not.
     Returns an RGB image of the photo's own size.
     """
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
     width, height = photo.size
     left, top = math.floor(box.left), math.floor(box.top)
     right, bottom = math.ceil(box.right), math.ceil(box.bottom)
@@ -264,9 +250,6 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
     The titles are sized to the whole picture (a 40th of its width, at least 12 px), so they
     stay readable when a wide picture (8,000 px for 256 channels) is scaled to fit a screen.
     """
-    import torch
-    from PIL import Image, ImageDraw
-
     both = torch.stack([upsample(left, size), upsample(right, size)])  # (2, K, S, S)
     tiles = to_uint8(both, (both.amin(), both.amax())).cpu().numpy()
     grids = [grid_image(tiles[0]), grid_image(tiles[1])]
@@ -285,8 +268,6 @@ def side_by_side_grids(left: torch.Tensor, right: torch.Tensor, size: int, gap: 
 
 def _fitting_font(draw: Any, text: str, size: int, room: float, smallest: int = 9) -> Any:
     """PIL's default font at ``size`` px, or smaller until ``text`` fits in ``room`` px."""
-    from PIL import ImageFont
-
     font = ImageFont.load_default(size=size)
     while size > smallest and draw.textlength(text, font=font) > room:
         size -= 1
@@ -302,8 +283,6 @@ def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "c
     The text is sized to the picture (a 32nd of its width: 20 px at the default 640), so the
     chart stays readable where the report shows it, about 430 px wide: a 900 px chart with
     11 px text was unreadable there."""
-    from PIL import Image, ImageDraw, ImageFont
-
     count = max(1, len(values))
     size = max(11, round(width / 32))
     picture = Image.new("RGB", (width, height), (255, 255, 255))
@@ -343,8 +322,6 @@ def sweep_picture(panels: Sequence[tuple[Image.Image, str]], height: int = 224, 
                   title: str | None = None) -> Image.Image:
     """Panels (picture, caption) side by side, ``per_row`` to a row, each scaled to ``height``
     pixels high with its caption underneath."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default(size=13)
     caption_h, gap, header = 36, 8, 24 if title else 0
     scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.BILINEAR) for p, _ in panels]

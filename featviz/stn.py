@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+from PIL import ImageDraw
+
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from featviz.preprocess import CropBox
@@ -34,8 +36,6 @@ class AffineGridRecorder:
     _original: Any = None
 
     def __enter__(self) -> AffineGridRecorder:
-        import torch
-
         self._original = torch.affine_grid_generator
         original = self._original
 
@@ -50,16 +50,12 @@ class AffineGridRecorder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        import torch
-
         torch.affine_grid_generator = self._original
 
 
 def grid_points(theta: torch.Tensor, steps: int = 9) -> torch.Tensor:
     """Where an output lattice of ``steps`` x ``steps`` points samples the input, in normalised
     input coordinates [-1, 1] (x, y): theta (2, 3) -> (steps, steps, 2)."""
-    import torch
-
     line = torch.linspace(-1.0, 1.0, steps, dtype=torch.float64)
     ys, xs = torch.meshgrid(line, line, indexing="ij")
     target = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (S, S, 3)
@@ -74,8 +70,6 @@ def draw_sampling_grid(photo: Image.Image, theta: torch.Tensor, box: CropBox, st
     bottom edge; ``align_corners=False`` convention); the lattice's outer frame is the window the
     transformer looks through.
     """
-    from PIL import ImageDraw
-
     points = grid_points(theta, steps)
     width, height = box.right - box.left, box.bottom - box.top
     px = box.left + (points[..., 0] + 1) / 2 * width
