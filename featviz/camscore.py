@@ -36,10 +36,10 @@ def score_cams(model: nn.Module, inputs: torch.Tensor, explained: CamBatch, *, s
                                    if n not in explained.errors for cam in cams]
     if not rows:
         return {}
-    top = _top_classes(model, inputs, explained) if any(cam.target is None for _, cam in rows) else None
+    top = _top_classes(model, inputs, explained) if any(cam.target is None for _, cam in rows) else []
     index = torch.tensor([n for n, _ in rows], device=inputs.device)
     saliency = cam_at_input(torch.stack([cam.map for _, cam in rows]).to(inputs.device), tuple(inputs.shape[2:]))
-    targets = [cam.target if cam.target is not None else int(top[n]) for n, cam in rows]  # type: ignore[index]
+    targets = [cam.target if cam.target is not None else top[n] for n, cam in rows]
     labels = [f"{names[n]}: {cam.name}" for n, cam in rows]
     outcome = deletion_insertion(model, inputs[index], saliency, targets, steps=steps, batch_size=batch_size,
                                  baseline="zero", names=labels)
