@@ -193,6 +193,15 @@ cam_options = _compose(
 )
 
 
+cam_score_options = _compose(
+    click.option("--cam-score", is_flag=True,
+                 help="Score each class map's faithfulness: deletion and insertion (RISE) curves and AUCs in "
+                      "summary.json and the manifest; prints the mean AUCs per method at the end. Needs --cam."),
+    click.option("--cam-score-steps", default=16, show_default=True, type=click.IntRange(1, 4096),
+                 help="Points on each deletion/insertion curve (one batched forward pass each)."),
+)
+
+
 def _cam_methods(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
 
@@ -224,6 +233,7 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         stn=params["stn"], normalize=params["normalize"], clip_percentile=params["clip_percentile"],
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
         cam=_cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
+        cam_score=params.get("cam_score", False), cam_score_steps=params.get("cam_score_steps", 16),
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -275,8 +285,10 @@ def _progress_enabled(params: dict[str, Any]) -> bool:
 
 
 def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_records: bool,
-         skip_existing: bool = False, collect: bool = False) -> tuple[Any, list[dict[str, Any]]]:
-    """Shared by show and export: build the model, run the batch, report bad images on stderr."""
+         skip_existing: bool = False, collect: bool = False,
+         scored: list[dict[str, Any]] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Shared by show and export: build the model, run the batch, report bad images on stderr.
+    ``scored`` (--cam-score) collects each ok line's methods and AUCs for the closing table."""
     from featviz.export import Exporter
 
     visualizer = _build_visualizer(params)
@@ -299,6 +311,9 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
             progress.write(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
                            "infinite activations; they are left out of the statistics (see summary.json)",
                            file=sys.stderr)
+        if scored is not None and record["status"] == "ok" and record.get("cams"):
+            scored.append({"status": "ok", "cams": [{"method": c["method"], "target": c["target"],
+                                                     "scores": c.get("scores")} for c in record["cams"]]})
         if stream_records:
             stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
@@ -327,6 +342,7 @@ def main() -> None:
 @preprocess_options
 @render_options
 @cam_options
+@cam_score_options
 @run_options
 @click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
 @reports_errors
@@ -344,7 +360,8 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     from featviz.layout import stem_keys
 
     inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images))]
-    report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True)
+    scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
+    report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True, scored=scored)
     for record in records:
         record["files"] = _written_files(params["out"], record)
     page = _report_page(params["out"])
@@ -358,6 +375,8 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
         if params["predict"]:
             for line in _prediction_lines(params["out"], records):
                 click.echo(line)
+        if scored is not None and report.ok:
+            click.echo(_auc_table(scored))
         if page and report.ok:  # when nothing was drawn, stdout stays empty (the errors are on stderr)
             click.echo(str(page))
     if open_viewer and page:
@@ -409,6 +428,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 @preprocess_options
 @render_options
 @cam_options
+@cam_score_options
 @run_options
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
 @click.option("--skip-existing", is_flag=True, help="Skip images whose outputs are complete (resume).")
@@ -432,14 +452,27 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     skipped = found.skipped_hidden + found.skipped_not_image
     if skipped and not params["quiet"]:
         click.echo(f"skipped {found.skipped_hidden} hidden and {found.skipped_not_image} non-image file(s)", err=True)
+    scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
-                     skip_existing=skip_existing)
+                     skip_existing=skip_existing, scored=scored)
     if not params["quiet"]:
         page = _report_page(params["out"])
         where = f"; report: {page}" if page else ""
         click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {report.failed} failed "
                    f"-> {params['out']}{where}", err=True)
+        if scored is not None:
+            click.echo(_auc_table(scored), err=True)
     sys.exit(1 if report.failed or found.missing else 0)
+
+
+def _auc_table(scored: list[dict[str, Any]]) -> str:
+    """--cam-score: the run's mean deletion/insertion AUC per method, as a text table."""
+    from featviz.camscore import auc_rows_from_records
+    from featviz.faithfulness import format_auc_table
+
+    rows = auc_rows_from_records(scored)
+    count = sum(row.count for row in rows)
+    return f"faithfulness over {count} map(s), mean AUC per method:\n{format_auc_table(rows)}"
 
 
 def _redone_note(redone: dict[str, int]) -> str:

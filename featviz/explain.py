@@ -30,6 +30,7 @@ from torch import nn
 from featviz import cam as formulas
 from featviz.capture import GradientCapture
 from featviz.errors import UsageError
+from featviz.faithfulness import FaithfulnessScore
 from featviz.layers import LayerRef
 from featviz.targets import Target, class_indices, label
 
@@ -54,6 +55,9 @@ class CamMap:
     logit: float | None
     probability: float | None
     label: str | None = None  # the class's name (the weights' categories, else "class K")
+    # --cam-score: deletion/insertion of this map (featviz.faithfulness.FaithfulnessScore), whose
+    # ``target`` is the class scored (for Eigen-CAM, which has none, the predicted top class).
+    scores: FaithfulnessScore | None = None
 
     @property
     def name(self) -> str:

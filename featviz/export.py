@@ -395,7 +395,8 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
         fields["nonfinite"] = result.extra["nonfinite"]
     if result.cams:  # --cam: what the report's row of class maps needs (the weights stay in summary.json)
         fields["cams"] = [{k: r[k] for k in ("method", "target", "rank", "label", "logit", "probability", "file")}
-                          for r in result.cam_records()]
+                          | ({"scores": cam.scores.brief_json()} if cam.scores is not None else {})
+                          for r, cam in zip(result.cam_records(), result.cams, strict=True)]
     return fields
 
 

@@ -277,6 +277,8 @@ class Visualizer:
         for position, ref in enumerate(self.layers):
             if ref.path in self.explainers:
                 batch = explained.get(ref.path) or self.explainers[ref.path].explain(stacked)
+                if self.options.cam_score:
+                    self._score(batch, stacked, group)
                 self._explain(ref.path, batch, group, [results[position] for results in per_image])
         return per_image
 
@@ -285,6 +287,18 @@ class Visualizer:
         redoes a folder whose record differs)."""
         return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
                                [layer.path for layer in self.layers])
+
+    def _score(self, explained: Any, stacked: torch.Tensor, group: Sequence[PreparedImage]) -> None:
+        """``--cam-score``: deletion and insertion of every map of the batch (one call per layer,
+        :func:`featviz.camscore.score_cams`); a photo with a map that cannot be scored joins
+        ``explained.errors`` and fails in :meth:`_explain`."""
+        from featviz.camscore import score_cams
+
+        names = [str(p.path or p.key) for p in group]
+        failed = score_cams(self.loaded.module, stacked, explained, steps=self.options.cam_score_steps,
+                            batch_size=self.options.cam_batch, names=names)
+        for index, message in failed.items():
+            explained.errors.setdefault(index, message)
 
     def _explain(self, path: str, explained: Any, group: Sequence[PreparedImage],
                  results: list[LayerResult]) -> None:

@@ -361,8 +361,8 @@ def _entry_from_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cam_rows(cams: Any, present: set[str]) -> list[list[Any]]:
-    """``--cam``: one row per target, [caption, [[method, url], ...]]; the class-free Eigen-CAM
-    gets its own row. Only files the result lists are shown."""
+    """``--cam``: one row per target, [caption, [[method, url, AUC text], ...]]; the class-free
+    Eigen-CAM gets its own row. Only files the result lists are shown."""
     rows: dict[Any, list[Any]] = {}
     for cam in cams if isinstance(cams, list) else []:
         if not isinstance(cam, dict) or str(cam.get("file")) not in present or not _url(str(cam.get("file"))):
@@ -375,8 +375,19 @@ def _cam_rows(cams: Any, present: set[str]) -> list[list[Any]]:
             rank = f"top{cam.get('rank')} " if isinstance(cam.get("rank"), int) else ""
             chance = f" ({100 * probability:.1f}%)" if isinstance(probability, (int, float)) and math.isfinite(probability) else ""
             key, caption = target, f"{rank}{_text(cam.get('label'))} [{target}]{chance}"
-        rows.setdefault(key, [caption, []])[1].append([_text(cam.get("method")), _url(str(cam["file"]))])
+        rows.setdefault(key, [caption, []])[1].append([_text(cam.get("method")), _url(str(cam["file"])),
+                                                       _auc_text(cam.get("scores"))])
     return list(rows.values())
+
+
+def _auc_text(scores: Any) -> str:
+    """``--cam-score``: "deletion 0.123 · insertion 0.456" under the overlay, or ""."""
+    if not isinstance(scores, dict):
+        return ""
+    deletion, insertion = scores.get("deletion_auc"), scores.get("insertion_auc")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (deletion, insertion)):
+        return ""
+    return f"deletion {deletion:.3f} \u00b7 insertion {insertion:.3f}"
 
 
 def _entry_from_summary(record: dict[str, Any], path: Path) -> dict[str, Any] | None:

@@ -94,6 +94,8 @@ class RenderOptions:
     cam: tuple[str, ...] = ()
     target: tuple[str, ...] = ("top",)
     cam_batch: int = 32
+    cam_score: bool = False
+    cam_score_steps: int = 16
 
     @property
     def spatial_mode(self) -> str:
@@ -149,6 +151,11 @@ class RenderOptions:
         colormap_lut(self.heat_cmap)
         if self.cam_batch < 1:
             raise UsageError(f"--cam-batch must be at least 1, got {self.cam_batch}")
+        if self.cam_score_steps < 1:
+            raise UsageError(f"--cam-score-steps must be at least 1, got {self.cam_score_steps}")
+        if self.cam_score and not self.cam:
+            raise UsageError("--cam-score scores class activation maps, and no --cam method was given",
+                             hint="add --cam METHOD[,METHOD…], e.g. --cam gradcam,scorecam --cam-score")
         return self
 
 
@@ -394,8 +401,8 @@ class LayerResult:
     def cam_records(self) -> list[dict[str, Any]]:
         """The ``cams`` list of summary.json: one record per method and target (method, target
         class index, its rank for top/topN, label, logit, softmax probability, channel weights w
-        for the channel-weighting methods, the PNG). A faithfulness score can join a record as
-        its ``scores`` field."""
+        for the channel-weighting methods, the PNG); with ``--cam-score``, the map's deletion and
+        insertion curves and areas as its ``scores`` field."""
         records = []
         for cam in self.cams:
             records.append({
@@ -404,6 +411,7 @@ class LayerResult:
                 "logit": cam.logit, "probability": cam.probability,
                 "weights": None if cam.weights is None else cam.weights.float().cpu().tolist(),
                 "file": f"cam/{cam.name}.png",
+                **({"scores": cam.scores.as_json()} if cam.scores is not None else {}),
             })
         return records
 

@@ -26,6 +26,7 @@ STACK: list[set[str]] = [
     {"gates"},
     {"attention", "cam", "faithfulness", "notebook", "render", "receptive", "atlas"},
     {"atlas_pictures", "explain"},
+    {"camscore"},
     {"result"},
     {"estimate", "settings"},
     {"pipeline"},
