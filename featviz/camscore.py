@@ -18,7 +18,12 @@ from torch import nn
 from featviz.cam import cam_at_input
 from featviz.errors import ImageError
 from featviz.explain import CamBatch
-from featviz.faithfulness import AucRow, FaithfulnessScore, deletion_insertion, mean_auc_table
+from featviz.faithfulness import (
+    AucRow,
+    FaithfulnessScore,
+    deletion_insertion,
+    mean_auc_table,
+)
 
 
 def score_cams(model: nn.Module, inputs: torch.Tensor, explained: CamBatch, *, steps: int,

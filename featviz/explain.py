@@ -20,6 +20,7 @@ The model is left as found: hooks removed, ``requires_grad`` flags and train/eva
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from featviz import cam as formulas
 from featviz.capture import GradientCapture
 from featviz.errors import UsageError
 from featviz.faithfulness import FaithfulnessScore
-from featviz.layers import LayerRef
-from featviz.targets import Target, class_indices, label
+from featviz.layers import LayerRef, is_script
+from featviz.targets import Target, class_indices, label, parse_targets
 
 DEFAULT_CAM_BATCH = 32
 
@@ -290,17 +291,12 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
     targets (names, ranges), ``cam``'s pooling + linear ending, ``eigencam``'s channels.
     ``example``: float32 (1, 3, H, W), a stand-in photo (the caller's seeded noise). Raises
     :class:`UsageError`."""
-    from featviz.layers import is_script
-    from featviz.targets import parse_targets
-
     methods = [m.strip().lower() for m in methods]
     if is_script(model):
         raise UsageError("--cam needs gradients and hooks, which a TorchScript model does not offer",
                          hint="load the model as a torchvision name or a package.module:factory")
     unknown = [m for m in methods if m not in formulas.METHODS]
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], formulas.METHODS, n=3)
         raise UsageError(f"unknown CAM method {unknown[0]!r}",
                          hint=("did you mean " + ", ".join(close) + "? " if close else "") + "use " + ", ".join(formulas.METHODS))

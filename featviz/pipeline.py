@@ -18,20 +18,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.errors import LayerError, UsageError
+import torch
+from PIL import Image
+
+from featviz.attention import (
+    FCANET_TOP16,
+    cbam_refine,
+    channel_attention,
+    replace_nonfinite,
+    scale_frequencies,
+    spatial_attention,
+    weighted_channel_map,
+    weights_from_statistic,
+)
+from featviz.camscore import score_cams
+from featviz.capture import capture, feature_map_paths
+from featviz.errors import ImageError, LayerError, UsageError
 from featviz.estimate import OutputEstimate, estimate_output
+from featviz.explain import build_explainers
+from featviz.gates import (
+    CHANNEL_KINDS,
+    SPATIAL_KINDS,
+    find_gates,
+    gate_for,
+    learned_channel,
+    learned_spatial,
+    probe_input,
+)
+from featviz.gates import every_gate as all_gates
+from featviz.images import load_image
+from featviz.layers import LayerRef, resolve_layers, split_specs, sweep_layers
+from featviz.layout import stem_keys
+from featviz.models import load_model
 from featviz.notebook import Results
+from featviz.render import sweep_picture
 from featviz.result import LayerResult, RenderOptions, parse_channels
 from featviz.settings import settings_record
+from featviz.stn import AffineGridRecorder
 
 __all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "sweep",
            "sweep_visualizer", "visualize"]
 
 if TYPE_CHECKING:
-    import torch
-    from PIL import Image
 
-    from featviz.layers import LayerRef
     from featviz.models import LoadedModel
 
 TOP_PREDICTIONS = 5
@@ -58,9 +87,6 @@ class Visualizer:
                  no_crop: bool = False, options: RenderOptions | None = None,
                  loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
                  trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None) -> None:
-        from featviz.layers import resolve_layers
-        from featviz.models import load_model
-
         layers = list(layers)  # read more than once
         self.options = (options or RenderOptions()).validate()
         self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
@@ -73,8 +99,6 @@ class Visualizer:
                                      feature_maps=self._feature_maps(layers))
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
         if self.options.channel == "learned" or self.options.spatial == "learned":
-            from featviz.layers import split_specs
-
             self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
         self._check_layers()
         self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
@@ -82,10 +106,6 @@ class Visualizer:
     def _class_explainers(self) -> dict[str, Any]:
         """``--cam``: one :class:`featviz.explain.ClassExplainer` per layer, every target and
         method checked on seeded noise before any photo is read."""
-        import torch
-
-        from featviz.explain import build_explainers
-
         height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
         example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
         return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
@@ -95,10 +115,6 @@ class Visualizer:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
         :mod:`featviz.gates`); a layer with a learned channel gate becomes the module that applies
         it (``all``: every such module); the gates are captured in the same pass as the layers."""
-        from featviz.gates import CHANNEL_KINDS, SPATIAL_KINDS, find_gates, gate_for, probe_input
-        from featviz.gates import every_gate as all_gates
-        from featviz.layers import LayerRef
-
         model, name = self.loaded.module, self.loaded.name
         side = self.preprocess.crop or 224
         gates = find_gates(model, probe_input(model, side, side))
@@ -123,9 +139,6 @@ class Visualizer:
         self.layers = list({ref.path: ref for ref in refs}.values())
 
     def _capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        from featviz.capture import capture
-        from featviz.layers import LayerRef
-
         refs, gate_calls = self.layers, {}
         for gate in (g for pair in self.gates.values() for g in pair if g is not None):
             gate_calls.setdefault(gate.path, set()).add(gate.call)
@@ -137,7 +150,6 @@ class Visualizer:
             return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True, gate_calls=gate_calls)
         if not self.options.stn:
             return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, gate_calls=gate_calls)
-        from featviz.stn import AffineGridRecorder
 
         with AffineGridRecorder() as recorder:  # the whole pass: the STN may come after the layers
             captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False,
@@ -154,17 +166,12 @@ class Visualizer:
 
     def _blank(self) -> torch.Tensor:
         """float32 (1, 3, H, W) zeros at the size the model gets (the crop, else 224)."""
-        import torch
-
         height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
         return torch.zeros(1, 3, height, width, device=self.device)
 
     def _feature_maps(self, layers: Iterable[str | int]) -> list[str] | None:
         """For ``all`` and negative indices: the feature-stack entries that yield a feature map
         (one pass on a blank input); None when no spec needs them."""
-        from featviz.capture import feature_map_paths
-        from featviz.layers import split_specs
-
         parts = split_specs(layers)
         if not any(p.lower() == "all" or p.startswith("-") for p in parts):
             return None
@@ -205,10 +212,6 @@ class Visualizer:
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
-        from PIL import Image
-
-        from featviz.images import load_image
-
         if isinstance(source, Image.Image):
             photo, path = source.convert("RGB"), None
         else:
@@ -228,10 +231,6 @@ class Visualizer:
         return results
 
     def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
-        import torch
-
-        from featviz.attention import replace_nonfinite
-
         stacked = torch.stack([p.tensor for p in group]).to(self.device)
         explained: dict[str, Any] = {}
         if self.explainers and not self.gates and not self.options.stn:
@@ -292,8 +291,6 @@ class Visualizer:
         """``--cam-score``: deletion and insertion of every map of the batch (one call per layer,
         :func:`featviz.camscore.score_cams`); a photo with a map that cannot be scored joins
         ``explained.errors`` and fails in :meth:`_explain`."""
-        from featviz.camscore import score_cams
-
         names = [str(p.path or p.key) for p in group]
         failed = score_cams(self.loaded.module, stacked, explained, steps=self.options.cam_score_steps,
                             batch_size=self.options.cam_batch, names=names)
@@ -306,8 +303,6 @@ class Visualizer:
         into its results; a photo whose gradients are not finite is an
         :class:`~featviz.errors.ImageError` (the batch engine then runs the photos one by one, and
         only that one fails)."""
-        from featviz.errors import ImageError
-
         for index, message in sorted(explained.errors.items()):
             name = group[index].path or group[index].key
             raise ImageError(f"{name}: layer {path}: {message}",
@@ -318,35 +313,21 @@ class Visualizer:
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
         or None, extra summary fields) for one layer, by the chosen attention definitions."""
-        from featviz.attention import (
-            cbam_refine,
-            channel_attention,
-            spatial_attention,
-            weighted_channel_map,
-            weights_from_statistic,
-        )
-
         options = self.options
         before = None
         extra: dict[str, Any] = {}
         own, where = self.gates.get(ref.path, (None, None))
         if options.channel == "learned":
-            from featviz.gates import learned_channel
-
             channel_raw, before, extra = learned_channel(own, captured)
             weights = channel_raw
         else:
             channel_raw = channel_attention(acts, options.channel_mode, options.dct_frequencies)
             weights = weights_from_statistic(channel_raw)
             if options.channel_mode == "dct":
-                from featviz.attention import FCANET_TOP16, scale_frequencies
-
                 chosen = options.dct_frequencies or FCANET_TOP16
                 extra = {"dct_frequencies": [list(f) for f in chosen],
                          "dct_frequencies_scaled": [list(f) for f in scale_frequencies(chosen, *acts.shape[2:])]}
         if options.spatial == "learned":
-            from featviz.gates import learned_spatial
-
             spatial, found = learned_spatial(where, captured)
             extra = {**extra, **found, "raw_gates": {**extra.get("raw_gates", {}), **found.get("raw_gates", {})}}
         elif options.attention == "cbam":
@@ -360,8 +341,6 @@ class Visualizer:
     def sweep(self, image: str | os.PathLike[str] | Image.Image) -> tuple[Image.Image, list[LayerResult]]:
         """One photo through every layer of this visualizer (one forward pass); the overlays of
         all layers side by side, captioned with layer path, type and activation shape."""
-        from featviz.render import sweep_picture
-
         results = self.run(image)
         panels = [(r.sweep_panel(), f"{r.layer.path} ({r.layer.type_name})\n{'x'.join(map(str, r.activations.shape))}")
                   for r in results]
@@ -375,8 +354,6 @@ class Visualizer:
     def _predictions(self, output: torch.Tensor | None, count: int) -> list[list[dict[str, Any]]]:
         """Top-5 classes per photo from the model's output logits: label (from the weights'
         ``meta["categories"]``, else "class K"), index and softmax probability."""
-        import torch
-
         if output is None or output.dim() != 2 or output.shape[0] != count:
             shape = None if output is None else tuple(output.shape)
             raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
@@ -391,8 +368,6 @@ class Visualizer:
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
         """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
         Jupyter displays as pictures)."""
-        from featviz.layout import stem_keys
-
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
@@ -416,9 +391,6 @@ def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
     """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
     :func:`featviz.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
     ``crop``, ``no_crop``."""
-    from featviz.layers import sweep_layers
-    from featviz.models import load_model
-
     loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle,
                         model_kwargs=model_kwargs)
     chosen = list(layers) if layers else sweep_layers(loaded.module)
@@ -447,8 +419,6 @@ def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions
 
 def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:
     """Summary fields for one photo of the batch: tensors are sliced and made JSON-ready."""
-    import torch
-
     return {key: value[index].cpu().tolist() if isinstance(value, torch.Tensor) else value
             for key, value in extra.items()}
 

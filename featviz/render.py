@@ -7,6 +7,7 @@ out as RGB (or, for a grey grid, L) PIL images. Colormaps are matplotlib names s
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -107,8 +108,6 @@ def colormap_lut(name: str) -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=4)
         raise UsageError(
             f"unknown colormap {name!r}",

@@ -48,6 +48,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -433,8 +434,6 @@ def _json_for_script(document: Any) -> str:
 def _template() -> str:
     """The page (HTML, CSS and script in one file, ``featviz/report.html``) with ``@@NAME@@``
     placeholders; a file of its own so that it reads as HTML, not as a Python string."""
-    from importlib.resources import files
-
     return files("featviz").joinpath("report.html").read_text(encoding="utf-8")
 
 

@@ -8,6 +8,9 @@ and draws its pictures on demand (render) and writes them when asked (export). B
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +18,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featviz.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from featviz.attention import (
+    ATTENTION_ORDERS,
+    CHANNEL_MODES,
+    SPATIAL_MODES,
+    normalized_map,
+)
 from featviz.errors import LayerError, UsageError
 from featviz.layout import (
     SUMMARY,
@@ -27,12 +40,21 @@ from featviz.layout import (
     remove_stale_temporaries,
 )
 from featviz.notebook import grid_png, result_html, short_repr
+from featviz.render import (
+    NONFINITE_COLOUR,
+    bar_chart,
+    channel_tiles,
+    colormap_lut,
+    grid_image,
+    grid_pixels,
+    heat_overlay,
+    is_gray,
+    percentile_bounds,
+    side_by_side_grids,
+)
+from featviz.stn import draw_sampling_grid
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-    from PIL import Image
-
     from featviz.explain import CamMap
     from featviz.layers import LayerRef
     from featviz.preprocess import CropBox
@@ -111,8 +133,6 @@ class RenderOptions:
 
     def validate(self) -> RenderOptions:
         """Raise :class:`UsageError` for values no image could satisfy."""
-        from featviz.render import colormap_lut
-
         if not 1 <= self.size <= 4096:
             raise UsageError(f"--size {self.size} is out of range", hint="use 1..4096 pixels")
         if self.normalize not in NORMALIZE_SCOPES:
@@ -197,16 +217,12 @@ class LayerResult:
 
     @cached_property
     def spatial(self) -> torch.Tensor:
-        from featviz.attention import normalized_map
-
         if self.options.spatial == "learned":  # the gate itself: its values are the picture's meaning
             return self.spatial_raw.float().clamp(0, 1)
         return normalized_map(self.spatial_raw[None])[0]
 
     @cached_property
     def channel_map(self) -> torch.Tensor:
-        from featviz.attention import normalized_map
-
         return normalized_map(self.channel_map_raw[None])[0]
 
     @cached_property
@@ -248,8 +264,6 @@ class LayerResult:
     def tile_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The grey scale of the tiles: None (each channel min-max on its own), or (low, high),
         per channel (C,) with ``clip_percentile``, or one pair for the layer or the image."""
-        from featviz.render import percentile_bounds
-
         scope, percentile = self.options.normalize, self.options.clip_percentile
         acts = self.activations.float()
         if scope == "channel":
@@ -262,8 +276,6 @@ class LayerResult:
     @cached_property
     def tiles(self) -> np.ndarray:
         """uint8 (K, size, size): the drawn channels, upsampled and scaled, on the CPU."""
-        from featviz.render import channel_tiles
-
         return channel_tiles(self.activations, self.options.size, self.drawn_channels, self.tile_bounds)
 
     def tile(self, channel: int) -> np.ndarray:
@@ -271,53 +283,35 @@ class LayerResult:
 
     def channel_image(self, channel: int) -> Image.Image:
         """One channel as an 8-bit grey PIL image, ``size`` pixels square."""
-        from PIL import Image
-
         return Image.fromarray(self.tile(channel))
 
     def grid(self) -> Image.Image:
-        import numpy
-        from PIL import Image
-
-        from featviz.render import grid_image
-
         labels = [str(c) for c in self.grid_channels] if self.options.labels else None
         picture = grid_image(self._grid_tiles(), cmap=self.options.cmap, labels=labels)
         if self._marks_nonfinite():
-            picture = Image.fromarray(self._mark_nonfinite(numpy.array(picture)))
+            picture = Image.fromarray(self._mark_nonfinite(np.array(picture)))
         return picture
 
     def grid_pixels(self) -> np.ndarray:
         """The grid as a uint8 array (what :meth:`grid` shows): the exporter encodes this, which
         spares a copy of the largest picture through PIL."""
-        from featviz.render import grid_pixels
-
         if self.options.labels:
-            import numpy
-
-            return numpy.asarray(self.grid())
+            return np.asarray(self.grid())
         pixels = grid_pixels(self._grid_tiles(), cmap=self.options.cmap)
         return self._mark_nonfinite(pixels) if self._marks_nonfinite() else pixels
 
     def _marks_nonfinite(self) -> bool:
-        from featviz.render import is_gray
-
         return self.nonfinite_mask is not None and bool(self.nonfinite_mask.any()) and not is_gray(self.options.cmap)
 
     def _mark_nonfinite(self, pixels: np.ndarray) -> np.ndarray:
         """A colour grid (H, W, 3) uint8 with NONFINITE_COLOUR (magenta) on the pixels nearest to
         a NaN or infinite activation (nearest-neighbour upsampling of the mask, same layout)."""
-        import numpy
-        import torch.nn.functional as F
-
-        from featviz.render import NONFINITE_COLOUR, grid_pixels
-
         if self.nonfinite_mask is None:
             return pixels
         size = self.options.size
         chosen = self.nonfinite_mask[list(self.grid_channels)].float()[None]
         mask = (F.interpolate(chosen, size=(size, size), mode="nearest")[0] > 0).cpu().numpy()
-        where = grid_pixels(mask.astype(numpy.uint8) * 255, cmap="gray", pad_value=0) > 0
+        where = grid_pixels(mask.astype(np.uint8) * 255, cmap="gray", pad_value=0) > 0
         pixels[where] = NONFINITE_COLOUR
         return pixels
 
@@ -328,14 +322,10 @@ class LayerResult:
         return self.tiles[[position[c] for c in self.grid_channels]]
 
     def spatial_overlay(self) -> Image.Image:
-        from featviz.render import heat_overlay
-
         return heat_overlay(self.photo, self.spatial, self.box, cmap=self.options.heat_cmap,
                             alpha=self.options.alpha)
 
     def channel_overlay(self) -> Image.Image:
-        from featviz.render import heat_overlay
-
         return heat_overlay(self.photo, self.channel_map, self.box, cmap=self.options.heat_cmap,
                             alpha=self.options.alpha)
 
@@ -343,8 +333,6 @@ class LayerResult:
         """Learned SE attention only: the grid of the block's input (left) beside its output
         (right), channels in gate order, one grey scale shared by both halves, so channels the
         gate turned down are visibly darker on the right."""
-        from featviz.render import side_by_side_grids
-
         if self.before is None:
             raise UsageError("se_reweight needs --channel learned at a squeeze-and-excitation block")
         order = self.grid_channels
@@ -360,21 +348,14 @@ class LayerResult:
     def branch_picture(self, cell: int = 8) -> Image.Image:
         """``branch_weights.png``: one row per branch, one column per channel, each cell the
         branch's weight on the heat colour map (0 .. 1)."""
-        import numpy
-        from PIL import Image
-
-        from featviz.render import colormap_lut
-
         weights = self.raw_gates["branch_weights"].float().clamp(0, 1).cpu().numpy()  # (R, C)
-        codes = numpy.rint(weights * 255).astype(numpy.uint8)
+        codes = np.rint(weights * 255).astype(np.uint8)
         picture = colormap_lut(self.options.heat_cmap)[codes]
         return Image.fromarray(picture.repeat(cell * 2, axis=0).repeat(cell, axis=1))
 
     def sweep_panel(self) -> Image.Image:
         """The spatial-attention overlay (with ``cam``: the first class map) cut to the part of
         the photo the network saw."""
-        import math
-
         box = self.box
         crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
                 min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
@@ -383,8 +364,6 @@ class LayerResult:
 
     def stn_grid(self) -> Image.Image:
         """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
-        from featviz.stn import draw_sampling_grid
-
         if self.stn_theta is None:
             raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
         return draw_sampling_grid(self.photo, self.stn_theta, self.box)
@@ -392,9 +371,6 @@ class LayerResult:
     def cam_overlay(self, cam: CamMap) -> Image.Image:
         """``cam/<method>-<target>.png``: the class map, upsampled from the layer's H x W and
         min-max scaled, as a heat overlay on the original photo (like spatial_attention.png)."""
-        from featviz.attention import normalized_map
-        from featviz.render import heat_overlay
-
         return heat_overlay(self.photo, normalized_map(cam.map[None].float())[0], self.box,
                             cmap=self.options.heat_cmap, alpha=self.options.alpha)
 
@@ -427,9 +403,6 @@ class LayerResult:
 
     def channel_csv(self) -> str:
         """``channel_weights.csv``: the channel table as CSV."""
-        import csv
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["channel", "mean", "max", "weight", "rank"], lineterminator="\n")
         writer.writeheader()
@@ -438,8 +411,6 @@ class LayerResult:
 
     def channel_chart(self) -> Image.Image:
         """``channel_weights.png``: a bar per channel weight, the top channels labelled."""
-        from featviz.render import bar_chart
-
         title = f"channel weights w ({self.options.channel_mode}) at {self.layer.path}"
         return bar_chart(self.channel_weights.cpu().tolist(), self.ranking[: self.options.summary_top], title)
 

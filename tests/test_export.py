@@ -646,16 +646,16 @@ def test_help_documents_exit_codes() -> None:
 
 
 def test_several_layers_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from featviz import capture as capture_module
+    from featviz import pipeline as pipeline_module
 
     passes = []
-    original = capture_module.capture
+    original = pipeline_module.capture
 
     def counting_capture(module: Any, layers: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         passes.append(batch.shape[0])
         return original(module, layers, batch, *args, **kwargs)
 
-    monkeypatch.setattr(capture_module, "capture", counting_capture)
+    monkeypatch.setattr(pipeline_module, "capture", counting_capture)  # the name the pipeline calls
     paths = make_pngs(tmp_path / "in", 3)
     out = tmp_path / "out"
 

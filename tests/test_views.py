@@ -41,16 +41,16 @@ def test_sweep_stages_for_alexnet_are_after_each_relu_and_pool() -> None:
 
 
 def test_sweep_is_one_forward_pass_with_every_stage(tmp_path: Path, cat_photo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import featviz.capture as capture_module
+    import featviz.pipeline as pipeline_module
 
     calls = []
-    real = capture_module.capture
+    real = pipeline_module.capture
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(capture_module, "capture", counting)
+    monkeypatch.setattr(pipeline_module, "capture", counting)  # the name the pipeline calls
     sweep_picture, results = featviz.sweep(cat_photo, model="tinymodels:tiny_features", weights="none")
     # one pass to check the layers on a blank input, one for the photo
     assert len(calls) == 2
