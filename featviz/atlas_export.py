@@ -33,7 +33,7 @@ from featviz.atlas_page import write_page
 from featviz.atlas_pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
 from featviz.capture import capture
 from featviz.errors import FeatvizError, UsageError
-from featviz.export import default_batch_size
+from featviz.export import chunks, default_batch_size
 from featviz.images import load_image
 from featviz.inputs import InputImage
 from featviz.layers import is_script
@@ -45,7 +45,7 @@ from featviz.layout import (
     png_bytes,
     remove_stale_temporaries,
 )
-from featviz.pipeline import PreparedImage, Visualizer
+from featviz.pipeline import PreparedImage, Visualizer, same_size_groups
 from featviz.receptive import ReceptiveFields, photo_box
 
 STATE = "atlas-state.json"
@@ -176,7 +176,7 @@ class AtlasRun:
         todo = list(images[atlas.done:])
         last = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="featviz-atlas") as pool:
-            batches = _chunks(todo, self.batch_size)
+            batches = chunks(todo, self.batch_size)
             decoding = [(image, pool.submit(self.visualizer.prepare, image.path, str(image.key)))
                         for image in next(batches, [])]
             while decoding:
@@ -214,7 +214,7 @@ class AtlasRun:
         return prepared
 
     def _fold(self, atlas: Atlas, prepared: list[PreparedImage]) -> None:
-        for group in _same_size(prepared):
+        for group in same_size_groups(prepared):
             try:
                 captured = self._forward(group)
             except RuntimeError as exc:
@@ -236,21 +236,6 @@ class AtlasRun:
     def _forward(self, group: list[PreparedImage]) -> dict[str, torch.Tensor]:
         batch = torch.stack([p.tensor for p in group]).to(self.visualizer.device)
         return capture(self.visualizer.loaded.module, self.visualizer.layers, batch)
-
-
-def _chunks(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage]]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
-
-
-def _same_size(prepared: list[PreparedImage]) -> list[list[PreparedImage]]:
-    groups: list[list[PreparedImage]] = []
-    for item in prepared:
-        if groups and groups[-1][0].tensor.shape == item.tensor.shape:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
 
 
 # --- the outputs --------------------------------------------------------------------------

@@ -41,6 +41,17 @@ def _as_tensor(output: Any, path: str) -> torch.Tensor:
                      hint="choose a layer whose output is a feature map")
 
 
+def _release(stack: ExitStack | None, training: list[tuple[nn.Module, bool]]) -> None:
+    """Remove the hooks a capture registered, then put every module's train/eval flag back,
+    also when removing a hook raised."""
+    try:
+        if stack is not None:
+            stack.close()
+    finally:
+        for module, flag in training:
+            module.train(flag)
+
+
 class ActivationCapture:
     """Context manager that records what the given layers output.
 
@@ -87,13 +98,8 @@ class ActivationCapture:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._stack is not None:
-                self._stack.close()
-        finally:
-            for module, training in self._training:
-                module.train(training)
-            self._stack = None
+        _release(self._stack, self._training)
+        self._stack = None
 
     def _make_hook(self, path: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -488,11 +494,8 @@ class GradientCapture:
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            if self._stack is not None:
-                self._stack.close()
+            _release(self._stack, self._training)
         finally:
-            for module, training in self._training:
-                module.train(training)
             for parameter, flag in self._flags:
                 parameter.requires_grad_(flag)
             self._stack = None

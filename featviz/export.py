@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from featviz.inputs import InputImage
     from featviz.pipeline import LayerResult, PreparedImage, Visualizer
 
-__all__ = ["MANIFEST", "SUMMARY", "TMP_MARK", "ExportReport", "Exporter", "default_batch_size", "is_complete",
+__all__ = ["MANIFEST", "SUMMARY", "TMP_MARK", "ExportReport", "Exporter", "chunks", "default_batch_size", "is_complete",
            "layer_dir", "shard"]
 
 
@@ -279,7 +279,7 @@ class Exporter:
                 todo.append(image)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="featviz") as pool:
             in_flight: deque[_PendingResult] = deque()
-            batches = _chunks(todo, self.batch_size)
+            batches = chunks(todo, self.batch_size)
             decoding = self._decode_async(pool, next(batches, []))
             while decoding and self._fatal is None:
                 current = decoding
@@ -400,7 +400,7 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
     return fields
 
 
-def _chunks(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage]]:
+def chunks(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
 

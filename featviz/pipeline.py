@@ -56,7 +56,7 @@ from featviz.result import LayerResult, RenderOptions, parse_channels
 from featviz.settings import settings_record
 from featviz.stn import AffineGridRecorder
 
-__all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "sweep",
+__all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "same_size_groups", "sweep",
            "sweep_visualizer", "visualize"]
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class Visualizer:
         Returns, for each photo in order, one result per layer (in layer order).
         """
         results: list[list[LayerResult]] = []
-        for group in _same_size_groups(batch):
+        for group in same_size_groups(batch):
             results.extend(self._forward_group(group))
         return results
 
@@ -423,7 +423,7 @@ def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:
             for key, value in extra.items()}
 
 
-def _same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]]:
+def same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]]:
     """Consecutive runs of tensors with equal shapes (only ``--no-crop`` makes them differ)."""
     groups: list[list[PreparedImage]] = []
     for item in batch:
