@@ -1,5 +1,9 @@
 """The ``featviz`` command: parse options, call the library, print. No computation here.
 
+This module holds the group and show, export, sweep and layers; ``atlas`` lives in
+:mod:`featviz.cli_atlas`, and what the commands share (error display, option bundles) in
+:mod:`featviz.cli_common`.
+
 Heavy modules (torch, torchvision, matplotlib) are imported inside the commands, so
 ``featviz --help`` stays instant.
 
@@ -11,213 +15,31 @@ reported before any image is processed. A closed stdout (``--json | head``) does
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from featviz import __version__
-from featviz.errors import FeatvizError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_CODES = """\b
-Exit codes:
-  0  everything was done
-  1  some images failed (each is named on stderr; the others were done), or
-     the output folder filled up: the run stopped; --skip-existing resumes
-  2  usage error: bad option, unknown model or weights, layer out of range,
-     an --out that cannot be written
-  130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
-"""
-
-
-class FeatvizClickError(click.ClickException):
-    """A library error shown as one line, with its hint on a second line."""
-
-    def __init__(self, error: FeatvizError) -> None:
-        super().__init__(error.message)
-        self.hint = error.hint
-        self.exit_code = 2 if isinstance(error, UsageError) else 1
-
-    def show(self, file: Any = None) -> None:
-        stream = file or sys.stderr
-        click.echo(f"Error: {self.message}", file=stream)
-        if self.hint:
-            click.echo(f"Hint: {self.hint}", file=stream)
-
-
-class FeatvizGroup(click.Group):
-    """click's own usage errors (a bad option value, an unknown option or command) in featviz's
-    style: one ``Error: …`` line and a ``Hint:`` naming the help to read, exit 2; click would
-    print its usage block and ``Error: Invalid value …`` instead."""
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as error:
-            raise _usage_error(error) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as error:  # raised while parsing a command's options, or by the command
-            raise _usage_error(error) from None
-
-
-def _usage_error(error: click.UsageError) -> FeatvizClickError:
-    message = error.format_message().strip().rstrip(".")
-    message = message[:1].lower() + message[1:]  # "Invalid value for ..." reads like featviz's messages
-    # the command as a user types it (the root's own name depends on how click was started)
-    path = " ".join(["featviz", *(error.ctx.command_path.split()[1:] if error.ctx is not None else [])])
-    return FeatvizClickError(UsageError(message, hint=f"run `{path} --help` for the options"))
-
-
-def reports_errors(command: F) -> F:
-    """Turn :class:`FeatvizError` into a clean message and exit code instead of a traceback;
-    Ctrl-C ends with the shell's usual 130 (every file already written is whole)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except FeatvizError as error:
-            raise FeatvizClickError(error) from None
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: the files written so far are complete; rerun with --skip-existing "
-                       "to resume", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# --- option bundles -----------------------------------------------------------------------
-
-def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    def apply(function: F) -> F:
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-
-    return apply
-
-
-def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
-    """``--model-kwargs``: a JSON object, or a usage error (exit 2) saying what is wrong."""
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{value!r} is not JSON ({exc.msg})", param_hint="--model-kwargs") from None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter(f"{value!r} is not a JSON object like '{{\"drop_rate\": 0.1}}'",
-                                 param_hint="--model-kwargs")
-    return parsed
-
-
-model_options = _compose(
-    click.option("--model", "-m", default="alexnet", show_default=True,
-                 help="torchvision classification model name, timm:NAME (a timm model), a TorchScript file, "
-                      "or package.module:factory (or path/to/file.py:factory)."),
-    click.option("--model-kwargs", default=None, metavar="JSON", callback=_json_object,
-                 help="Constructor arguments of a timm or torchvision model, as a JSON object."),
-    click.option("--weights", "-w", default="DEFAULT", show_default=True,
-                 help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), pretrained (timm's own), none (random, "
-                      "seeded), or a state-dict file (.pth/.pt or .safetensors; torchvision's own file names, e.g. "
-                      "alexnet-owt-7be5be79.pth, are recognised)."),
-    click.option("--weights-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-                 help="Load the torchvision weights named by --weights from this file (offline; any file name)."),
-    click.option("--trust-pickle", is_flag=True,
-                 help="Also load pickled Python objects (a whole torch.save(model) as --model, a checkpoint with "
-                      "non-tensor entries as --weights). Unpickling runs code from the file: only for files you trust."),
-    click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
-    click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+from featviz.cli_atlas import atlas
+from featviz.cli_common import (
+    EXIT_CODES,
+    FeatvizGroup,
+    cam_methods,
+    cam_options,
+    cam_score_options,
+    model_options,
+    parse_shard,
+    preprocess_options,
+    progress_enabled,
+    render_options,
+    reports_errors,
+    run_options,
+    show_notes,
 )
-
-preprocess_options = _compose(
-    click.option("--resize", type=int, default=None, help="Resize the shorter side to this many pixels (default: the weights' own, else 256)."),
-    click.option("--crop", type=int, default=None, help="Centre-crop to this square size (default: the weights' own, else 224)."),
-    click.option("--no-crop", is_flag=True, help="Do not crop: the network sees the whole resized photo."),
-)
-
-render_options = _compose(
-    click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
-                 help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and comma-separated."),
-    click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
-    click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
-    click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
-    click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo."),
-    click.option("--labels", is_flag=True, help="Write channel numbers on the grid tiles."),
-    click.option("--channels", default=None, help="Channels to draw, like 0-15,32 (default: all)."),
-    click.option("--top-k", type=int, default=None, help="Draw only the N channels with the largest channel-attention weight."),
-    click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
-    click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
-                 help="Order of the grid tiles."),
-    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
-                 help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
-                      "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
-    click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
-                 help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
-                      "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
-    click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
-                 help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
-                      "of the channel-refined features (CBAM's order)."),
-    click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
-                 help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
-    click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
-    click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel", show_default=True,
-                 help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across all layers of the image."),
-    click.option("--clip-percentile", type=float, default=None, metavar="P",
-                 help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot pixels cannot wash a tile out."),
-    click.option("--predict", is_flag=True, help="Also run the rest of the network and record the top-5 classes."),
-    click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
-    click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
-                 help="PNG compression: 1-3 by ISA-L (fast), 0 none, 4-9 by zlib (files ~12% smaller, "
-                      "export ~4x slower)."),
-)
-
-cam_options = _compose(
-    click.option("--cam", "cam", default=None, metavar="METHOD[,METHOD…]",
-                 help="Class activation maps: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, "
-                      "ablationcam, eigencam (comma-separated); writes cam/<method>-<target>.png per layer."),
-    click.option("--target", "target", multiple=True, default=("top",), show_default=True, metavar="T[,T…]",
-                 help="Classes to explain: an index (281), a class name (tabby), top, or topN; comma-separated."),
-    click.option("--cam-batch", default=32, show_default=True, type=click.IntRange(1, 65536),
-                 help="Masked or ablated inputs per forward pass for scorecam and ablationcam."),
-)
-
-
-cam_score_options = _compose(
-    click.option("--cam-score", is_flag=True,
-                 help="Score each class map's faithfulness: deletion and insertion (RISE) curves and AUCs in "
-                      "summary.json and the manifest; prints the mean AUCs per method at the end. Needs --cam."),
-    click.option("--cam-score-steps", default=16, show_default=True, type=click.IntRange(1, 4096),
-                 help="Points on each deletion/insertion curve (one batched forward pass each)."),
-)
-
-
-def _cam_methods(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
-
-
-run_options = _compose(
-    click.option("--out", "-o", "out", default="featviz-out", show_default=True,
-                 type=click.Path(file_okay=False, path_type=Path), help="Output folder."),
-    click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
-    click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
-                 help="Photos per forward pass [default: 1 on the CPU, where larger batches measured no faster "
-                      "and cost memory; 8 on a GPU]."),
-    click.option("--workers", default=None, type=click.IntRange(1, 512),
-                 help="PNG-encoding threads [default: number of cores]."),
-    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-    click.option("--progress", is_flag=True, help="Show the progress bar even when stderr is not a terminal."),
-)
+from featviz.errors import UsageError
 
 
 def _build_visualizer(params: dict[str, Any]) -> Any:
@@ -232,21 +54,17 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         dct_frequencies=parse_frequencies(params["dct_frequencies"]),
         stn=params["stn"], normalize=params["normalize"], clip_percentile=params["clip_percentile"],
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
-        cam=_cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
+        cam=cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
         cam_score=params.get("cam_score", False), cam_score_steps=params.get("cam_score_steps", 16),
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
                             no_crop=params["no_crop"], options=options, weights_file=params["weights_file"],
                             trust_pickle=params["trust_pickle"], model_kwargs=params["model_kwargs"])
-    _show_notes(visualizer.loaded)
+    show_notes(visualizer.loaded)
     return visualizer
 
 
-def _show_notes(loaded: Any) -> None:
-    """The model loader's warnings (e.g. a weights file that is not the official one), on stderr."""
-    for note in loaded.notes:
-        click.echo(f"warning: {note}", err=True)
 
 
 class _StdoutLines:
@@ -278,10 +96,6 @@ class _StdoutLines:
                        err=True)
 
 
-def _progress_enabled(params: dict[str, Any]) -> bool:
-    if params["quiet"]:
-        return False
-    return bool(params["progress"]) or sys.stderr.isatty()
 
 
 def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_records: bool,
@@ -300,7 +114,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     records: list[dict[str, Any]] = []
     from featviz.progress import progress_bar
 
-    progress = progress_bar(len(images), _progress_enabled(params))
+    progress = progress_bar(len(images), progress_enabled(params))
 
     stdout = _StdoutLines(params["out"])
 
@@ -444,7 +258,7 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     from featviz.export import shard as take_shard
     from featviz.inputs import find_images
 
-    shard_index = _parse_shard(shard)
+    shard_index = parse_shard(shard)
     found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
     for missing in found.missing:
         click.echo(f"error: {missing}: no such file, folder or matching glob", err=True)
@@ -484,19 +298,6 @@ def _redone_note(redone: dict[str, int]) -> str:
     return f" ({sum(redone.values())} redone: {reason}{more})"
 
 
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    index, slash, count = text.partition("/")
-    try:
-        if not slash:
-            raise ValueError
-        parsed = int(index), int(count)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not I/N, e.g. 1/4", param_hint="--shard") from None
-    if parsed[1] < 1 or not 1 <= parsed[0] <= parsed[1]:
-        raise click.BadParameter(f"{text!r}: I must be between 1 and N", param_hint="--shard")
-    return parsed
 
 
 @main.command(epilog=EXIT_CODES)
@@ -523,16 +324,23 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
     shape, all captured in one forward pass per image. With --cam, each stage shows the class
     activation map of the first method and target instead."""
     from featviz.errors import ImageError, OutputError
-    from featviz.layout import atomic_write, check_output_folder, ensure_inside, is_fatal_write_error, png_bytes, stem_keys
+    from featviz.layout import (
+        atomic_write,
+        check_output_folder,
+        ensure_inside,
+        is_fatal_write_error,
+        png_bytes,
+        stem_keys,
+    )
     from featviz.pipeline import RenderOptions, sweep_visualizer
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
                                   no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha,
-                                                        cam=_cam_methods(cam), target=target, cam_batch=cam_batch),
+                                                        cam=cam_methods(cam), target=target, cam_batch=cam_batch),
                                   weights_file=weights_file, trust_pickle=trust_pickle,
                                   model_kwargs=model_kwargs)
-    _show_notes(visualizer.loaded)
+    show_notes(visualizer.loaded)
     check_output_folder(out)
     documents, failed = [], 0
     for path, key in zip(images, stem_keys(images)):
@@ -584,7 +392,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
 
     loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file,
                         trust_pickle=trust_pickle, model_kwargs=model_kwargs)
-    _show_notes(loaded)
+    show_notes(loaded)
     preprocess = loaded.preprocess.with_overrides(resize, crop, no_crop)
     side = preprocess.crop or preprocess.resize or 224
     example = torch.zeros(1, 3, side, side, device=loaded.device)
@@ -621,109 +429,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
                    "their gates with --layer PATH --channel learned or --spatial learned")
 
 
-@main.command(epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
-@click.argument("inputs", nargs=-1)
-@model_options
-@preprocess_options
-@click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
-              help="Feature-stack index, dotted module path or all; repeatable and comma-separated.")
-@click.option("--out", "-o", "out", default="featviz-atlas", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000), help="Images kept per channel.")
-@click.option("--by", type=click.Choice(["max", "mean"]), default="max", show_default=True,
-              help="Rank images by the channel's maximum or its spatial mean.")
-@click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
-              help="Photos per forward pass [default: 1 on the CPU, 8 on a GPU].")
-@click.option("--workers", default=None, type=click.IntRange(1, 512), help="Decoding threads [default: number of cores].")
-@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Fold only the I-th of N deterministic slices and write its partial state (merge with --merge).")
-@click.option("--merge", is_flag=True, help="INPUTS are shard folders (written with --shard): combine their states "
-                                             "into OUT; model, layers and options come from the shards.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run whose state is in OUT.")
-@click.option("--checkpoint-every", default=30.0, show_default=True, type=click.FloatRange(0),
-              help="Seconds between checkpoints of the partial state (what --resume continues from).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress.")
-@click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
-@reports_errors
-def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bool, resume: bool,
-          checkpoint_every: float, **params: Any) -> None:
-    """What every channel of a layer responds to across a collection of images: per channel the
-    --top N images with the highest activation, with the receptive field of the maximal unit.
-
-    Writes OUT/<layer>/atlas.json, channels/NNNN.png (each channel's top patches), atlas.png
-    (one patch per channel) and the page OUT/index.html. INPUTS: files, folders, quoted globs, or -
-    for paths on stdin; with --merge, the shard folders.
-    """
-    from featviz.atlas_export import AtlasRun, atlas_settings, merge_folders, write_atlas
-    from featviz.export import shard as take_shard
-    from featviz.inputs import find_images
-    from featviz.pipeline import Visualizer
-    from featviz.progress import progress_bar
-
-    out: Path = params["out"]
-    if merge and (shard or resume):
-        raise click.UsageError("--merge combines finished shards: no --shard or --resume")
-    if not inputs:
-        raise click.UsageError("give INPUTS (with --merge: the shard folders)")
-
-    def on_error(message: str) -> None:
-        click.echo(f"error: {message}", err=True)
-
-    if merge:
-        state = merge_folders([Path(folder) for folder in inputs])
-        settings = state.settings
-        visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
-                                seed=settings["seed"], device=params["device"], resize=settings["resize"],
-                                crop=settings["crop"], no_crop=settings["crop"] is None)
-        _check_same_weights(visualizer, settings)
-        missing: list[str] = []
-    else:
-        shard_index = _parse_shard(shard)
-        visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
-                                device=params["device"], resize=params["resize"], crop=params["crop"],
-                                no_crop=params["no_crop"])
-        found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
-        missing = found.missing
-        for name in missing:
-            click.echo(f"error: {name}: no such file, folder or matching glob", err=True)
-        images = take_shard(found.images, *shard_index) if shard_index else found.images
-        settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
-                                  model=params["model"], weights=params["weights"], seed=params["seed"])
-        progress = progress_bar(len(images), _progress_enabled(params))
-        run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
-                       checkpoint_seconds=checkpoint_every,
-                       on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
-                       on_image_done=progress.update)
-        state = run.start(settings, shard_index or (1, 1), resume)
-        try:
-            state = run.collect(state, images)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
-                       f"in {out / 'atlas-state.json'}", err=True)
-            sys.exit(130)
-        finally:
-            progress.close()
-        if shard_index:
-            if not params["quiet"]:
-                click.echo(f"shard {shard}: {state.done - state.failed} images folded, {state.failed} failed -> "
-                           f"{out / 'atlas-state.json'}; combine the shards with --merge", err=True)
-            sys.exit(1 if state.failed or missing else 0)
-    written = write_atlas(state, visualizer, out, workers=params["workers"], on_error=on_error)
-    if not params["quiet"]:
-        images_done = next(iter(state.tables.values())).images if state.tables else 0
-        click.echo(f"atlas of {images_done} images ({state.failed} failed): {len(written)} files -> {out}", err=True)
-    sys.exit(1 if state.failed or missing else 0)
-
-
-def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:
-    """--merge builds the model again from the shards' options: its weights must be theirs."""
-    from featviz.atlas_export import weights_digest
-
-    if weights_digest(visualizer.loaded.module) != settings["weights_digest"]:
-        raise UsageError(f"the weights loaded now for {settings['model_option']} ({settings['weights_option']}) "
-                         "differ from the ones the shards were made with",
-                         hint="merge where the same model and weights files are available")
+main.add_command(atlas)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,8 @@ STACK: list[set[str]] = [
     {"report", "atlas_page"},
     {"export"},
     {"atlas_export"},
+    {"cli_common"},
+    {"cli_atlas"},
     {"cli"},
     {"__main__"},
 ]
