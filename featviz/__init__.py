@@ -30,7 +30,7 @@ _LAZY = {
     "sweep": "featviz.pipeline",
     "Visualizer": "featviz.pipeline",
     "LayerResult": "featviz.result",
-    "RenderOptions": "featviz.result",
+    "RenderOptions": "featviz.options",
     "load_model": "featviz.models",
     "load_image": "featviz.images",
     "FeatvizError": "featviz.errors",
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from featviz.errors import FeatvizError
     from featviz.images import load_image
     from featviz.models import load_model
+    from featviz.options import RenderOptions
     from featviz.pipeline import Visualizer, sweep, visualize
-    from featviz.result import LayerResult, RenderOptions
+    from featviz.result import LayerResult
 
 
 def __getattr__(name: str) -> Any:

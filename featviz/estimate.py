@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from featviz.result import RenderOptions
+    from featviz.options import RenderOptions
 
 #: Above this many files per photo the CLI warns and says how to narrow the run. The default
 #: layer of AlexNet writes 70; ``--layer all`` on AlexNet about 2,900, on VGG-16 10,106.

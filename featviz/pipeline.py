@@ -51,8 +51,9 @@ from featviz.layers import LayerRef, resolve_layers, split_specs, sweep_layers
 from featviz.layout import stem_keys
 from featviz.models import load_model
 from featviz.notebook import Results
+from featviz.options import RenderOptions, parse_channels
 from featviz.render import sweep_picture
-from featviz.result import LayerResult, RenderOptions, parse_channels
+from featviz.result import LayerResult
 from featviz.settings import settings_record
 from featviz.stn import AffineGridRecorder
 

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from featviz.options import RenderOptions
     from featviz.preprocess import Preprocess
-    from featviz.result import RenderOptions
 
 # Names a user knows, for settings that are not simply ``--<field>``.
 _NAMES = {

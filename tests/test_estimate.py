@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import featviz.estimate
 from featviz.cli import main
 from featviz.estimate import estimate_output
-from featviz.result import RenderOptions
+from featviz.options import RenderOptions
 
 TINY = ["--model", "tinymodels:tiny_features", "--size", "8", "--workers", "1"]
 

@@ -25,7 +25,7 @@ STACK: list[set[str]] = [
     {"capture", "learned", "stn"},
     {"gates"},
     {"attention", "cam", "faithfulness", "notebook", "render", "receptive", "atlas"},
-    {"atlas_pictures", "explain"},
+    {"atlas_pictures", "explain", "options"},
     {"camscore"},
     {"result"},
     {"estimate", "settings"},
