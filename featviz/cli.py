@@ -140,6 +140,10 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
         report = exporter.run(images)
     finally:
         progress.close()
+    # Records arrive as the encoding threads finish; show lists them in input and layer order.
+    image_order = {str(image.key): i for i, image in enumerate(images)}
+    layer_order = {ref.path: i for i, ref in enumerate(visualizer.layers)}
+    records.sort(key=lambda r: (image_order.get(r["key"], len(image_order)), layer_order.get(r["layer"], -1)))
     return report, records
 
 
