@@ -62,7 +62,7 @@ def channel_attention(activations: torch.Tensor, mode: str = "se",
         return dct_channel_attention(x, frequencies or FCANET_TOP16)
     if mode == "learned":
         raise UsageError("learned channel attention is an SE block's gate, not a statistic of activations",
-                         hint="use featviz.learned for SE blocks")
+                         hint="use --channel learned (featviz.gates finds the gates)")
     raise UsageError(f"unknown channel attention {mode!r}", hint="use one of " + ", ".join(CHANNEL_MODES))
 
 

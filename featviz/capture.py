@@ -28,17 +28,23 @@ class _StopForward(Exception):
     """Raised from the last hook to end the forward pass early; never escapes this module."""
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """``value`` itself if a tensor, else the first tensor of a tuple/list/dict, else None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    values = value.values() if isinstance(value, dict) else value
+    if isinstance(values, (tuple, list)) or isinstance(value, dict):
+        return next((v for v in values if isinstance(v, torch.Tensor)), None)
+    return None
+
+
 def _as_tensor(output: Any, path: str) -> torch.Tensor:
     """The tensor a module produced: itself, or the first tensor of a tuple/list/dict output."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = output.values() if isinstance(output, dict) else output
-    if isinstance(values, (tuple, list)) or isinstance(output, dict):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    raise LayerError(f"layer {path} produced {type(output).__name__}, not a tensor",
-                     hint="choose a layer whose output is a feature map")
+    tensor = _first_tensor(output)
+    if tensor is None:
+        raise LayerError(f"layer {path} produced {type(output).__name__}, not a tensor",
+                         hint="choose a layer whose output is a feature map")
+    return tensor
 
 
 def _release(stack: ExitStack | None, training: list[tuple[nn.Module, bool]]) -> None:
@@ -320,14 +326,6 @@ class ModuleCall:
 class GateTrace:
     calls: list[GateCall] = field(default_factory=list)
     modules: dict[str, ModuleCall] = field(default_factory=dict)
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        return next((v for v in value if isinstance(v, torch.Tensor)), None)
-    return None
 
 
 class _GateMode(TorchFunctionMode):
