@@ -12,7 +12,7 @@ i % 5, scale (i // 5) % 4, crop (i // 20) % 4. Models with ``weights=None`` (see
 floor   decode + featviz's Preprocess on a thread pool one batch ahead, the forward pass up to
         the layer (featviz's capture, which stops there), and a per-channel max: nothing kept,
         nothing written.
-atlas   the first pass of ``featviz atlas`` (featviz.atlas_export.AtlasRun.collect): the same, plus
+atlas   the first pass of ``featviz atlas`` (featviz.atlas.export.AtlasRun.collect): the same, plus
         the top-N lists and statistics (--top 9), and the state written once at the end.
 write   the second pass alone (receptive fields, atlas.json, channels/NNNN.png, atlas.png,
         index.html), reported separately: its cost depends on the kept photos and the channels,
@@ -67,14 +67,14 @@ def make_photos(folder: Path, count: int, side: int | None = None) -> list[Path]
 
 
 def _inputs(paths: list[Path]) -> list:
-    from featviz.inputs import find_images
+    from featviz.inputs.discover import find_images
 
     return find_images([str(paths[0].parent)]).images
 
 
 def floor(visualizer, images, batch_size: int) -> float:
     """Seconds for decode + preprocess + forward to the layer + per-channel max, batched."""
-    from featviz.capture import capture
+    from featviz.capture.hooks import capture
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # as many threads as the atlas
@@ -95,7 +95,7 @@ def atlas_pass(visualizer, images, batch_size: int, out: Path) -> tuple[float, f
     """(seconds of the pass, seconds of the set-up before it, the state). The set-up (the
     weights digest that guards --merge and --resume, one blank forward pass for the shapes) is
     paid once per run, whatever the number of images."""
-    from featviz.atlas_export import AtlasRun, atlas_settings
+    from featviz.atlas.export import AtlasRun, atlas_settings
 
     started = time.perf_counter()
     run = AtlasRun(visualizer, out, batch_size=batch_size, checkpoint_seconds=float("inf"))
@@ -108,8 +108,8 @@ def atlas_pass(visualizer, images, batch_size: int, out: Path) -> tuple[float, f
 
 
 def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
-    from featviz.atlas_export import write_atlas
-    from featviz.pipeline import Visualizer
+    from featviz.atlas.export import write_atlas
+    from featviz.output.pipeline import Visualizer
 
     paths = make_photos(folder / "photos", args.images)
     images = _inputs(paths)
@@ -140,7 +140,7 @@ def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
 
 def child_memory(count: int, folder: Path) -> None:
     """In a child process: the first pass over ``count`` small photos; prints peak RSS in MiB."""
-    from featviz.pipeline import Visualizer
+    from featviz.output.pipeline import Visualizer
 
     paths = make_photos(folder, count, side=96)
     images = _inputs(paths)

@@ -72,10 +72,10 @@ def runners(model: torch.nn.Module, method: str, cam_batch: int) -> dict[str, ob
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     import torchcam.methods as tc
-    from featviz.cam import cam_at_input
-    from featviz.explain import ClassExplainer
-    from featviz.layers import LayerRef
-    from featviz.targets import Target
+    from featviz.maps.cam import cam_at_input
+    from featviz.maps.explain import ClassExplainer
+    from featviz.capture.layers import LayerRef
+    from featviz.maps.targets import Target
 
     explainer = ClassExplainer(model, LayerRef("layer4", None, model.layer4), [method],
                                [Target(index=TARGET)], cam_batch=cam_batch)
@@ -111,9 +111,9 @@ def check_gradcam(model: torch.nn.Module, batch: torch.Tensor) -> float:
     import torchcam.methods as tc
     from pytorch_grad_cam import GradCAM
 
-    from featviz.explain import ClassExplainer
-    from featviz.layers import LayerRef
-    from featviz.targets import Target
+    from featviz.maps.explain import ClassExplainer
+    from featviz.capture.layers import LayerRef
+    from featviz.maps.targets import Target
 
     ours = np.stack([per[0].map.numpy() for per in ClassExplainer(
         model, LayerRef("layer4", None, model.layer4), ["gradcam"], [Target(index=TARGET)]).explain(batch).per_image])
@@ -146,9 +146,9 @@ def export_overhead(paths: list[Path], folder: Path, rounds: int) -> dict[str, l
     """images/s of exports of ResNet-50 layer4 without and with --cam gradcam, in interleaved
     rounds (the order alternates): layer4 writes 2,048 channel PNGs per photo, so the disk's
     pace varies from round to round more than --cam changes it; compare best and median."""
-    from featviz.export import Exporter
-    from featviz.inputs import InputImage
-    from featviz.pipeline import RenderOptions, Visualizer
+    from featviz.output.export import Exporter
+    from featviz.inputs.discover import InputImage
+    from featviz.output.pipeline import RenderOptions, Visualizer
 
     inputs = [InputImage(path=p, key=Path(p.stem)) for p in paths]
     visualizers = {name: Visualizer("resnet50", "none", ["layer4"], options=RenderOptions(cam=cam, target=(str(TARGET),)))
@@ -175,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 3)
 
-    from featviz.pipeline import Visualizer
+    from featviz.output.pipeline import Visualizer
 
     torch.set_grad_enabled(True)
     count = 4 if args.quick else 32

@@ -3,7 +3,7 @@
 
     python benchmarks/encoders.py --quick
 
-Pillow (zlib level 1, with and without zlib's Z_RLE strategy) against featviz.png (one Up
+Pillow (zlib level 1, with and without zlib's Z_RLE strategy) against featviz.output.png (one Up
 filter, then zlib or ISA-L deflate at level 1), one thread, best of 5: the measurement behind
 featviz's encoder. Every encoded file is decoded back and compared with the pixels.
 """
@@ -23,15 +23,14 @@ from harness import SAMPLES, Bench, Case, CaseContext, run_alone
 
 
 def encoders(case: Case, device: str, image: Path, rounds: int = 5) -> tuple[str, list[dict[str, Any]]]:
-    """Pillow against featviz.png on featviz's own pictures of one photo (one thread): the
+    """Pillow against featviz.output.png on featviz's own pictures of one photo (one thread): the
     measurement behind featviz's encoder. Pixels are decoded back and compared."""
     import zlib
 
     import numpy as np
     from PIL import Image
 
-    from featviz import png
-
+    from featviz.output import png
     ctx = CaseContext.build(case, device)
     [result] = ctx.visualizer.run([image])
     pictures = {"grid": result.grid_pixels(), "channel tile": result.tiles[0],
@@ -50,9 +49,9 @@ def encoders(case: Case, device: str, image: Path, rounds: int = 5) -> tuple[str
 
     methods = [("Pillow level 1", lambda px: pillow(px, -1)),
                ("Pillow level 1 Z_RLE", lambda px: pillow(px, zlib.Z_RLE)),
-               ("featviz.png zlib 1", lambda px: featviz_png(px, None))]
+               ("featviz.output.png zlib 1", lambda px: featviz_png(px, None))]
     if png.ISAL is not None:
-        methods.append(("featviz.png ISA-L 1", lambda px: featviz_png(px, png.ISAL)))
+        methods.append(("featviz.output.png ISA-L 1", lambda px: featviz_png(px, png.ISAL)))
     out = [f"\n== PNG encoders on {case.label} pictures of {image.name}: one thread, best of {rounds} =="]
     out.append(f"{'picture':<14} {'pixels':>10} {'encoder':<22} {'ms':>7} {'MB/s':>6} {'bytes':>9} {'same pixels':>11}")
     rows = []

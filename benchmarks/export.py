@@ -19,13 +19,13 @@ seed     the tutorial's code path (shared/seed/attention-notes.zh.txt, section 3
          settings after scipy.misc.imsave's old min-max byte scaling; plt.close() after each
          image. Batch size does not apply. (The model is in eval mode, so ResNet's batch norm
          uses its running statistics, as featviz does.)
-featviz  featviz.export.Exporter(Visualizer(model, "none", [layer]), out, batch_size=B,
+featviz  featviz.output.export.Exporter(Visualizer(model, "none", [layer]), out, batch_size=B,
          workers=None) with default RenderOptions: full-size grid, per-channel PNGs, both
          overlays, summary, manifest.
 floor    only what cannot be avoided, done as cheaply as we know how (floor.py says what that
          is). Before timing, the floor's pictures are compared with featviz's files for the five
          samples: they must be the same pixels ("max |featviz - floor| = 0").
-floor-isal  the same floor, but each picture encoded by featviz's own PNG encoder (featviz.png:
+floor-isal  the same floor, but each picture encoded by featviz's own PNG encoder (featviz.output.png:
          one Up filter in numpy, ISA-L deflate at level 1) instead of Pillow. featviz encodes
          this way, so this is the floor for featviz's own encoding: "featviz/floor-isal" is the
          honest measure of featviz's overhead; "featviz/floor" follows the issue's definition.
@@ -122,7 +122,7 @@ def run_seed(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 1
 
 def run_featviz(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 8,
                 workers: int | None = None, png_level: int | None = None) -> None:
-    from featviz.export import Exporter
+    from featviz.output.export import Exporter
 
     visualizer = ctx.visualizer if png_level is None else ctx.visualizer_with_level(png_level)
     report = Exporter(visualizer, out, batch_size=batch_size, workers=workers).run(ctx.inputs(paths))
@@ -182,7 +182,7 @@ def summary_table(tables: list[dict[str, Any]], n: int, repeats: int) -> str:
                        f"{fv.rate(n) / s:>12.1f} {fl.rate(n) / s:>10.1f} {fv.rate(n) / fl.rate(n):>13.2f} "
                        f"{fv.rate(n) / fi.rate(n):>18.2f} {_ratio_to(fv, vs, 'floor-isal', n)[1]:>6.2f}")
     out.append("floor: the issue's floor (Pillow PNG, zlib level 1); floor-isal: the same minimal pass with "
-               "featviz's PNG encoder (featviz.png: Up filter, ISA-L deflate level 1), the floor for featviz's "
+               "featviz's PNG encoder (featviz.output.png: Up filter, ISA-L deflate level 1), the floor for featviz's "
                "own encoding; paired: median over rounds of floor-isal time / featviz time for runs next to "
                "each other")
     return "\n".join(out)

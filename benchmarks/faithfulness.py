@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deletion/insertion scores (featviz.faithfulness): batch size, and featviz against torch-cam
+"""Deletion/insertion scores (featviz.maps.faithfulness): batch size, and featviz against torch-cam
 and RISE's one-forward-per-step loop, in one process.
 
     python benchmarks/faithfulness.py            # ResNet-18 and ResNet-50, 4 photos x 2 maps, 3 rounds
@@ -40,9 +40,9 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featviz.faithfulness import FaithfulnessScore, deletion_insertion
-from featviz.images import load_image
-from featviz.preprocess import Preprocess
+from featviz.maps.faithfulness import FaithfulnessScore, deletion_insertion
+from featviz.inputs.images import load_image
+from featviz.models.preprocess import Preprocess
 
 STEPS = 16
 

@@ -113,11 +113,11 @@ def floor_overlay(photo: Any, heat: Any, lut: Any, box: Any, alpha: float = 0.5,
 
 def floor_png(pixels: Any, level: int, strategy: int = -1, encoder: str = "pillow") -> bytes:
     """``pixels``: a uint8 array or a PIL image; ``encoder``: "pillow" (the issue's floor: Pillow,
-    zlib level 1) or "featviz" (featviz.png)."""
+    zlib level 1) or "featviz" (featviz.output.png)."""
     from PIL import Image
 
     if encoder == "featviz":
-        from featviz.png import encode_png
+        from featviz.output.png import encode_png
 
         return encode_png(pixels, level)
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)

@@ -17,9 +17,9 @@ import time
 import timm
 import torch
 
-from featviz.capture import capture
-from featviz.gates import find_gates, probe_input
-from featviz.layers import LayerRef
+from featviz.capture.hooks import capture
+from featviz.capture.gates import find_gates, probe_input
+from featviz.capture.layers import LayerRef
 
 
 def seconds(run, rounds: int) -> float:

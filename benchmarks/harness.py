@@ -193,8 +193,8 @@ class CaseContext:
     def build(cls, case: Case, device: str) -> CaseContext:
         import torch
 
-        from featviz.pipeline import Visualizer
-        from featviz.render import colormap_lut
+        from featviz.output.pipeline import Visualizer
+        from featviz.output.render import colormap_lut
 
         visualizer = Visualizer(case.name, "none", [case.layer], device=device)
         module = visualizer.loaded.module.eval()
@@ -208,7 +208,7 @@ class CaseContext:
         """The same model drawn at another PNG level (cached: building it is not what is timed)."""
         from dataclasses import replace
 
-        from featviz.pipeline import Visualizer
+        from featviz.output.pipeline import Visualizer
 
         if level not in self._by_level:
             base = self.visualizer
@@ -221,7 +221,7 @@ class CaseContext:
         """featviz's InputImage list for ``paths`` (cached: finding inputs is not what is timed)."""
         from pathlib import PurePosixPath
 
-        from featviz.inputs import InputImage
+        from featviz.inputs.discover import InputImage
 
         key = tuple(map(str, paths))
         if key not in self._inputs:

@@ -57,7 +57,7 @@ def _patch_grid(original: Callable[..., Any]) -> Callable[..., Any]:
                    columns: int | None = None) -> Any:
         from PIL import Image
 
-        from featviz.render import is_gray
+        from featviz.output.render import is_gray
 
         if labels or columns or not is_gray(cmap) or tiles.shape[0] == 0:
             return original(tiles, cmap, padding, pad_value, labels, columns)
@@ -71,7 +71,7 @@ def _patch_overlay(original: Callable[..., Any]) -> Callable[..., Any]:
     def heat_overlay(photo: Any, heat: Any, box: Any, cmap: str = "jet", alpha: float = 0.5, dim: float = 0.35) -> Any:
         from PIL import Image
 
-        from featviz.render import colormap_lut
+        from featviz.output.render import colormap_lut
 
         if photo.mode != "RGB" or heat.device.type != "cpu":
             return original(photo, heat, box, cmap, alpha, dim)
@@ -81,7 +81,7 @@ def _patch_overlay(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_pillow(original: Callable[..., Any]) -> Callable[..., Any]:
-    """featviz's PNG encoding before featviz.png: Pillow with zlib's run-length strategy."""
+    """featviz's PNG encoding before featviz.output.png: Pillow with zlib's run-length strategy."""
     import zlib
 
     return lambda image, level: floor_png(image, level, zlib.Z_RLE)
@@ -93,7 +93,7 @@ def _patch_write(original: Callable[..., Any]) -> Callable[..., Any]:
         """The same temporary file + rename, without a mkdir per file (the folders exist)."""
         import threading
 
-        from featviz.layout import TMP_MARK
+        from featviz.output.layout import TMP_MARK
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_MARK}")
         try:
@@ -111,17 +111,17 @@ def _patch_write(original: Callable[..., Any]) -> Callable[..., Any]:
 
 # name -> (the module that defines the function, its name, the patch)
 PATCHES = {
-    "tiles": ("featviz.render", "channel_tiles", _patch_tiles),
-    "grid": ("featviz.render", "grid_image", _patch_grid),
-    "overlay": ("featviz.render", "heat_overlay", _patch_overlay),
-    "pillow": ("featviz.layout", "png_bytes", _patch_pillow),
-    "write": ("featviz.layout", "atomic_write", _patch_write),
+    "tiles": ("featviz.output.render", "channel_tiles", _patch_tiles),
+    "grid": ("featviz.output.render", "grid_image", _patch_grid),
+    "overlay": ("featviz.output.render", "heat_overlay", _patch_overlay),
+    "pillow": ("featviz.output.layout", "png_bytes", _patch_pillow),
+    "write": ("featviz.output.layout", "atomic_write", _patch_write),
 }
 
 
 def _holders(original: Any, attr: str) -> list[ModuleType]:
     """Every loaded featviz module whose ``attr`` is ``original``: the module that defines it and
-    each one that imported it by name (``from featviz.layout import png_bytes``). Patching only
+    each one that imported it by name (``from featviz.output.layout import png_bytes``). Patching only
     the defining module would leave those callers on the original, and the table would time
     featviz as it is under a patch's name."""
     return [module for name, module in list(sys.modules.items())
@@ -170,7 +170,7 @@ def whatif(bench: Bench, ctx: CaseContext, batch: int, singles: bool) -> tuple[s
             f"patched pixels check: {check} =="), *lines]
     out.append("patches (benchmark process only): tiles = in-place min-max scaling; grid = numpy grid instead "
                "of make_grid; overlay = uint8 blend; pillow = Pillow's PNG encoder with zlib's Z_RLE strategy (featviz's "
-               "encoder before featviz.png); write = no mkdir per file")
+               "encoder before featviz.output.png); write = no mkdir per file")
     return "\n".join(out), rows
 
 

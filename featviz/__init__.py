@@ -26,23 +26,23 @@ __all__ = [
 ]
 
 _LAZY = {
-    "visualize": "featviz.pipeline",
-    "sweep": "featviz.pipeline",
-    "Visualizer": "featviz.pipeline",
-    "LayerResult": "featviz.result",
-    "RenderOptions": "featviz.options",
-    "load_model": "featviz.models",
-    "load_image": "featviz.images",
+    "visualize": "featviz.output.pipeline",
+    "sweep": "featviz.output.pipeline",
+    "Visualizer": "featviz.output.pipeline",
+    "LayerResult": "featviz.output.result",
+    "RenderOptions": "featviz.output.options",
+    "load_model": "featviz.models.build",
+    "load_image": "featviz.inputs.images",
     "FeatvizError": "featviz.errors",
 }
 
 if TYPE_CHECKING:
     from featviz.errors import FeatvizError
-    from featviz.images import load_image
-    from featviz.models import load_model
-    from featviz.options import RenderOptions
-    from featviz.pipeline import Visualizer, sweep, visualize
-    from featviz.result import LayerResult
+    from featviz.inputs.images import load_image
+    from featviz.models.build import load_model
+    from featviz.output.options import RenderOptions
+    from featviz.output.pipeline import Visualizer, sweep, visualize
+    from featviz.output.result import LayerResult
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m featviz``: the same as the ``featviz`` command."""
 
-from featviz.cli import main
+from featviz.cli.main import main
 
 main()

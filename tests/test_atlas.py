@@ -28,10 +28,10 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from torchvision import transforms
 
-from featviz.atlas import ChannelTable, merge, new_atlas
-from featviz.cli import main
-from featviz.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from featviz.receptive import Field, ReceptiveFields, photo_box
+from featviz.atlas.accumulator import ChannelTable, merge, new_atlas
+from featviz.cli.main import main
+from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from featviz.maps.receptive import Field, ReceptiveFields, photo_box
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -311,7 +311,7 @@ def test_a_field_too_deep_for_float32_is_computed_in_float64() -> None:
 
 
 def test_photo_box_goes_through_the_crop() -> None:
-    from featviz.preprocess import Preprocess
+    from featviz.models.preprocess import Preprocess
 
     crop = Preprocess(resize=256, crop=224).crop_box(512, 384)  # resized to 341x256, crop at (58, 16)
     box = photo_box(Field(0, 0, 224, 224), (224, 224), crop, (512, 384))

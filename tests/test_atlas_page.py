@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 from test_report import browser  # noqa: F401  (the fixture that drives Chromium)
 
-from featviz.atlas_page import render_page
-from featviz.cli import main
+from featviz.atlas.page import render_page
+from featviz.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -78,7 +78,7 @@ def test_range_filter_and_odd_names(browser: Any, atlas_out: Path) -> None:
 
 
 def test_page_is_deterministic(atlas_out: Path) -> None:
-    from featviz.atlas_page import page_data
+    from featviz.atlas.page import page_data
 
     document = json.loads((atlas_out / "features.4" / "atlas.json").read_text(encoding="utf-8"))
     page = render_page(page_data(atlas_out, [("features.4", document)]))

@@ -30,7 +30,7 @@ from torchvision.ops import SqueezeExcitation
 
 import featviz
 import semodels
-from featviz.attention import (
+from featviz.maps.attention import (
     FCANET_TOP16,
     channel_attention,
     dct_basis,
@@ -39,12 +39,12 @@ from featviz.attention import (
     parse_frequencies,
     scale_frequencies,
 )
-from featviz.cli import main
+from featviz.cli.main import main
 from featviz.errors import LayerError, UsageError
-from featviz.learned import find_se_blocks, se_block_for, se_gate
-from featviz.layers import LayerRef
-from featviz.models import LoadedModel, Preprocess, load_model
-from featviz.pipeline import LayerResult, RenderOptions, Visualizer
+from featviz.capture.learned import find_se_blocks, se_block_for, se_gate
+from featviz.capture.layers import LayerRef
+from featviz.models.build import LoadedModel, Preprocess, load_model
+from featviz.output.pipeline import LayerResult, RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -18,9 +18,9 @@ from PIL import Image
 
 import featviz
 import tinymodels
-from featviz.attention import channel_attention, channel_weights, minmax, spatial_attention, weighted_channel_map
-from featviz.cli import main
-from featviz.render import grid_image
+from featviz.maps.attention import channel_attention, channel_weights, minmax, spatial_attention, weighted_channel_map
+from featviz.cli.main import main
+from featviz.output.render import grid_image
 from seedscript import photo_tensor, seed_loop
 
 MEAN = [0.485, 0.456, 0.406]
@@ -464,8 +464,8 @@ def test_overlay_blend_equals_the_formula(alpha: float) -> None:
     """Every pixel of an overlay against round(photo * (1 - alpha) + jet(heat) * alpha) inside the
     box and round(photo * dim) outside (in float32, as documented: 90 * 0.35 rounds to 32), with a
     box that leaves the photo on the left."""
-    from featviz.models import CropBox
-    from featviz.render import _blend, _blend_tables, colormap_lut, heat_overlay
+    from featviz.models.build import CropBox
+    from featviz.output.render import _blend, _blend_tables, colormap_lut, heat_overlay
 
     rng = np.random.default_rng(4)
     photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)

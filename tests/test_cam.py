@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 import featviz
-from featviz.capture import GradientCapture
-from featviz.cam import cam_at_input
-from featviz.cli import main
+from featviz.capture.hooks import GradientCapture
+from featviz.maps.cam import cam_at_input
+from featviz.cli.main import main
 from featviz.errors import UsageError
-from featviz.explain import ClassExplainer
-from featviz.layers import LayerRef
-from featviz.targets import Target, class_indices, parse_targets
+from featviz.maps.explain import ClassExplainer
+from featviz.capture.layers import LayerRef
+from featviz.maps.targets import Target, class_indices, parse_targets
 from tinymodels import Broken, tiny_features, tiny_residual
 
 CATEGORIES = ["tabby", "tiger cat", "Egyptian cat", "tiger", "lion"]

@@ -28,9 +28,9 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import torchcam.methods as torchcam_methods
-from featviz.explain import ClassExplainer, find_cam_classifier
-from featviz.layers import LayerRef
-from featviz.targets import Target
+from featviz.maps.explain import ClassExplainer, find_cam_classifier
+from featviz.capture.layers import LayerRef
+from featviz.maps.targets import Target
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch-cam's "no value for fc_layer" log is a warning in some versions
 
@@ -220,7 +220,7 @@ def test_gradcampp_differs_from_torchcam_whose_alpha_is_never_divided(resnet18) 
     indexing returns a copy: the division is lost and its weights are sum_ij g^2 ReLU(g). Its map
     equals exactly that, computed from featviz's own activations and gradients, and differs from
     the paper's (featviz's)."""
-    from featviz.capture import GradientCapture
+    from featviz.capture.hooks import GradientCapture
 
     model, x, cls = resnet18, _photos(96), 3
     ref = LayerRef("layer4", None, model.layer4)

@@ -1,7 +1,7 @@
 """--cam-score: the faithfulness of each class map (deletion and insertion, RISE) through the
 pipeline, summary.json, the manifest, the report and export's closing table.
 
-The module itself (featviz.faithfulness) is checked in test_faithfulness.py; here the wiring is:
+The module itself (featviz.maps.faithfulness) is checked in test_faithfulness.py; here the wiring is:
 the scores in the outputs equal a direct call on the same input, map and target, the table's
 means equal the summaries' means, bad maps fail their photo only, the model is left as found.
 """
@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 import featviz
-import featviz.camscore
-from featviz.cam import cam_at_input
-from featviz.cli import main
+import featviz.maps.camscore
+from featviz.maps.cam import cam_at_input
+from featviz.cli.main import main
 from featviz.errors import UsageError
-from featviz.faithfulness import deletion_insertion
-from featviz.pipeline import Visualizer
+from featviz.maps.faithfulness import deletion_insertion
+from featviz.output.pipeline import Visualizer
 from tinymodels import tiny_features
 
 STEPS = 4
@@ -137,14 +137,14 @@ def test_cam_score_needs_cam(tests_on_path, photos, tmp_path) -> None:
 def test_a_map_that_cannot_be_scored_fails_its_photo_only(tests_on_path, photos, tmp_path, monkeypatch) -> None:
     """The bright photo's saliency becomes NaN on its way into the real deletion_insertion,
     which returns an ImageError for that row: that photo fails, the others are written."""
-    real = featviz.camscore.deletion_insertion
+    real = featviz.maps.camscore.deletion_insertion
 
     def poisoned(model, inputs, saliency, targets, **kwargs):
         bright = inputs.mean(dim=(1, 2, 3)) > 1.0
         saliency = torch.where(bright[:, None, None], torch.tensor(float("nan")), saliency)
         return real(model, inputs, saliency, targets, **kwargs)
 
-    monkeypatch.setattr(featviz.camscore, "deletion_insertion", poisoned)
+    monkeypatch.setattr(featviz.maps.camscore, "deletion_insertion", poisoned)
     out = tmp_path / "out"
     code, _, err = _cli("export", str(photos[0].parent), *COMMON, "--cam", "gradcam", "--cam-score",
                         "--cam-score-steps", str(STEPS), "--batch-size", "3", "--out", str(out))

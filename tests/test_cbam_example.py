@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from featviz.cli import main
-from featviz.pipeline import RenderOptions, Visualizer
+from featviz.cli.main import main
+from featviz.output.pipeline import RenderOptions, Visualizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "cbam_shapes.py"

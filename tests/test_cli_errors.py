@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from featviz.cli import main
+from featviz.cli.main import main
 
 
 @pytest.mark.parametrize(("args", "error", "hint"), [

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import featviz.estimate
-from featviz.cli import main
-from featviz.estimate import estimate_output
-from featviz.options import RenderOptions
+import featviz.output.estimate
+from featviz.cli.main import main
+from featviz.output.estimate import estimate_output
+from featviz.output.options import RenderOptions
 
 TINY = ["--model", "tinymodels:tiny_features", "--size", "8", "--workers", "1"]
 
@@ -30,7 +30,7 @@ def written(out: Path) -> int:
                                    ["--layer", "0,3", "--channels", "0-4", "--max-channels", "2"]])
 def test_the_estimate_is_the_number_of_files_written(cat_photo: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
-    monkeypatch.setattr(featviz.estimate, "WARN_FILES_PER_IMAGE", 10)
+    monkeypatch.setattr(featviz.output.estimate, "WARN_FILES_PER_IMAGE", 10)
     out = tmp_path / "out"
     result = show(cat_photo, out, *extra)
     [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -42,7 +42,7 @@ def test_the_estimate_is_the_number_of_files_written(cat_photo: Path, tmp_path: 
 def test_no_warning_below_the_threshold_or_when_quiet(cat_photo: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     assert "warning:" not in show(cat_photo, tmp_path / "a", "--layer", "all").stderr  # 5 layers, 52 files
-    monkeypatch.setattr(featviz.estimate, "WARN_FILES_PER_IMAGE", 10)
+    monkeypatch.setattr(featviz.output.estimate, "WARN_FILES_PER_IMAGE", 10)
     assert show(cat_photo, tmp_path / "b", "--layer", "all", "--quiet").stderr == ""
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``featviz export`` and :mod:`featviz.export`: whole folders of good, odd and bad
+"""Tests for ``featviz export`` and :mod:`featviz.output.export`: whole folders of good, odd and bad
 images, the output layout, resume after an interruption, sharding, stdin, ``--json``, exit
 codes, path safety, flat memory and determinism (issue 3, "Done means").
 
@@ -25,12 +25,12 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 import oddimages
-from featviz import cli
-from featviz.cli import main
+from featviz.cli import main as cli  # the module featviz.cli.main
+from featviz.cli.main import main
 from featviz.errors import UsageError
-from featviz.export import MANIFEST, SUMMARY, TMP_MARK, Exporter, is_complete, layer_dir, shard
-from featviz.inputs import InputImage, find_images
-from featviz.pipeline import RenderOptions, Visualizer
+from featviz.output.export import MANIFEST, SUMMARY, TMP_MARK, Exporter, is_complete, layer_dir, shard
+from featviz.inputs.discover import InputImage, find_images
+from featviz.output.pipeline import RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -646,8 +646,7 @@ def test_help_documents_exit_codes() -> None:
 
 
 def test_several_layers_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from featviz import pipeline as pipeline_module
-
+    from featviz.output import pipeline as pipeline_module
     passes = []
     original = pipeline_module.capture
 

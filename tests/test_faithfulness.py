@@ -1,4 +1,4 @@
-"""Deletion and insertion (featviz.faithfulness) against a slow reference loop, numpy, torch-cam
+"""Deletion and insertion (featviz.maps.faithfulness) against a slow reference loop, numpy, torch-cam
 and properties a faithful score must have. Tiny hand-built models, 16x16 and 32x32 inputs."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torchcam import metrics
 from torchvision.transforms import functional as TF
 
 from featviz.errors import ImageError, UsageError
-from featviz.faithfulness import (
+from featviz.maps.faithfulness import (
     AucRow,
     FaithfulnessScore,
     deletion_insertion,

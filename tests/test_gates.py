@@ -22,11 +22,11 @@ from PIL import Image
 from timm.layers import GatherExcite
 from torch import nn
 
-from featviz.cli import main
+from featviz.cli.main import main
 from featviz.errors import LayerError, UsageError
-from featviz.gates import find_gates, probe_input
-from featviz.models import LoadedModel, Preprocess
-from featviz.pipeline import RenderOptions, Visualizer
+from featviz.capture.gates import find_gates, probe_input
+from featviz.models.build import LoadedModel, Preprocess
+from featviz.output.pipeline import RenderOptions, Visualizer
 
 SIDE = 64
 

@@ -18,11 +18,11 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 import oddimages
-from featviz.cli import main
+from featviz.cli.main import main
 from featviz.errors import WeightsError
-from featviz.export import SUMMARY
-from featviz.models import load_model
-from featviz.pipeline import RenderOptions, Visualizer
+from featviz.output.export import SUMMARY
+from featviz.models.build import load_model
+from featviz.output.pipeline import RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -238,8 +238,8 @@ def test_weights_file_gives_the_pretrained_models_activations(name: str, tmp_pat
 
 
 def _output_of(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    from featviz.capture import capture
-    from featviz.layers import resolve_layers
+    from featviz.capture.hooks import capture
+    from featviz.capture.layers import resolve_layers
 
     refs = resolve_layers(model, [layer])
     return capture(model, refs, x)[layer]
@@ -253,7 +253,7 @@ def _output_of(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 def test_download_times_out_and_leaves_no_partial(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import torchvision.models._api as api
 
-    import featviz.models as models
+    import featviz.models.build as models
 
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))

@@ -15,11 +15,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from featviz import attention
-from featviz.attention import cbam_refine, minmax, weights_from_statistic
-from featviz.cli import main
-from featviz.export import MANIFEST, SUMMARY
-from featviz.render import channel_tiles, to_uint8
+from featviz.maps import attention
+from featviz.maps.attention import cbam_refine, minmax, weights_from_statistic
+from featviz.cli.main import main
+from featviz.output.export import MANIFEST, SUMMARY
+from featviz.output.render import channel_tiles, to_uint8
 from seedscript import photo_tensor
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -98,7 +98,7 @@ def test_nonfinite_activations(channel: str, tmp_path: Path, cat_photo: Path, us
 @pytest.mark.parametrize("labels", [False, True])
 def test_nonfinite_activations_are_magenta_in_a_colour_grid(labels: bool, cat_photo: Path, user_module) -> None:
     import featviz
-    from featviz.render import NONFINITE_COLOUR, grid_pixels
+    from featviz.output.render import NONFINITE_COLOUR, grid_pixels
 
     name = user_module(NONFINITE_MODEL)
     [result] = featviz.visualize(cat_photo, model=f"{name}:build", layers=[1], weights="none", size=20,
@@ -202,7 +202,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_fcanet_frequencies_below_seven_pixels() -> None:
-    from featviz.attention import scale_frequencies
+    from featviz.maps.attention import scale_frequencies
 
     assert scale_frequencies([(6, 6), (1, 0), (3, 5)], 5, 5) == [(4, 4), (1, 0), (3, 4)]  # step 1, clipped
     assert scale_frequencies([(6, 6), (1, 0)], 14, 21) == [(12, 18), (2, 0)]  # u * (H // 7), as FcaNet
@@ -211,7 +211,7 @@ def test_readme_fcanet_frequencies_below_seven_pixels() -> None:
 
 
 def test_clip_percentile_words_match_the_rounded_rank() -> None:
-    from featviz.render import percentile_bounds
+    from featviz.output.render import percentile_bounds
 
     values = torch.arange(1, 11, dtype=torch.float32)
     low, high = percentile_bounds(values, 94)  # rank round(9.4) = 9; the nearest-rank method's ceil gives 10

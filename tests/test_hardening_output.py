@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 import oddimages
-from featviz import layout
-from featviz.cli import main
-from featviz.export import MANIFEST, SUMMARY, TMP_MARK, is_complete
-from featviz.report import REPORT, report_data
+from featviz.output import layout
+from featviz.cli.main import main
+from featviz.output.export import MANIFEST, SUMMARY, TMP_MARK, is_complete
+from featviz.output.report import REPORT, report_data
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -1,4 +1,4 @@
-"""Tests for featviz.images: every odd image a user may have, and every way inputs are named."""
+"""Tests for featviz.inputs.images: every odd image a user may have, and every way inputs are named."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from featviz.errors import ImageError
-from featviz.images import DEFAULT_MAX_PIXELS, load_image
-from featviz.inputs import FoundImages, InputImage, find_images
+from featviz.inputs.images import DEFAULT_MAX_PIXELS, load_image
+from featviz.inputs.discover import FoundImages, InputImage, find_images
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -191,7 +191,7 @@ def test_modes_no_file_format_yields(
     mode: str, colour: tuple[int, ...], expected: tuple[int, int, int]
 ) -> None:
     """PIL decodes these to other modes when reading files, so check the conversion itself."""
-    from featviz.images import _to_rgb
+    from featviz.inputs.images import _to_rgb
 
     image = _to_rgb(Image.new(mode, (2, 2), colour), "memory")
     check_rgb(image, (2, 2))
@@ -384,12 +384,12 @@ def test_permission_error_is_an_image_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root can read anything, so simulate the refusal where featviz opens the file."""
-    import featviz.images
+    import featviz.inputs.images
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(featviz.images, "open", refuse, raising=False)
+    monkeypatch.setattr(featviz.inputs.images, "open", refuse, raising=False)
     with pytest.raises(ImageError, match=r"locked\.png: permission denied$"):
         load_image(tmp_path / "locked.png")
 

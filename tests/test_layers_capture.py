@@ -13,12 +13,12 @@ from torch import nn
 
 import featviz
 import tinymodels
-from featviz.capture import ActivationCapture, capture
-from featviz.cli import main
+from featviz.capture.hooks import ActivationCapture, capture
+from featviz.cli.main import main
 from featviz.errors import LayerError
-from featviz.layers import feature_stack, resolve_layers
-from featviz.models import load_model
-from featviz.pipeline import Visualizer
+from featviz.capture.layers import feature_stack, resolve_layers
+from featviz.models.build import load_model
+from featviz.output.pipeline import Visualizer
 from seedscript import photo_tensor, seed_loop
 
 MEAN = [0.485, 0.456, 0.406]

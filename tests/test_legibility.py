@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from featviz.render import bar_chart, side_by_side_grids
+from featviz.output.render import bar_chart, side_by_side_grids
 
 REPORT_WIDTH = 432  # report.html: a "wide" figure spans two 210 px columns and their 12 px gap
 SCREEN_WIDTH = 1000

@@ -21,9 +21,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 import tinymodels
-from featviz.cli import main
+from featviz.cli.main import main
 from featviz.errors import ModelError, UsageError, WeightsError
-from featviz.models import CropBox, Preprocess, load_model, resolve_device
+from featviz.models.build import CropBox, Preprocess, load_model, resolve_device
 from seedscript import seed_loop
 
 MEAN = [0.485, 0.456, 0.406]

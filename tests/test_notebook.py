@@ -14,8 +14,8 @@ from IPython.core.formatters import DisplayFormatter
 from PIL import Image
 
 import featviz
-import featviz.notebook
-from featviz.notebook import GRID_SIDE, MAX_SHOWN, OVERLAY_SIDE, Results
+import featviz.output.notebook
+from featviz.output.notebook import GRID_SIDE, MAX_SHOWN, OVERLAY_SIDE, Results
 
 TINY = "tinymodels:tiny_features"
 
@@ -76,7 +76,7 @@ def test_the_list_visualize_returns_shows_every_result(results: Results) -> None
 def test_a_long_list_shows_the_first_results_and_counts_the_rest(results: Results,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     assert MAX_SHOWN == 24
-    monkeypatch.setattr(featviz.notebook, "MAX_SHOWN", 3)
+    monkeypatch.setattr(featviz.output.notebook, "MAX_SHOWN", 3)
     many = Results([results[0]] * 5)
     markup = DisplayFormatter().format(many)[0]["text/html"]
     assert markup.count('class="featviz-result"') == 3 and "and 2 more" in markup

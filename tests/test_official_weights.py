@@ -17,9 +17,9 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from featviz.cli import main
-from featviz.models import load_model
-from featviz.official import recognise, sha256_matches
+from featviz.cli.main import main
+from featviz.models.build import load_model
+from featviz.models.official import recognise, sha256_matches
 
 V1, V2 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2
 

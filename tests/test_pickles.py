@@ -12,10 +12,10 @@ import tinymodels
 import torch
 from click.testing import CliRunner
 
-from featviz.checkpoints import MissingPickledCode, UntrustedPickle
-from featviz.cli import main
+from featviz.models.checkpoints import MissingPickledCode, UntrustedPickle
+from featviz.cli.main import main
 from featviz.errors import ModelError
-from featviz.models import load_model
+from featviz.models.build import load_model
 
 
 def same_weights(module: torch.nn.Module, reference: torch.nn.Module) -> bool:

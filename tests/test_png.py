@@ -1,4 +1,4 @@
-"""featviz.png: every picture featviz writes goes through this encoder, so it is checked against
+"""featviz.output.png: every picture featviz writes goes through this encoder, so it is checked against
 two independent readers (Pillow, and a by-hand chunk parser with zlib and a cumulative sum)."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featviz import png
-
+from featviz.output import png
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import featviz.progress
-from featviz.cli import main
+import featviz.cli.progress
+from featviz.cli.main import main
 
 BASE = ["--model", "tinymodels:tiny_features", "--layer", "0", "--size", "8", "--workers", "1"]
 
@@ -55,7 +55,7 @@ def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch: pytest.MonkeyPatch)
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    bar = featviz.progress.progress_bar(3, enabled=True)
+    bar = featviz.cli.progress.progress_bar(3, enabled=True)
     for _ in range(3):
         bar.update()
     bar.close()

@@ -1,4 +1,4 @@
-"""Tests for the HTML report (:mod:`featviz.report`, issue 6 "An HTML report").
+"""Tests for the HTML report (:mod:`featviz.output.report`, issue 6 "An HTML report").
 
 Unit tests read the page's embedded data and check escaping, URLs, deduplication, truncated
 manifests, rewrites during a batch and speed. The browser tests open ``index.html`` from disk in
@@ -25,11 +25,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 import oddimages
-from featviz.cli import main
-from featviz.export import MANIFEST, SUMMARY, Exporter
-from featviz.inputs import find_images
-from featviz.pipeline import RenderOptions, Visualizer
-from featviz.report import PAGE_SIZE, REPORT, ReportWriter, render_html, report_data, write_report
+from featviz.cli.main import main
+from featviz.output.export import MANIFEST, SUMMARY, Exporter
+from featviz.inputs.discover import find_images
+from featviz.output.pipeline import RenderOptions, Visualizer
+from featviz.output.report import PAGE_SIZE, REPORT, ReportWriter, render_html, report_data, write_report
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -21,7 +21,7 @@ from torchvision import transforms as T
 
 import featviz
 import tinymodels
-from featviz.cli import main
+from featviz.cli.main import main
 from seedscript import seed_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -427,10 +427,10 @@ import json, sys
 heavy = ("torch", "torchvision", "matplotlib.pyplot", "matplotlib")
 import featviz
 after_import = [m for m in heavy if m in sys.modules]
-import featviz.cli
+import featviz.cli.main
 for args in (["--help"], ["show", "--help"], ["layers", "--help"]):
     try:
-        featviz.cli.main(args, prog_name="featviz", standalone_mode=False)
+        featviz.cli.main.main(args, prog_name="featviz", standalone_mode=False)
     except SystemExit:
         pass
 print(json.dumps({"import": after_import, "help": [m for m in heavy if m in sys.modules]}))

@@ -11,8 +11,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from featviz.cli import main
-from featviz.settings import changed_settings
+from featviz.cli.main import main
+from featviz.output.settings import changed_settings
 
 BASE = ["--model", "tinymodels:tiny_features", "--layer", "0", "--size", "16", "--workers", "1"]
 

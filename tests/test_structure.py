@@ -14,31 +14,35 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 
-# Bottom first. A module may import modules of lower levels (and none of its own level or above).
-STACK: list[set[str]] = [
-    {"errors", "png", "progress", "viewer"},
-    {"layout"},
-    {"checkpoints", "downloads", "images", "inputs", "official", "preprocess", "targets"},
-    {"timm_models"},
-    {"models"},
-    {"layers"},
-    {"capture", "learned", "stn"},
-    {"gates"},
-    {"attention", "cam", "faithfulness", "notebook", "render", "receptive", "atlas"},
-    {"atlas_pictures", "explain", "options"},
-    {"camscore"},
-    {"result"},
-    {"estimate", "settings"},
-    {"pipeline"},
-    {"report", "atlas_page"},
-    {"export"},
-    {"atlas_export"},
-    {"cli_common"},
-    {"cli_atlas"},
-    {"cli"},
-    {"__main__"},
+# The subpackages in the order data flows, bottom first. A module may import from any subpackage
+# below its own, and from its own subpackage only modules of a lower level (the inner lists, bottom
+# first). "errors" is the one leaf module at the top of the package; "__main__" sits above all.
+STACK: list[tuple[str, list[set[str]]]] = [
+    ("errors", [{"errors"}]),
+    ("inputs", [{"images", "discover"}]),
+    ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
+    ("capture", [{"layers"}, {"hooks", "learned", "stn"}, {"gates"}]),
+    ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
+    ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
+                {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
+    ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
+    ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
+    ("__main__", [{"__main__"}]),
 ]
-LEVEL = {name: level for level, names in enumerate(STACK) for name in names}
+
+
+def _dotted(unit: str, module: str) -> str:
+    return unit if unit == module else f"{unit}.{module}"
+
+
+# "unit.module" -> (unit's place, module's place inside its unit). A subpackage's __init__ sits
+# above its modules.
+LEVEL: dict[str, tuple[int, int]] = {}
+for _unit_level, (_unit, _levels) in enumerate(STACK):
+    for _inner, _names in enumerate(_levels):
+        LEVEL.update({_dotted(_unit, name): (_unit_level, _inner) for name in _names})
+    if len(_levels) > 1 or _unit not in _levels[0]:
+        LEVEL[_unit] = (_unit_level, len(_levels))
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -47,21 +51,47 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _module_name(path: Path) -> str:
+    """featviz/maps/cam.py -> "maps.cam"; featviz/cli/__init__.py -> "cli"; featviz/errors.py -> "errors"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _known(dotted: str) -> str | None:
+    """The longest stack name that ``dotted`` (a featviz module path, without "featviz.") starts with."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in LEVEL:
+            return ".".join(parts[:end])
+    return None
+
+
 def featviz_imports(path: Path) -> set[str]:
-    """Names of featviz modules that ``path`` imports at run time, anywhere in the file."""
+    """Stack names of the featviz modules that ``path`` imports at run time, anywhere in the file."""
     found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        name = _known(dotted)
+        found.add(name if name is not None else dotted)
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
             for child in node.orelse:
                 visit(child)
             return
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("featviz."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == "featviz":
-            found.update(alias.name for alias in node.names if alias.name in LEVEL)
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "featviz" or node.module.startswith("featviz.")):
+            base = node.module.removeprefix("featviz").removeprefix(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}" if base else alias.name
+                if candidate in LEVEL:
+                    add(candidate)
+                elif base:
+                    add(base)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("featviz."))
+            for alias in node.names:
+                if alias.name.startswith("featviz."):
+                    add(alias.name.removeprefix("featviz."))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -69,24 +99,36 @@ def featviz_imports(path: Path) -> set[str]:
     return found
 
 
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+FILES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if p != PACKAGE / "__init__.py"}
+MODULES = sorted(FILES)
+SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
 
 def test_every_module_has_a_place_in_the_stack() -> None:
     assert sorted(set(MODULES) - set(LEVEL)) == []
 
 
+def test_every_subpackage_is_in_the_stack() -> None:
+    assert sorted(set(SUBPACKAGES) - {unit for unit, _ in STACK}) == []
+
+
+def _below(target: str, module: str) -> bool:
+    """Whether ``module`` may import ``target``: a lower subpackage, or a lower level of its own."""
+    (unit, inner), (target_unit, target_inner) = LEVEL[module], LEVEL[target]
+    return target_unit < unit or (target_unit == unit and target_inner < inner)
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module: str) -> None:
-    upward = sorted(
-        target for target in featviz_imports(PACKAGE / f"{module}.py")
-        if target != module and LEVEL.get(target, -1) >= LEVEL[module]
-    )
+    imported = featviz_imports(FILES[module]) - {module}
+    unknown = sorted(target for target in imported if target not in LEVEL)
+    assert unknown == [], f"{module} imports {unknown}, which are not featviz modules in the stack"
+    upward = sorted(target for target in imported if not _below(target, module))
     assert upward == [], f"{module} imports {upward}, which are not below it"
 
 
 def test_no_import_cycles() -> None:
-    graph = {m: featviz_imports(PACKAGE / f"{m}.py") - {m} for m in MODULES}
+    graph = {m: featviz_imports(FILES[m]) - {m} for m in MODULES}
     state: dict[str, int] = {}
 
     def cycle_from(node: str, trail: list[str]) -> list[str] | None:
@@ -106,9 +148,10 @@ def test_no_import_cycles() -> None:
 
 def test_the_checker_sees_deferred_imports(tmp_path: Path) -> None:
     source = tmp_path / "sample.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from featviz.cli import main\n"
-                      "def f():\n    from featviz.export import Exporter\n", encoding="utf-8")
-    assert featviz_imports(source) == {"export"}
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from featviz.cli.main import main\n"
+                      "def f():\n    from featviz.output.export import Exporter\n"
+                      "    from featviz.maps import cam as formulas\n", encoding="utf-8")
+    assert featviz_imports(source) == {"output.export", "maps.cam"}
 
 
 def test_the_readme_layout_lists_every_module_top_down() -> None:
@@ -117,7 +160,7 @@ def test_the_readme_layout_lists_every_module_top_down() -> None:
 
     readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     block = readme.split("## Project layout", 1)[1].split("```", 2)[1]
-    listed = re.findall(r"^  (\w+)\.py ", block, re.M)
-    assert sorted(listed) == sorted(set(MODULES) - {"__main__"})
+    listed = [name.replace("/", ".") for name in re.findall(r"^  ([\w/]+)\.py ", block, re.M)]
+    assert sorted(listed) == sorted(set(MODULES) - {"__main__"} - set(SUBPACKAGES))
     levels = [LEVEL[name] for name in listed]
     assert levels == sorted(levels, reverse=True), listed

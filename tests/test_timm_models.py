@@ -20,12 +20,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
-import featviz.timm_models
-from featviz.cli import main
+import featviz.models.timm_models
+from featviz.cli.main import main
 from featviz.errors import ModelError, UsageError, WeightsError
-from featviz.layers import feature_stack, sweep_layers
-from featviz.models import load_model
-from featviz.pipeline import RenderOptions, Visualizer
+from featviz.capture.layers import feature_stack, sweep_layers
+from featviz.models.build import load_model
+from featviz.output.pipeline import RenderOptions, Visualizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,7 +168,7 @@ def test_errors_unknown_name_bad_kwargs_bad_weights_and_no_timm(monkeypatch: pyt
         result = cli("show", cat_photo, *args, "--weights", "none", "--out", tmp_path)
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
     assert not list(tmp_path.iterdir())  # before any image
-    monkeypatch.setattr(featviz.timm_models, "timm", None)
+    monkeypatch.setattr(featviz.models.timm_models, "timm", None)
     with pytest.raises(ModelError, match="needs timm") as error:
         load_model("timm:resnet10t", "none")
     assert 'pip install "featviz[timm]"' in error.value.hint

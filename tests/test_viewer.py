@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import featviz.viewer
-from featviz.cli import main
+import featviz.cli.viewer
+from featviz.cli.main import main
 
 TINY = ["--model", "tinymodels:tiny_features", "--layer", "0", "--size", "8", "-q"]
 
@@ -26,7 +26,7 @@ def fake_opener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, code: int) -> P
     log = tmp_path / "opened.txt"
     script = (f"import sys; open({str(log)!r}, 'a').write(sys.argv[1] + '\\n'); "
               f"print('opener chatter'); sys.stderr.write('gio: no method available\\n'); sys.exit({code})")
-    monkeypatch.setattr(featviz.viewer, "viewer_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(featviz.cli.viewer, "viewer_command", lambda: [sys.executable, "-c", script])
     monkeypatch.setenv("DISPLAY", ":0")
     return log
 
@@ -94,6 +94,6 @@ def test_open_with_a_failing_opener_hides_its_noise(tmp_path: Path, cat_photo: P
 
 
 def test_open_with_no_opener_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(featviz.viewer, "viewer_command", lambda: [str(tmp_path / "no-such-opener")])
+    monkeypatch.setattr(featviz.cli.viewer, "viewer_command", lambda: [str(tmp_path / "no-such-opener")])
     monkeypatch.setenv("DISPLAY", ":0")
-    assert featviz.viewer.open_file(tmp_path / "x.html").startswith("no-such-opener could not be run")
+    assert featviz.cli.viewer.open_file(tmp_path / "x.html").startswith("no-such-opener could not be run")

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import featviz
-from featviz.cli import main
-from featviz.layers import sweep_layers
+from featviz.cli.main import main
+from featviz.capture.layers import sweep_layers
 
 TINY = ["--model", "tinymodels:tiny_features", "--weights", "none"]
 
@@ -41,7 +41,7 @@ def test_sweep_stages_for_alexnet_are_after_each_relu_and_pool() -> None:
 
 
 def test_sweep_is_one_forward_pass_with_every_stage(tmp_path: Path, cat_photo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import featviz.pipeline as pipeline_module
+    import featviz.output.pipeline as pipeline_module
 
     calls = []
     real = pipeline_module.capture
@@ -178,8 +178,8 @@ def test_predict_records_top5_softmax_of_the_full_forward(tmp_path: Path, cat_ph
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "chelsea" / "features.0" / "summary.json").read_text())
     model = tinymodels.tiny_features().eval()
-    from featviz.images import load_image
-    from featviz.models import Preprocess
+    from featviz.inputs.images import load_image
+    from featviz.models.build import Preprocess
 
     with torch.no_grad():
         probs = torch.softmax(model(Preprocess()(load_image(cat_photo))[None]), dim=1)[0]

@@ -1,0 +1,1 @@
+"""The channel atlas: the one-pass accumulator over a collection, its pictures and its page."""

@@ -1,0 +1,1 @@
+"""The only place hooks live: layer resolution, activations, gradients, learned gates, STNs."""

@@ -1,0 +1,524 @@
+"""The only place hooks live: collect the outputs of chosen modules during one forward pass.
+
+Hooks are registered when the ``with`` block starts and removed when it ends, also when the
+forward pass raises; the model's training flags are restored; gradients are never recorded.
+The forward pass is cut short once every requested module has produced its output, so asking
+for AlexNet's layer 0 does not pay for the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import functional
+from torch.overrides import TorchFunctionMode
+
+from featviz.errors import LayerError
+from featviz.capture.layers import LayerRef, feature_stack, is_script
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised from the last hook to end the forward pass early; never escapes this module."""
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """``value`` itself if a tensor, else the first tensor of a tuple/list/dict, else None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    values = value.values() if isinstance(value, dict) else value
+    if isinstance(values, (tuple, list)) or isinstance(value, dict):
+        return next((v for v in values if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+def _as_tensor(output: Any, path: str) -> torch.Tensor:
+    """The tensor a module produced: itself, or the first tensor of a tuple/list/dict output."""
+    tensor = _first_tensor(output)
+    if tensor is None:
+        raise LayerError(f"layer {path} produced {type(output).__name__}, not a tensor",
+                         hint="choose a layer whose output is a feature map")
+    return tensor
+
+
+def _release(stack: ExitStack | None, training: list[tuple[nn.Module, bool]]) -> None:
+    """Remove the hooks a capture registered, then put every module's train/eval flag back,
+    also when removing a hook raised."""
+    try:
+        if stack is not None:
+            stack.close()
+    finally:
+        for module, flag in training:
+            module.train(flag)
+
+
+class ActivationCapture:
+    """Context manager that records what the given layers output.
+
+    >>> with ActivationCapture(model, layers) as capture:
+    ...     activations = capture.run(batch)   # {path: float32 (N, C, H, W)}
+
+    Each hook keeps its own copy of the output: an in-place op after the layer (AlexNet's
+    ``ReLU(inplace=True)`` after ``features.0``) would otherwise change what was captured.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], stop_early: bool = True,
+                 copy: bool = True, inputs_of: Sequence[str] = (),
+                 gate_calls: Mapping[str, set[int]] | None = None, keep_graph: bool = False) -> None:
+        self.model = model
+        self.keep_graph = keep_graph  # outputs keep their autograd graph (receptive fields need it)
+        self.layers = list(layers)
+        self.inputs_of = set(inputs_of)  # paths whose input is also kept, as "<path>:input"
+        self.gate_calls = dict(gate_calls or {})  # "<path>:gate<k>": the k-th gate call inside path
+        self.expected = len(self.layers) + len(self.inputs_of) + sum(len(k) for k in self.gate_calls.values())
+        self.stop_early = stop_early
+        self.copy = copy
+        self.activations: dict[str, torch.Tensor] = {}
+        self.output: torch.Tensor | None = None  # the model's output, when the pass ran to the end
+        self._stack: ExitStack | None = None
+        self._training: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> ActivationCapture:
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self._stack = ExitStack()
+        if not is_script(self.model):
+            try:
+                for ref in self.layers:
+                    handle = ref.module.register_forward_hook(self._make_hook(ref.path))
+                    self._stack.callback(handle.remove)
+                    if ref.path in self.inputs_of:  # before the module runs: it may change its input in place
+                        handle = ref.module.register_forward_pre_hook(self._make_input_hook(ref.path))
+                        self._stack.callback(handle.remove)
+                if self.gate_calls:
+                    GateRecorder(self.model, self.gate_calls, self._keep).install(self._stack)
+            except BaseException:
+                self._stack.close()
+                raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _release(self._stack, self._training)
+        self._stack = None
+
+    def _make_hook(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if path in self.activations:  # a module called twice: keep its first output
+                return
+            tensor = _as_tensor(output, path)
+            if not self.keep_graph:
+                tensor = tensor.detach()
+            self._keep(path, tensor.clone() if self.copy else tensor)
+
+        return hook
+
+    def _keep(self, key: str, tensor: torch.Tensor) -> None:
+        self.activations[key] = tensor
+        if self.stop_early and len(self.activations) == self.expected:
+            raise _StopForward
+
+    def _make_input_hook(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            key = f"{path}:input"
+            if key not in self.activations:  # a module called twice: keep its first input
+                given = _as_tensor(inputs, path).detach()
+                self.activations[key] = given.clone() if self.copy else given
+
+        return hook
+
+    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward ``batch`` (float32 (N, 3, H, W) on the model's device); return the captures
+        keyed by layer path, in the order the layers were requested."""
+        self.activations = {}
+        self.output = None
+        with torch.set_grad_enabled(self.keep_graph):
+            if is_script(self.model):
+                self._run_stack(batch)
+                if not self.stop_early:  # the whole pass, by the model's own forward
+                    self.output = _as_tensor(self.model(batch), "output")
+            else:
+                try:
+                    self.output = _as_tensor(self.model(batch), "output")
+                except _StopForward:
+                    pass
+        missing = [ref.path for ref in self.layers if ref.path not in self.activations]
+        missing += [f"{p}:gate{k}" for p, ks in self.gate_calls.items() for k in ks if f"{p}:gate{k}" not in self.activations]
+        if is_script(self.model) and self.inputs_of:
+            raise LayerError("layer inputs cannot be captured in a TorchScript model")
+        if missing:
+            raise LayerError(
+                f"layer {missing[0]} was never run by the model's forward pass",
+                hint="choose a module that the forward pass calls (see `featviz layers`)",
+            )
+        return dict(self.activations)
+
+    def _run_stack(self, batch: torch.Tensor) -> None:
+        """TorchScript modules take no Python hooks: run the feature stack one module after the
+        other, as the seed script does, up to the last requested entry, and record the
+        requested entries. (The model's own forward pass may do more between two entries,
+        such as ResNet's flatten before ``fc``; that is why it stops as soon as it can.)"""
+        stack = feature_stack(self.model)
+        wanted = {ref.path for ref in self.layers}
+        unknown = wanted - {path for path, _ in stack}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise LayerError(
+                f"layer {name} cannot be captured in a TorchScript model: TorchScript takes no hooks, so "
+                "featviz runs its feature stack one entry after another and sees only the entries' outputs",
+                hint="pick a feature-stack entry (an index or a path listed by `featviz layers`), or pass the "
+                     "model as a package.module:factory",
+            )
+        x, previous = batch, "the input"
+        for path, module in stack:
+            if not wanted - set(self.activations):
+                return
+            try:
+                x = module(x)
+            except RuntimeError as exc:
+                raise LayerError(
+                    f"layer {path} of a TorchScript model cannot take the output of {previous} "
+                    f"({str(exc).strip().splitlines()[-1][:160]}): TorchScript takes no hooks, so featviz runs its "
+                    "feature stack one entry after another, and the model's own forward pass does more in between",
+                    hint="pick an earlier layer, or pass the model as a package.module:factory",
+                ) from exc
+            previous = path
+            if path in wanted:
+                self.activations[path] = x.detach().clone() if self.copy else x.detach()
+
+
+def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
+            inputs_of: Sequence[str] = (), stop_early: bool = True,
+            keep_output: bool = False, gate_calls: Mapping[str, set[int]] | None = None) -> dict[str, torch.Tensor]:
+    """One forward pass of ``batch``; the outputs of ``layers`` keyed by path (and the inputs of
+    the paths in ``inputs_of``, keyed ``<path>:input``, and the gate calls of ``gate_calls``,
+    keyed ``<path>:gate<k>``). See :class:`ActivationCapture`."""
+    with ActivationCapture(model, layers, stop_early=stop_early and not keep_output, inputs_of=inputs_of,
+                           gate_calls=gate_calls) as recorder:
+        captured = recorder.run(batch)
+    if keep_output:  # the whole pass ran: its result is the model's output
+        captured[":output"] = recorder.output
+    return captured
+
+
+def capture_with_graph(model: nn.Module, layer: LayerRef, batch: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` for ``batch`` with its autograd graph kept, so that a gradient
+    with respect to ``batch`` can be taken (:mod:`featviz.maps.receptive`). The pass stops at the layer."""
+    if is_script(model):
+        raise LayerError("receptive fields need a Python module: a TorchScript model takes no hooks",
+                         hint="load the model from torchvision or a package.module:factory")
+    with ActivationCapture(model, [layer], copy=False, keep_graph=True) as recorder:
+        return recorder.run(batch)[layer.path]
+
+
+def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:
+    """Output shape of each layer (without the batch dimension) for ``example``; layers the
+    forward pass does not reach are absent. Nothing is copied."""
+    if is_script(model):  # only the feature stack's entries can be seen (see ActivationCapture._run_stack)
+        entries = {path for path, _ in feature_stack(model)}
+        layers = [ref for ref in layers if ref.path in entries]
+    recorder = ActivationCapture(model, layers, stop_early=False, copy=False)
+    shapes: dict[str, list[int]] = {}
+    with recorder:
+        try:
+            import torch
+
+            with torch.no_grad():
+                if is_script(model):
+                    recorder._run_stack(example)
+                else:
+                    model(example)
+        except (LayerError, RuntimeError, AssertionError, ValueError):
+            pass  # a layer that breaks the pass (or an input size the model refuses): the shapes so far stand
+    for path, tensor in recorder.activations.items():
+        shapes[path] = list(tensor.shape[1:])
+    return shapes
+
+
+def describe_layers(
+    model: nn.Module, example: torch.Tensor, include_all: bool = False
+) -> list[dict[str, Any]]:
+    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
+
+    ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
+    with hooks on every listed module; a module the forward pass never reaches has shape None.
+    """
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    if include_all:
+        listed = [(name, module) for name, module in model.named_modules() if name]
+    else:
+        listed = stack
+    shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    rows = []
+    for path, module in listed:
+        ref = LayerRef(path, index_of.get(path), module)
+        rows.append({
+            "index": index_of.get(path),
+            "path": path,
+            "type": ref.type_name,
+            "output_shape": shapes.get(path),
+        })
+    return rows
+
+
+def feature_map_paths(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The feature-stack entries whose output for ``example`` (float32 (1, 3, H, W)) is a
+    feature map (N, C, H, W) larger than 1x1: what ``--layer all`` means. A global pool's 1x1
+    output and a classifier's (N, classes) are not."""
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    shapes = output_shapes(model, [LayerRef(p, index_of[p], m) for p, m in stack], example)
+    return [path for path, _ in stack
+            if len(shapes.get(path, [])) == 3 and shapes[path][1] * shapes[path][2] > 1]
+
+
+# --- gate activations: what sigmoid, hard-sigmoid and softmax computed inside modules ---------
+
+def _gate_function_names() -> dict[Any, str]:
+    return {torch.sigmoid: "sigmoid", torch.Tensor.sigmoid: "sigmoid", functional.sigmoid: "sigmoid",
+            functional.hardsigmoid: "hardsigmoid", torch.softmax: "softmax", torch.Tensor.softmax: "softmax",
+            functional.softmax: "softmax"}
+
+
+def _softmax_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return dim if isinstance(dim, int) else None
+
+
+@dataclass
+class GateCall:
+    """One call of a gate activation during a traced forward pass.
+
+    ``output``: its result, detached and copied (any shape; values in (0, 1), softmax rows sum
+    to 1). ``modules``: the paths of the modules running at that moment, outermost first;
+    ``counts[path]``: how many gate calls that module had made before this one (its index k).
+    """
+
+    function: str  # "sigmoid", "hardsigmoid" or "softmax"
+    dim: int | None  # softmax's dimension
+    output: torch.Tensor
+    modules: tuple[str, ...]
+    counts: dict[str, int]
+
+
+@dataclass
+class ModuleCall:
+    """A module that ran gate activations: its first tensor input and its output, copied.
+
+    ``input``/``output``: float tensors as the module got and returned them (usually
+    (N, C, H, W)); ``output`` is None when the module returned no tensor.
+    """
+
+    path: str
+    module: nn.Module
+    input: torch.Tensor | None
+    output: torch.Tensor | None
+    calls: list[int]  # indices into GateTrace.calls, in call order
+
+
+@dataclass
+class GateTrace:
+    calls: list[GateCall] = field(default_factory=list)
+    modules: dict[str, ModuleCall] = field(default_factory=dict)
+
+
+class _GateMode(TorchFunctionMode):
+    """Sees every torch function call; hands those of gate activations to ``on_call``."""
+
+    def __init__(self, on_call: Any) -> None:
+        super().__init__()
+        self.on_call = on_call
+        self.names = _gate_function_names()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = self.names.get(func)
+        if name is not None and isinstance(result, torch.Tensor):
+            self.on_call(name, _softmax_dim(args, kwargs) if name == "softmax" else None, result)
+        return result
+
+
+def trace_gates(model: nn.Module, batch: torch.Tensor) -> GateTrace:
+    """One forward pass of ``batch`` that records every gate-activation call (sigmoid,
+    hard-sigmoid, softmax; as modules or as functions) and, for each module that ran one, its
+    input and output, so that a caller can tell which module multiplied its input by which gate.
+
+    Hooks live inside this call only; the model's flags are restored; nothing is kept of
+    modules without gate calls. TorchScript models cannot be traced: the trace is empty.
+    """
+    trace = GateTrace()
+    if is_script(model):
+        return trace
+    running: list[tuple[str, torch.Tensor | None, int]] = []  # (path, input copy, first call index)
+    counts: dict[str, int] = {}
+
+    def on_call(name: str, dim: int | None, result: torch.Tensor) -> None:
+        paths = tuple(path for path, _, _ in running)
+        trace.calls.append(GateCall(name, dim, result.detach().clone(), paths,
+                                    {path: counts.get(path, 0) for path in paths}))
+        for path in paths:
+            counts[path] = counts.get(path, 0) + 1
+
+    def before(path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            given = _first_tensor(inputs)
+            running.append((path, None if given is None else given.detach().clone(), len(trace.calls)))
+
+        return hook
+
+    def after(path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            _, given, first = running.pop()
+            if len(trace.calls) > first and path not in trace.modules:
+                produced = _first_tensor(output)
+                trace.modules[path] = ModuleCall(path, module, given,
+                                                 None if produced is None else produced.detach().clone(),
+                                                 list(range(first, len(trace.calls))))
+
+        return hook
+
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with ExitStack() as stack:
+            for path, module in model.named_modules():
+                stack.callback(module.register_forward_pre_hook(before(path)).remove)
+                stack.callback(module.register_forward_hook(after(path)).remove)
+            with torch.no_grad(), _GateMode(on_call):
+                model(batch)
+    finally:
+        for module, flag in training:
+            module.train(flag)
+    return trace
+
+
+class GateRecorder:
+    """Inside :class:`ActivationCapture`: the outputs of chosen gate calls, named by the module
+    that makes them and the call's index k within that module's forward (``"<path>:gate<k>"``)."""
+
+    def __init__(self, model: nn.Module, wanted: dict[str, set[int]], keep: Any) -> None:
+        self.model = model
+        self.wanted = wanted
+        self.keep = keep  # keep(key, tensor)
+        self.active: dict[str, int] = {}  # owner path -> gate calls so far in its running forward
+        self.done: set[str] = set()
+
+    def install(self, stack: ExitStack) -> None:
+        for path in self.wanted:
+            module = self.model.get_submodule(path) if path else self.model
+            stack.callback(module.register_forward_pre_hook(self._enter(path)).remove)
+            stack.callback(module.register_forward_hook(self._leave(path)).remove)
+        mode = _GateMode(self._on_call)
+        stack.enter_context(mode)
+
+    def _enter(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            if path not in self.done:
+                self.active[path] = 0
+
+        return hook
+
+    def _leave(self, path: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self.active.pop(path, None) is not None:
+                self.done.add(path)  # a module called twice: keep its first call's gates
+
+        return hook
+
+    def _on_call(self, name: str, dim: int | None, result: torch.Tensor) -> None:
+        for path in list(self.active):
+            index = self.active[path]
+            self.active[path] = index + 1
+            if index in self.wanted[path]:
+                self.keep(f"{path}:gate{index}", result.detach().clone())
+
+
+class GradientCapture:
+    """Context manager for class-attention passes: one layer's output, and gradients that stop there.
+
+    >>> with GradientCapture(model, layer) as grads:
+    ...     logits = grads.run(batch)          # the model's output, float32 (N, classes)
+    ...     grads.activations                  # float32 (N, C, H, W), a private copy
+    ...     torch.autograd.grad(score, grads.leaf)
+
+    The forward hook keeps ``activations = out.detach().clone()`` and lets the pass go on from a
+    fresh leaf tensor (``leaf = out.detach().clone().requires_grad_(True)``, continued as
+    ``leaf.clone()``): gradients are computed only from the layer up (nothing below it is
+    differentiated), and an in-place op after the layer (AlexNet's ``ReLU(inplace=True)``)
+    changes neither the captured activations nor the leaf. Parameters do not need gradients for
+    the pass: their ``requires_grad`` flags are turned off on entry and every flag, and every
+    module's train/eval mode, is restored on exit, also when the pass raises.
+
+    ``replace``: with it the layer's output is not kept but replaced by ``replace(output)``
+    (Ablation-CAM's ablated copies, float32 (K, C, H, W)); no leaf is made then.
+    """
+
+    def __init__(self, model: nn.Module, layer: LayerRef, with_grad: bool = True,
+                 replace: Any = None) -> None:
+        self.model = model
+        self.layer = layer
+        self.with_grad = with_grad
+        self.replace = replace
+        self.activations: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+        self._stack: ExitStack | None = None
+        self._training: list[tuple[nn.Module, bool]] = []
+        self._flags: list[tuple[Any, bool]] = []
+
+    def __enter__(self) -> GradientCapture:
+        if is_script(self.model):
+            raise LayerError("class attention needs Python hooks, which a TorchScript model does not take",
+                             hint="load the model as a torchvision name or a package.module:factory")
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self._stack = ExitStack()
+        try:
+            self.model.eval()
+            for parameter, _ in self._flags:
+                parameter.requires_grad_(False)
+            handle = self.layer.module.register_forward_hook(self._hook)
+            self._stack.callback(handle.remove)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            _release(self._stack, self._training)
+        finally:
+            for parameter, flag in self._flags:
+                parameter.requires_grad_(flag)
+            self._stack = None
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
+                             hint="class attention needs a layer whose output is one feature map")
+        if self.replace is not None:
+            return self.replace(output.detach())
+        if self.activations is not None:  # a module called twice: the first call is the one explained
+            return None
+        self.activations = output.detach().clone()
+        if not self.with_grad:
+            return None
+        self.leaf = output.detach().clone().requires_grad_(True)
+        return self.leaf.clone()
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
+        differentiable with respect to :attr:`leaf` when ``with_grad``."""
+        self.activations, self.leaf = None, None
+        with torch.enable_grad() if self.with_grad else torch.no_grad():
+            output = _as_tensor(self.model(batch), "output")
+        if self.activations is None and self.replace is None:
+            raise LayerError(f"layer {self.layer.path} was never run by the model's forward pass",
+                             hint="choose a module that the forward pass calls (see `featviz layers`)")
+        return output

@@ -1,0 +1,188 @@
+"""Which modules: resolve ``--layer`` specs to modules, and list the layers a user can pick.
+
+A layer is named by its position in the model's *feature stack* (``model.features`` where the
+model has one, as the seed script uses for AlexNet; otherwise the model's top-level children,
+so ResNet's 0..7 are conv1 .. layer4) or by a dotted module path (``layer3.1.conv2``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from featviz.errors import LayerError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_INDEX = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One module to capture: its dotted path, its feature-stack index (if any) and the module."""
+
+    path: str
+    index: int | None
+    module: nn.Module
+
+    @property
+    def type_name(self) -> str:
+        return type(self.module).__name__ if not is_script(self.module) else self.module.original_name
+
+
+def is_script(module: Any) -> bool:
+    return hasattr(module, "original_name") and type(module).__name__ == "RecursiveScriptModule"
+
+
+def feature_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The indexable layers: the stages of ``model.feature_info`` (timm's ``act1, layer1 ..
+    layer4`` or ``stages.0 ..``), else ``model.features``' children, else the top-level children."""
+    stages = feature_info_stages(model)
+    if stages:
+        return stages
+    features = getattr(model, "features", None)
+    if features is not None and hasattr(features, "named_children"):
+        children = list(features.named_children())
+        if children:
+            return [(f"features.{name}", module) for name, module in children]
+    return list(model.named_children())
+
+
+def feature_info_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of each stage a timm model's ``feature_info`` names (a list of dicts with a
+    ``module`` key, or timm's ``FeatureInfo``); empty when the model has none, or a name does
+    not resolve. Read by attribute, so this works without importing timm."""
+    info = getattr(model, "feature_info", None)
+    entries = getattr(info, "info", info)
+    if not isinstance(entries, list) or not entries:
+        return []
+    stages: list[tuple[str, nn.Module]] = []
+    for entry in entries:
+        path = entry.get("module") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not path:
+            return []
+        try:
+            stages.append((path, model.get_submodule(path)))
+        except AttributeError:
+            return []
+    return stages
+
+
+def split_specs(specs: Iterable[str | int]) -> list[str]:
+    """``["0,3", 6]`` -> ``["0", "3", "6"]``: ``--layer`` is repeatable and comma-separated."""
+    parts: list[str] = []
+    for spec in specs:
+        parts.extend(p.strip() for p in str(spec).split(",") if p.strip())
+    return parts
+
+
+def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str = "the model",
+                   feature_maps: Collection[str] | None = None) -> list[LayerRef]:
+    """Turn layer specs (indices, negative indices, dotted paths, ``all``) into modules.
+
+    ``feature_maps``: the feature-stack paths whose output is a feature map (N, C, H, W) larger
+    than 1x1, when known (:func:`featviz.capture.hooks.feature_map_paths`). Then ``all`` means those
+    layers (not ResNet's global pool or classifier), and a negative index counts back from the
+    last of them (ResNet's -1 is layer4); non-negative indices always count the whole stack.
+    The result keeps the order given, without duplicates. Raises :class:`LayerError` with the
+    valid range or the closest module names.
+    """
+    stack = feature_stack(model)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    parts = split_specs(specs)
+    if not parts:
+        raise LayerError("no layer was given", hint="pass --layer K, a module path, or all")
+    mapped = [(i, p, m) for i, (p, m) in enumerate(stack) if feature_maps is None or p in feature_maps]
+    refs: list[LayerRef] = []
+    for part in parts:
+        if part.lower() == "all":
+            refs.extend(LayerRef(p, i, m) for i, p, m in mapped)
+        elif _INDEX.match(part) and int(part) < 0 and feature_maps is not None:
+            refs.append(_from_end(stack, mapped, int(part), model_name))
+        elif _INDEX.match(part):
+            refs.append(_by_index(stack, int(part), model_name))
+        else:
+            module = _by_path(model, part, model_name)
+            refs.append(LayerRef(part, index_of.get(part), module))
+    unique: dict[str, LayerRef] = {}
+    for ref in refs:
+        unique.setdefault(ref.path, ref)
+    return list(unique.values())
+
+
+def _from_end(stack: Sequence[tuple[str, nn.Module]], mapped: Sequence[tuple[int, str, nn.Module]], index: int,
+              model_name: str) -> LayerRef:
+    """A negative index among the layers that yield feature maps."""
+    if not -len(mapped) <= index < 0:
+        among = "" if len(mapped) == len(stack) else ", among the layers that yield a feature map"
+        raise LayerError(
+            f"layer {index} is out of range: {model_name} has {_stack_name(stack)} 0..{len(stack) - 1}"
+            f" (or -{len(mapped)}..-1 from the end{among})",
+            hint=f"run `featviz layers --model {model_name}` to list them",
+        )
+    position, path, module = mapped[index]
+    return LayerRef(path, position, module)
+
+
+def _stack_name(stack: Sequence[tuple[str, nn.Module]]) -> str:
+    return "feature layers" if stack and stack[0][0].startswith("features.") else "top-level layers"
+
+
+def _by_index(stack: Sequence[tuple[str, nn.Module]], index: int, model_name: str) -> LayerRef:
+    count = len(stack)
+    if count == 0:
+        raise LayerError(f"{model_name} has no sub-modules to index", hint="name a module path instead")
+    if not -count <= index < count:
+        raise LayerError(
+            f"layer {index} is out of range: {model_name} has {_stack_name(stack)} 0..{count - 1}"
+            f" (or -{count}..-1 from the end)",
+            hint=f"run `featviz layers --model {model_name}` to list them",
+        )
+    position = index % count
+    path, module = stack[position]
+    return LayerRef(path, position, module)
+
+
+def _by_path(model: nn.Module, path: str, model_name: str) -> nn.Module:
+    modules = {name: module for name, module in model.named_modules() if name}
+    if path in modules:  # not get_submodule: TorchScript modules do not support it
+        return modules[path]
+    names = list(modules)
+    close = difflib.get_close_matches(path, names, n=4, cutoff=0.5)
+    hint = ("did you mean " + ", ".join(close) + "?") if close else (
+        f"run `featviz layers --model {model_name} --all` to list module paths"
+    )
+    raise LayerError(f"{model_name} has no module named {path!r}", hint=hint)
+
+
+_STAGE_BREAKS = ("ReLU", "ReLU6", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
+_NOT_STAGES = ("BatchNorm", "GroupNorm", "LayerNorm", "ReLU", "SiLU", "GELU", "Hardswish", "Dropout",
+               "MaxPool", "AvgPool", "Identity", "Flatten", "Linear")
+
+
+def sweep_layers(model: nn.Module) -> list[str]:
+    """Default stages of ``featviz sweep``, shallow to deep.
+
+    A ``features`` stack with ReLUs and pools (AlexNet, VGG): the output after each of them.
+    A timm model: its ``feature_info`` stages. Otherwise the feature-stack entries that do real
+    work (convolutions and blocks, not norms, activations, pools or the classifier): ResNet gives
+    conv1, layer1 .. layer4.
+    """
+    stages = feature_info_stages(model)
+    if stages:  # the model says what its stages are
+        return [path for path, _ in stages]
+    stack = feature_stack(model)
+    if stack and stack[0][0].startswith("features."):
+        breaks = [path for path, module in stack if _type_name(module) in _STAGE_BREAKS]
+        if breaks:
+            return breaks
+    return [path for path, module in stack if not any(word in _type_name(module) for word in _NOT_STAGES)]
+
+
+def _type_name(module: nn.Module) -> str:
+    """The module's class name, also for TorchScript modules (their ``original_name``)."""
+    return module.original_name if is_script(module) else type(module).__name__

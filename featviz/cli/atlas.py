@@ -1,0 +1,133 @@
+"""``featviz atlas``: what every channel of a layer responds to across a collection of images.
+
+A command of the ``featviz`` group (:mod:`featviz.cli.main` registers it); like every command it only
+parses, calls the library (:mod:`featviz.atlas.export`) and prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featviz.cli.common import (
+    EXIT_CODES,
+    model_options,
+    parse_shard,
+    preprocess_options,
+    progress_enabled,
+    reports_errors,
+)
+from featviz.errors import UsageError
+
+
+@click.command(epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
+@click.argument("inputs", nargs=-1)
+@model_options
+@preprocess_options
+@click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
+              help="Feature-stack index, dotted module path or all; repeatable and comma-separated.")
+@click.option("--out", "-o", "out", default="featviz-atlas", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000), help="Images kept per channel.")
+@click.option("--by", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Rank images by the channel's maximum or its spatial mean.")
+@click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
+              help="Photos per forward pass [default: 1 on the CPU, 8 on a GPU].")
+@click.option("--workers", default=None, type=click.IntRange(1, 512), help="Decoding threads [default: number of cores].")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Fold only the I-th of N deterministic slices and write its partial state (merge with --merge).")
+@click.option("--merge", is_flag=True, help="INPUTS are shard folders (written with --shard): combine their states "
+                                             "into OUT; model, layers and options come from the shards.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run whose state is in OUT.")
+@click.option("--checkpoint-every", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between checkpoints of the partial state (what --resume continues from).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress.")
+@click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
+@reports_errors
+def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bool, resume: bool,
+          checkpoint_every: float, **params: Any) -> None:
+    """What every channel of a layer responds to across a collection of images: per channel the
+    --top N images with the highest activation, with the receptive field of the maximal unit.
+
+    Writes OUT/<layer>/atlas.json, channels/NNNN.png (each channel's top patches), atlas.png
+    (one patch per channel) and the page OUT/index.html. INPUTS: files, folders, quoted globs, or -
+    for paths on stdin; with --merge, the shard folders.
+    """
+    from featviz.atlas.export import (
+        AtlasRun,
+        atlas_settings,
+        merge_folders,
+        write_atlas,
+    )
+    from featviz.output.export import shard as take_shard
+    from featviz.inputs.discover import find_images
+    from featviz.output.pipeline import Visualizer
+    from featviz.cli.progress import progress_bar
+
+    out: Path = params["out"]
+    if merge and (shard or resume):
+        raise click.UsageError("--merge combines finished shards: no --shard or --resume")
+    if not inputs:
+        raise click.UsageError("give INPUTS (with --merge: the shard folders)")
+
+    def on_error(message: str) -> None:
+        click.echo(f"error: {message}", err=True)
+
+    if merge:
+        state = merge_folders([Path(folder) for folder in inputs])
+        settings = state.settings
+        visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
+                                seed=settings["seed"], device=params["device"], resize=settings["resize"],
+                                crop=settings["crop"], no_crop=settings["crop"] is None)
+        _check_same_weights(visualizer, settings)
+        missing: list[str] = []
+    else:
+        shard_index = parse_shard(shard)
+        visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
+                                device=params["device"], resize=params["resize"], crop=params["crop"],
+                                no_crop=params["no_crop"])
+        found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
+        missing = found.missing
+        for name in missing:
+            click.echo(f"error: {name}: no such file, folder or matching glob", err=True)
+        images = take_shard(found.images, *shard_index) if shard_index else found.images
+        settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
+                                  model=params["model"], weights=params["weights"], seed=params["seed"])
+        progress = progress_bar(len(images), progress_enabled(params))
+        run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
+                       checkpoint_seconds=checkpoint_every,
+                       on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
+                       on_image_done=progress.update)
+        state = run.start(settings, shard_index or (1, 1), resume)
+        try:
+            state = run.collect(state, images)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
+                       f"in {out / 'atlas-state.json'}", err=True)
+            sys.exit(130)
+        finally:
+            progress.close()
+        if shard_index:
+            if not params["quiet"]:
+                click.echo(f"shard {shard}: {state.done - state.failed} images folded, {state.failed} failed -> "
+                           f"{out / 'atlas-state.json'}; combine the shards with --merge", err=True)
+            sys.exit(1 if state.failed or missing else 0)
+    written = write_atlas(state, visualizer, out, workers=params["workers"], on_error=on_error)
+    if not params["quiet"]:
+        images_done = next(iter(state.tables.values())).images if state.tables else 0
+        click.echo(f"atlas of {images_done} images ({state.failed} failed): {len(written)} files -> {out}", err=True)
+    sys.exit(1 if state.failed or missing else 0)
+
+
+def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:
+    """--merge builds the model again from the shards' options: its weights must be theirs."""
+    from featviz.atlas.export import weights_digest
+
+    if weights_digest(visualizer.loaded.module) != settings["weights_digest"]:
+        raise UsageError(f"the weights loaded now for {settings['model_option']} ({settings['weights_option']}) "
+                         "differ from the ones the shards were made with",
+                         hint="merge where the same model and weights files are available")

@@ -1,0 +1,1 @@
+"""Where the photos come from: finding them (files, folders, globs, stdin) and reading them."""

@@ -1,0 +1,1 @@
+"""Tensor maths: attention statistics, the CAM family, targets, faithfulness, receptive fields."""

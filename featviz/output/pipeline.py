@@ -1,0 +1,453 @@
+"""The Python API: from photos and a model to activations, attention maps and pictures.
+
+``Visualizer`` holds a loaded model and the chosen layers, runs batches of photos through the
+model once (all layers captured in that pass) and returns one :class:`LayerResult` per photo
+and layer. Nothing here writes files: :meth:`LayerResult.save` and :mod:`featviz.output.export` do.
+
+>>> import featviz
+>>> result = featviz.visualize("sample_images/chelsea.jpg", layers=[0], weights="none")[0]
+>>> result.activations.shape, result.grid().size
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from featviz.maps.attention import (
+    FCANET_TOP16,
+    cbam_refine,
+    channel_attention,
+    replace_nonfinite,
+    scale_frequencies,
+    spatial_attention,
+    weighted_channel_map,
+    weights_from_statistic,
+)
+from featviz.maps.camscore import score_cams
+from featviz.capture.hooks import capture, feature_map_paths
+from featviz.errors import ImageError, LayerError, UsageError
+from featviz.output.estimate import OutputEstimate, estimate_output
+from featviz.maps.explain import build_explainers
+from featviz.capture.gates import (
+    CHANNEL_KINDS,
+    SPATIAL_KINDS,
+    find_gates,
+    gate_for,
+    learned_channel,
+    learned_spatial,
+    probe_input,
+)
+from featviz.capture.gates import every_gate as all_gates
+from featviz.inputs.images import load_image
+from featviz.capture.layers import LayerRef, resolve_layers, split_specs, sweep_layers
+from featviz.output.layout import stem_keys
+from featviz.models.build import load_model
+from featviz.output.notebook import Results
+from featviz.output.options import RenderOptions, parse_channels
+from featviz.output.render import sweep_picture
+from featviz.output.result import LayerResult
+from featviz.output.settings import settings_record
+from featviz.capture.stn import AffineGridRecorder
+
+__all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "same_size_groups", "sweep",
+           "sweep_visualizer", "visualize"]
+
+if TYPE_CHECKING:
+
+    from featviz.models.build import LoadedModel
+
+TOP_PREDICTIONS = 5
+
+
+@dataclass
+class PreparedImage:
+    """A decoded photo and the tensor the network gets from it."""
+
+    key: str
+    path: Path | None
+    photo: Image.Image
+    tensor: torch.Tensor  # float32 (3, H, W), normalised
+
+
+class Visualizer:
+    """A model, its layers and the drawing options, ready to run over photos.
+
+    Build once, call :meth:`run` many times: loading the model is the slow part.
+    """
+
+    def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
+                 *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
+                 no_crop: bool = False, options: RenderOptions | None = None,
+                 loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
+                 trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None) -> None:
+        layers = list(layers)  # read more than once
+        self.options = (options or RenderOptions()).validate()
+        self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
+                                           trust_pickle=trust_pickle, model_kwargs=model_kwargs)
+        self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
+        for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be a positive number of pixels, got {value}")
+        self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
+                                     feature_maps=self._feature_maps(layers))
+        self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
+        if self.options.channel == "learned" or self.options.spatial == "learned":
+            self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
+        self._check_layers()
+        self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
+
+    def _class_explainers(self) -> dict[str, Any]:
+        """``--cam``: one :class:`featviz.maps.explain.ClassExplainer` per layer, every target and
+        method checked on seeded noise before any photo is read."""
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
+        return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
+                                self.loaded.categories, example, cam_batch=self.options.cam_batch)
+
+    def _use_gates(self, every_gate: bool = False) -> None:
+        """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
+        :mod:`featviz.capture.gates`); a layer with a learned channel gate becomes the module that applies
+        it (``all``: every such module); the gates are captured in the same pass as the layers."""
+        model, name = self.loaded.module, self.loaded.name
+        side = self.preprocess.crop or 224
+        gates = find_gates(model, probe_input(model, side, side))
+        channel, spatial = self.options.channel == "learned", self.options.spatial == "learned"
+        if every_gate:
+            if channel and spatial:
+                raise UsageError("--layer all takes every gate of one kind: use it with --channel learned or "
+                                 "--spatial learned, not both", hint="name the layers, or run twice")
+            kinds, option = (CHANNEL_KINDS, "--channel learned") if channel else (SPATIAL_KINDS, "--spatial learned")
+            chosen = all_gates(gates, kinds, name, option)
+            self.layers = [LayerRef(g.path, None, g.module) for g in chosen]
+            self.gates = {g.path: (g, None) if channel else (None, g) for g in chosen}
+            return
+        refs = []
+        for ref in self.layers:
+            own = gate_for(gates, model, ref, CHANNEL_KINDS, name, "--channel learned") if channel else None
+            where = gate_for(gates, model, ref, SPATIAL_KINDS, name, "--spatial learned") if spatial else None
+            if own is not None:
+                ref = LayerRef(own.path, ref.index if ref.path == own.path else None, own.module)
+            self.gates[ref.path] = (own, where)
+            refs.append(ref)
+        self.layers = list({ref.path: ref for ref in refs}.values())
+
+    def _capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        refs, gate_calls = self.layers, {}
+        for gate in (g for pair in self.gates.values() for g in pair if g is not None):
+            gate_calls.setdefault(gate.path, set()).add(gate.call)
+        # the input of a channel gate's module ("before" the gate), and of a spatial gate's (its H x W)
+        inputs_of = [g.path for pair in self.gates.values() for g in pair if g is not None]
+        refs = [*refs, *(LayerRef(p, None, self.loaded.module.get_submodule(p)) for p in dict.fromkeys(inputs_of)
+                         if p not in {r.path for r in refs})]
+        if self.options.predict:
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True, gate_calls=gate_calls)
+        if not self.options.stn:
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, gate_calls=gate_calls)
+
+        with AffineGridRecorder() as recorder:  # the whole pass: the STN may come after the layers
+            captured = capture(self.loaded.module, refs, batch, inputs_of=inputs_of, stop_early=False,
+                               keep_output=self.options.predict, gate_calls=gate_calls)
+        if not recorder.thetas:
+            raise UsageError(f"--stn: {self.loaded.name} never called torch.nn.functional.affine_grid",
+                             hint="--stn draws the sampling grid of a spatial transformer; leave it out for this model")
+        captured[":stn_theta"] = recorder.thetas[0]
+        return captured
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def _blank(self) -> torch.Tensor:
+        """float32 (1, 3, H, W) zeros at the size the model gets (the crop, else 224)."""
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        return torch.zeros(1, 3, height, width, device=self.device)
+
+    def _feature_maps(self, layers: Iterable[str | int]) -> list[str] | None:
+        """For ``all`` and negative indices: the feature-stack entries that yield a feature map
+        (one pass on a blank input); None when no spec needs them."""
+        parts = split_specs(layers)
+        if not any(p.lower() == "all" or p.startswith("-") for p in parts):
+            return None
+        return feature_map_paths(self.loaded.module, self._blank())
+
+    def _check_layers(self) -> None:
+        """One forward pass on a blank input, so that a layer that yields no feature map is
+        reported before any photo is read."""
+        blank = self._blank()
+        height, width = blank.shape[2:]
+        try:
+            captured = self._capture(blank)
+        except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
+            raise LayerError(
+                f"{self.loaded.name} cannot run on a {height}x{width} input "
+                f"({str(exc).splitlines()[0][:160]})",
+                hint="check --resize/--crop, or that the model takes 3-channel images",
+            ) from exc
+        self.layer_channels: dict[str, int] = {}
+        for ref in self.layers:
+            shape = tuple(captured[ref.path].shape)
+            if len(shape) != 4:
+                raise LayerError(
+                    f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
+                    hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
+                )
+            self.layer_channels[ref.path] = shape[1]
+            if self.options.channels is not None and max(self.options.channels) >= shape[1]:
+                raise LayerError(
+                    f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels 0..{shape[1] - 1}",
+                    hint="check --channels",
+                )
+
+    def output_estimate(self) -> OutputEstimate:
+        """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
+        return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
+                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None))
+
+    def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
+        """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
+        if isinstance(source, Image.Image):
+            photo, path = source.convert("RGB"), None
+        else:
+            path = Path(source)
+            photo = load_image(path)
+        tensor = self.preprocess(photo)
+        return PreparedImage(key or (path.stem if path else "image"), path, photo, tensor)
+
+    def forward(self, batch: Sequence[PreparedImage]) -> list[list[LayerResult]]:
+        """Run prepared photos through the model in one pass per same-sized group.
+
+        Returns, for each photo in order, one result per layer (in layer order).
+        """
+        results: list[list[LayerResult]] = []
+        for group in same_size_groups(batch):
+            results.extend(self._forward_group(group))
+        return results
+
+    def _forward_group(self, group: Sequence[PreparedImage]) -> list[list[LayerResult]]:
+        stacked = torch.stack([p.tensor for p in group]).to(self.device)
+        explained: dict[str, Any] = {}
+        if self.explainers and not self.gates and not self.options.stn:
+            # --cam: each layer's gradient pass captures what the plain pass would (same copy of
+            # the output), so that pass is skipped; its logits serve --predict. Learned gates and
+            # spatial transformers are recorded by the plain pass, which then runs as well.
+            explained = {ref.path: self.explainers[ref.path].explain(stacked) for ref in self.layers}
+            captured = {path: batch.activations for path, batch in explained.items()}
+            captured[":output"] = next(iter(explained.values())).logits
+        else:
+            captured = self._capture(stacked)
+        per_image: list[list[LayerResult]] = [[] for _ in group]
+        predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
+        image_values = None
+        if self.options.normalize == "image":
+            image_values = torch.cat([captured[ref.path].float().flatten(1) for ref in self.layers], dim=1)
+        for ref in self.layers:
+            raw = captured[ref.path].float()
+            acts, nonfinite = replace_nonfinite(raw)
+            mask = ~torch.isfinite(raw) if bool(nonfinite.any()) else None
+            spatial, channel_raw, weights, channel_map, before, extra = self._attention(ref, acts, captured)
+            raw_gates = extra.pop("raw_gates", {})
+            theta = captured.get(":stn_theta")
+            if theta is not None:
+                extra["stn_theta"] = theta
+            for i, prepared in enumerate(group):
+                width, height = prepared.photo.size
+                per_image[i].append(LayerResult(
+                    key=prepared.key, image_path=prepared.path, layer=ref, photo=prepared.photo,
+                    box=self.preprocess.crop_box(width, height),
+                    input_size=tuple(prepared.tensor.shape[1:]), activations=acts[i],
+                    spatial_raw=spatial[i], channel_raw=channel_raw[i], channel_weights=weights[i],
+                    channel_map_raw=channel_map[i], options=self.options, model_name=self.loaded.name,
+                    weights=self.loaded.weights, before=None if before is None else before[i],
+                    stn_theta=None if theta is None else theta[i],
+                    image_values=None if image_values is None else image_values[i],
+                    raw_gates={name: value[i] for name, value in raw_gates.items()},
+                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
+                    | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
+                    nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
+                    settings=self.settings(ref),
+                ))
+        for position, ref in enumerate(self.layers):
+            if ref.path in self.explainers:
+                batch = explained.get(ref.path) or self.explainers[ref.path].explain(stacked)
+                if self.options.cam_score:
+                    self._score(batch, stacked, group)
+                self._explain(ref.path, batch, group, [results[position] for results in per_image])
+        return per_image
+
+    def settings(self, ref: LayerRef) -> dict[str, Any]:
+        """What decides this layer's results (recorded in each summary; ``--skip-existing``
+        redoes a folder whose record differs)."""
+        return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
+                               [layer.path for layer in self.layers])
+
+    def _score(self, explained: Any, stacked: torch.Tensor, group: Sequence[PreparedImage]) -> None:
+        """``--cam-score``: deletion and insertion of every map of the batch (one call per layer,
+        :func:`featviz.maps.camscore.score_cams`); a photo with a map that cannot be scored joins
+        ``explained.errors`` and fails in :meth:`_explain`."""
+        names = [str(p.path or p.key) for p in group]
+        failed = score_cams(self.loaded.module, stacked, explained, steps=self.options.cam_score_steps,
+                            batch_size=self.options.cam_batch, names=names)
+        for index, message in failed.items():
+            explained.errors.setdefault(index, message)
+
+    def _explain(self, path: str, explained: Any, group: Sequence[PreparedImage],
+                 results: list[LayerResult]) -> None:
+        """Class activation maps of the group at one layer (a :class:`featviz.maps.explain.CamBatch`)
+        into its results; a photo whose gradients are not finite is an
+        :class:`~featviz.errors.ImageError` (the batch engine then runs the photos one by one, and
+        only that one fails)."""
+        for index, message in sorted(explained.errors.items()):
+            name = group[index].path or group[index].key
+            raise ImageError(f"{name}: layer {path}: {message}",
+                             hint="the model overflows on this photo; check its preprocessing or weights")
+        for result, cams in zip(results, explained.per_image):
+            result.cams = cams
+
+    def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+        """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
+        or None, extra summary fields) for one layer, by the chosen attention definitions."""
+        options = self.options
+        before = None
+        extra: dict[str, Any] = {}
+        own, where = self.gates.get(ref.path, (None, None))
+        if options.channel == "learned":
+            channel_raw, before, extra = learned_channel(own, captured)
+            weights = channel_raw
+        else:
+            channel_raw = channel_attention(acts, options.channel_mode, options.dct_frequencies)
+            weights = weights_from_statistic(channel_raw)
+            if options.channel_mode == "dct":
+                chosen = options.dct_frequencies or FCANET_TOP16
+                extra = {"dct_frequencies": [list(f) for f in chosen],
+                         "dct_frequencies_scaled": [list(f) for f in scale_frequencies(chosen, *acts.shape[2:])]}
+        if options.spatial == "learned":
+            spatial, found = learned_spatial(where, captured)
+            extra = {**extra, **found, "raw_gates": {**extra.get("raw_gates", {}), **found.get("raw_gates", {})}}
+        elif options.attention == "cbam":
+            weights, refined = cbam_refine(acts)
+            spatial = spatial_attention(refined, options.spatial_mode)
+        else:
+            spatial = spatial_attention(acts, options.spatial_mode)
+        channel_map = weighted_channel_map(acts, weights)
+        return spatial, channel_raw, weights, channel_map, before, extra
+
+    def sweep(self, image: str | os.PathLike[str] | Image.Image) -> tuple[Image.Image, list[LayerResult]]:
+        """One photo through every layer of this visualizer (one forward pass); the overlays of
+        all layers side by side, captioned with layer path, type and activation shape."""
+        results = self.run(image)
+        panels = [(r.sweep_panel(), f"{r.layer.path} ({r.layer.type_name})\n{'x'.join(map(str, r.activations.shape))}")
+                  for r in results]
+        what = f"spatial attention ({self.options.spatial_mode})"
+        if results and results[0].cams:
+            first = results[0].cams[0]
+            what = f"{first.method}" + ("" if first.label is None else f" for {first.label}")
+        title = f"{self.loaded.name}, weights {self.loaded.weights}: {what} by depth"
+        return sweep_picture(panels, title=title), results
+
+    def _predictions(self, output: torch.Tensor | None, count: int) -> list[list[dict[str, Any]]]:
+        """Top-5 classes per photo from the model's output logits: label (from the weights'
+        ``meta["categories"]``, else "class K"), index and softmax probability."""
+        if output is None or output.dim() != 2 or output.shape[0] != count:
+            shape = None if output is None else tuple(output.shape)
+            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
+        probabilities = torch.softmax(output.float(), dim=1)
+        top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
+        names = self.loaded.categories
+        return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
+                  "probability": p if math.isfinite(p) else None}  # NaN logits: null, not a bare NaN
+                 for p, k in zip(values.tolist(), indices.tolist())]
+                for values, indices in zip(top.values, top.indices)]
+
+    def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
+        """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
+        Jupyter displays as pictures)."""
+        items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
+        stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
+        prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
+        return Results(result for per_photo in self.forward(prepared) for result in per_photo)
+
+
+def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", layers: Iterable[str | int] | None = None,
+          weights: str | None = "DEFAULT", **kwargs: Any) -> tuple[Image.Image, list[LayerResult]]:
+    """How attention changes with depth: one picture with the spatial-attention overlay of each
+    stage side by side, captured in ONE forward pass. ``layers`` default to
+    :func:`featviz.capture.layers.sweep_layers`. Returns the picture and the per-stage results."""
+    vis_kwargs, options = _split_kwargs(kwargs)
+    return sweep_visualizer(model, weights, layers, options=options, **vis_kwargs).sweep(image)
+
+
+def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
+                     layers: Iterable[str | int] | None = None, *, options: RenderOptions | None = None,
+                     seed: int = 0, device: str = "cpu", weights_file: str | os.PathLike[str] | None = None,
+                     trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None,
+                     **preprocess: Any) -> Visualizer:
+    """A :class:`Visualizer` over the stages of a depth sweep: ``layers``, or by default
+    :func:`featviz.capture.layers.sweep_layers` of the loaded model. ``preprocess``: ``resize``,
+    ``crop``, ``no_crop``."""
+    loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle,
+                        model_kwargs=model_kwargs)
+    chosen = list(layers) if layers else sweep_layers(loaded.module)
+    return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
+
+
+_VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle", "model_kwargs"}
+_TUPLE_OPTIONS = ("cam", "target")
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], RenderOptions]:
+    """Keyword arguments of the one-call API: those for :class:`Visualizer`, and the rest as
+    :class:`RenderOptions` (``channels`` may be given as text, ``"0-15,32"``)."""
+    vis_kwargs = {k: v for k, v in kwargs.items() if k in _VISUALIZER_KEYS}
+    rest = {k: v for k, v in kwargs.items() if k not in _VISUALIZER_KEYS}
+    if isinstance(rest.get("channels"), str):
+        rest["channels"] = parse_channels(rest["channels"])
+    for key in _TUPLE_OPTIONS:  # cam="gradcam,scorecam" or cam=["gradcam"]; target=281 or ["top3", "tabby"]
+        value = rest.get(key)
+        if value is not None and not isinstance(value, tuple):
+            items = [value] if isinstance(value, (str, int)) else list(value)
+            parts = tuple(p.strip() for item in items for p in str(item).split(",") if p.strip())
+            rest[key] = tuple(p.lower() for p in parts) if key == "cam" else parts
+    return vis_kwargs, RenderOptions(**rest)
+
+
+def _per_image(extra: dict[str, Any], index: int) -> dict[str, Any]:
+    """Summary fields for one photo of the batch: tensors are sliced and made JSON-ready."""
+    return {key: value[index].cpu().tolist() if isinstance(value, torch.Tensor) else value
+            for key, value in extra.items()}
+
+
+def same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]]:
+    """Consecutive runs of tensors with equal shapes (only ``--no-crop`` makes them differ)."""
+    groups: list[list[PreparedImage]] = []
+    for item in batch:
+        if groups and groups[-1][0].tensor.shape == item.tensor.shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], model: str = "alexnet",
+              layers: Iterable[str | int] = (0,), weights: str | None = "DEFAULT", *,
+              out: str | os.PathLike[str] | None = None, **kwargs: Any) -> Results:
+    """One call from photos to results; with ``out``, also write each result's files there
+    (``out/<image stem>/<layer path>/``).
+
+    ``kwargs``: ``seed``, ``device``, ``resize``, ``crop``, ``no_crop`` for :class:`Visualizer`,
+    anything else a :class:`RenderOptions` field (``size=128, cmap="viridis"``).
+    """
+    vis_kwargs, options = _split_kwargs(kwargs)
+    visualizer = Visualizer(model, weights, layers, options=options, **vis_kwargs)
+    results = visualizer.run(images)
+    if out is not None:
+        for result in results:
+            result.save(Path(out) / result.key / result.layer.path)
+    return results
