@@ -186,3 +186,29 @@ def sweep_layers(model: nn.Module) -> list[str]:
 def _type_name(module: nn.Module) -> str:
     """The module's class name, also for TorchScript modules (their ``original_name``)."""
     return module.original_name if is_script(module) else type(module).__name__
+
+
+def default_cam_layer(model: nn.Module, feature_maps: Collection[str], model_name: str = "the model") -> LayerRef:
+    """The layer a class map is drawn at when none is named: the last feature-stack entry whose
+    output is a feature map (N, C, H, W) larger than 1x1, i.e. the last spatial map before
+    global pooling and the classifier (ResNet: ``layer4``; AlexNet and VGG: ``features``' last
+    entry, the pool that pytorch-grad-cam's examples take as ``model.features[-1]``).
+
+    A class map at layer 0 (ResNet's ``conv1``) means nothing: the class is decided after the
+    last feature map, which is where CAM, Grad-CAM and their peers (torch-cam's
+    ``locate_candidate_layer``, pytorch-grad-cam's examples) look. ``feature_maps``: the
+    feature-stack paths whose output is such a map for the model's input
+    (:func:`featviz.capture.hooks.feature_map_paths`; this module runs nothing). A model whose
+    stack yields no feature map (a vision transformer's (N, T, D) tokens) is a
+    :class:`LayerError`: featviz does not guess which tensor holds the class evidence.
+    """
+    stack = feature_stack(model)
+    mapped = [(i, path, module) for i, (path, module) in enumerate(stack) if path in feature_maps]
+    if not mapped:
+        raise LayerError(
+            f"cannot tell which layer of {model_name} to draw class maps at: no layer of its "
+            f"{_stack_name(stack)} outputs a feature map (N, C, H, W) larger than 1x1",
+            hint=f"name one with --layer; `featviz layers --model {model_name}` lists them with their output shapes",
+        )
+    index, path, module = mapped[-1]
+    return LayerRef(path, index, module)

@@ -143,8 +143,10 @@ preprocess_options = _compose(
 )
 
 render_options = _compose(
-    click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
-                 help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and comma-separated."),
+    click.option("--layer", "-l", "layers", multiple=True,
+                 help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and "
+                      "comma-separated [default: 0; with --cam, the last feature map before global pooling, "
+                      "e.g. ResNet's layer4]."),
     click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
     click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
     click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
@@ -214,6 +216,15 @@ run_options = _compose(
     click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     click.option("--progress", is_flag=True, help="Show the progress bar even when stderr is not a terminal."),
 )
+
+
+def show_default_layer(visualizer: Any) -> None:
+    """--cam without --layer: which layer the library chose (stderr, so stdout stays the paths)."""
+    ref = visualizer.default_layer
+    if ref is not None:
+        where = f"layer {ref.index}, " if ref.index is not None else ""
+        click.echo(f"note: --cam without --layer: drawing class maps at {ref.path} ({where}the last feature map "
+                   "before global pooling); name another with --layer", err=True)
 
 
 def show_notes(loaded: Any) -> None:

@@ -37,6 +37,7 @@ from featviz.cli.common import (
     render_options,
     reports_errors,
     run_options,
+    show_default_layer,
     show_notes,
 )
 from featviz.errors import UsageError
@@ -57,11 +58,12 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         cam=cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
         cam_score=params.get("cam_score", False), cam_score_steps=params.get("cam_score_steps", 16),
     )
-    visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
+    visualizer = Visualizer(params["model"], params["weights"], params["layers"] or None, seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
                             no_crop=params["no_crop"], options=options, weights_file=params["weights_file"],
                             trust_pickle=params["trust_pickle"], model_kwargs=params["model_kwargs"])
     show_notes(visualizer.loaded)
+    show_default_layer(visualizer)
     return visualizer
 
 

@@ -47,7 +47,7 @@ from featviz.capture.gates import (
 )
 from featviz.capture.gates import every_gate as all_gates
 from featviz.inputs.images import load_image
-from featviz.capture.layers import LayerRef, resolve_layers, split_specs, sweep_layers
+from featviz.capture.layers import LayerRef, default_cam_layer, resolve_layers, split_specs, sweep_layers
 from featviz.output.layout import stem_keys
 from featviz.models.build import load_model
 from featviz.output.notebook import Results
@@ -81,14 +81,19 @@ class Visualizer:
     """A model, its layers and the drawing options, ready to run over photos.
 
     Build once, call :meth:`run` many times: loading the model is the slow part.
+
+    ``layers``: indices, dotted paths or ``all`` (:func:`featviz.capture.layers.resolve_layers`).
+    None (not given): layer 0; with class maps (``options.cam``) the last feature map before
+    global pooling instead (:func:`featviz.capture.layers.default_cam_layer`: ResNet's
+    ``layer4``), which :attr:`default_layer` then holds so that a caller can say which it is.
     """
 
-    def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT", layers: Iterable[str | int] = (0,),
+    def __init__(self, model: str = "alexnet", weights: str | None = "DEFAULT",
+                 layers: Iterable[str | int] | None = None,
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
                  loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
                  trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None) -> None:
-        layers = list(layers)  # read more than once
         self.options = (options or RenderOptions()).validate()
         self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
                                            trust_pickle=trust_pickle, model_kwargs=model_kwargs)
@@ -96,6 +101,14 @@ class Visualizer:
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
+        # the layer featviz chose because none was named (class maps: the last feature map), for the CLI to say
+        self.default_layer: LayerRef | None = None
+        if layers is None and self.options.cam:
+            self.default_layer = default_cam_layer(self.loaded.module, feature_map_paths(self.loaded.module,
+                                                                                        self._blank()),
+                                                   model_name=self.loaded.name)
+            layers = [self.default_layer.path]
+        layers = [0] if layers is None else list(layers)  # read more than once
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
                                      feature_maps=self._feature_maps(layers))
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
@@ -436,11 +449,13 @@ def same_size_groups(batch: Sequence[PreparedImage]) -> list[list[PreparedImage]
 
 
 def visualize(images: str | os.PathLike[str] | Image.Image | Sequence[Any], model: str = "alexnet",
-              layers: Iterable[str | int] = (0,), weights: str | None = "DEFAULT", *,
+              layers: Iterable[str | int] | None = None, weights: str | None = "DEFAULT", *,
               out: str | os.PathLike[str] | None = None, **kwargs: Any) -> Results:
     """One call from photos to results; with ``out``, also write each result's files there
     (``out/<image stem>/<layer path>/``).
 
+    ``layers``: as :class:`Visualizer` takes them; by default layer 0, or with ``cam`` the last
+    feature map before global pooling (:func:`featviz.capture.layers.default_cam_layer`).
     ``kwargs``: ``seed``, ``device``, ``resize``, ``crop``, ``no_crop`` for :class:`Visualizer`,
     anything else a :class:`RenderOptions` field (``size=128, cmap="viridis"``).
     """
