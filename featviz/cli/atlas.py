@@ -14,6 +14,8 @@ import click
 
 from featviz.cli.common import (
     EXIT_CODES,
+    SectionedCommand,
+    help_sections,
     model_options,
     parse_shard,
     preprocess_options,
@@ -23,7 +25,11 @@ from featviz.cli.common import (
 from featviz.errors import UsageError
 
 
-@click.command(epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
+@click.command(cls=SectionedCommand,
+               epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
+@help_sections(Layer=("layers",), Atlas=("top", "by"), Output=("out",),
+               Run=("batch_size", "workers", "recursive", "shard", "merge", "resume", "checkpoint_every", "quiet",
+                    "progress"))
 @click.argument("inputs", nargs=-1)
 @model_options
 @preprocess_options

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,10 +48,71 @@ class FeatvizClickError(click.ClickException):
             click.echo(f"Hint: {self.hint}", file=stream)
 
 
+# --- help in sections ---------------------------------------------------------------------
+
+#: The help sections, in the order ``--help`` lists them; options in no section come last, under
+#: "Other options" (``--help`` itself).
+SECTIONS = ("Model", "Layer", "Drawing", "Attention", "Class attention", "Atlas", "Output", "Run")
+
+_SECTION_OF: weakref.WeakKeyDictionary[click.Parameter, str] = weakref.WeakKeyDictionary()
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in sections ("Model options:", "Drawing
+    options:", …) instead of one block of 45. The section of each option is named where the
+    option is declared: by the bundle that holds it (:func:`in_section`) or by the command
+    (:func:`help_sections`). click's own means only: no extension to depend on."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and not isinstance(param, click.Argument):  # arguments are in the usage line
+                sections.setdefault(_SECTION_OF.get(param, ""), []).append(record)
+        order = [*SECTIONS, *sorted(set(sections) - {*SECTIONS, ""}), ""]
+        for name in order:
+            if name in sections:
+                with formatter.section(f"{name} options" if name else "Other options"):
+                    formatter.write_dl(sections[name])
+
+
+def in_section(section: str, *decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply click option ``decorators`` and list their options under ``section`` in ``--help``."""
+
+    def apply(function: F) -> F:
+        before = len(getattr(function, "__click_params__", []))
+        function = _compose(*decorators)(function)
+        for param in getattr(function, "__click_params__", [])[before:]:
+            _SECTION_OF[param] = section
+        return function
+
+    return apply
+
+
+def help_sections(**sections: Iterable[str]) -> Callable[[F], F]:
+    """Put a command's own options in help sections, by parameter name: placed right under the
+    command decorator, ``@help_sections(Run=("recursive", "shard"))`` (``Class_attention`` for
+    "Class attention"). A name that is not an option of the command is a programming error."""
+
+    def apply(function: F) -> F:
+        params = {param.name: param for param in getattr(function, "__click_params__", [])}
+        for section, names in sections.items():
+            for name in names:
+                if name not in params:
+                    raise TypeError(f"help_sections: {function.__name__} has no option {name!r}")
+                _SECTION_OF[params[name]] = section.replace("_", " ")
+        return function
+
+    return apply
+
+
 class FeatvizGroup(click.Group):
     """click's own usage errors (a bad option value, an unknown option or command) in featviz's
     style: one ``Error: …`` line and a ``Hint:`` naming the help to read, exit 2; click would
-    print its usage block and ``Error: Invalid value …`` instead."""
+    print its usage block and ``Error: Invalid value …`` instead. Its commands list their
+    options in help sections (:class:`SectionedCommand`)."""
+
+    command_class = SectionedCommand
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
@@ -117,7 +179,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
     return parsed
 
 
-model_options = _compose(
+model_options = in_section("Model",
     click.option("--model", "-m", default="alexnet", show_default=True,
                  help="torchvision classification model name, timm:NAME (a timm model), a TorchScript file, "
                       "or package.module:factory (or path/to/file.py:factory)."),
@@ -136,51 +198,61 @@ model_options = _compose(
     click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 )
 
-preprocess_options = _compose(
+preprocess_options = in_section("Model",
     click.option("--resize", type=int, default=None, help="Resize the shorter side to this many pixels (default: the weights' own, else 256)."),
     click.option("--crop", type=int, default=None, help="Centre-crop to this square size (default: the weights' own, else 224)."),
     click.option("--no-crop", is_flag=True, help="Do not crop: the network sees the whole resized photo."),
 )
 
 render_options = _compose(
-    click.option("--layer", "-l", "layers", multiple=True,
-                 help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and "
-                      "comma-separated [default: 0; with --cam, the last feature map before global pooling, "
-                      "e.g. ResNet's layer4]."),
-    click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
-    click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
-    click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
-    click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo."),
-    click.option("--labels", is_flag=True, help="Write channel numbers on the grid tiles."),
-    click.option("--channels", default=None, help="Channels to draw, like 0-15,32 (default: all)."),
-    click.option("--top-k", type=int, default=None, help="Draw only the N channels with the largest channel-attention weight."),
-    click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
-    click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
-                 help="Order of the grid tiles."),
-    click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
-                 help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
-                      "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
-    click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
-                 help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
-                      "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
-    click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
-                 help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
-                      "of the channel-refined features (CBAM's order)."),
-    click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
-                 help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
-    click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
-    click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel", show_default=True,
-                 help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across all layers of the image."),
-    click.option("--clip-percentile", type=float, default=None, metavar="P",
-                 help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot pixels cannot wash a tile out."),
-    click.option("--predict", is_flag=True, help="Also run the rest of the network and record the top-5 classes."),
-    click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
-    click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
-                 help="PNG compression: 1-3 by ISA-L (fast), 0 none, 4-9 by zlib (files ~12% smaller, "
-                      "export ~4x slower)."),
+    in_section("Layer",
+        click.option("--layer", "-l", "layers", multiple=True,
+                     help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and "
+                          "comma-separated [default: 0; with --cam, the last feature map before global pooling, "
+                          "e.g. ResNet's layer4]."),
+    ),
+    in_section("Drawing",
+        click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
+        click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
+        click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
+        click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo."),
+        click.option("--labels", is_flag=True, help="Write channel numbers on the grid tiles."),
+        click.option("--channels", default=None, help="Channels to draw, like 0-15,32 (default: all)."),
+        click.option("--top-k", type=int, default=None, help="Draw only the N channels with the largest channel-attention weight."),
+        click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
+        click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
+                     help="Order of the grid tiles."),
+    ),
+    in_section("Attention",
+        click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
+                     help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
+                          "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
+        click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
+                     help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
+                          "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
+        click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
+                     help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
+                          "of the channel-refined features (CBAM's order)."),
+        click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
+                     help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
+        click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
+    ),
+    in_section("Drawing",
+        click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel", show_default=True,
+                     help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across all layers of the image."),
+        click.option("--clip-percentile", type=float, default=None, metavar="P",
+                     help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot pixels cannot wash a tile out."),
+    ),
+    in_section("Output",
+        click.option("--predict", is_flag=True, help="Also run the rest of the network and record the top-5 classes."),
+        click.option("--save-raw", is_flag=True, help="Also write activations.npy and attention.npz."),
+        click.option("--png-level", default=1, show_default=True, type=click.IntRange(0, 9),
+                     help="PNG compression: 1-3 by ISA-L (fast), 0 none, 4-9 by zlib (files ~12% smaller, "
+                          "export ~4x slower)."),
+    ),
 )
 
-cam_options = _compose(
+cam_options = in_section("Class attention",
     click.option("--cam", "cam", default=None, metavar="METHOD[,METHOD…]",
                  help="Class activation maps: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, "
                       "ablationcam, eigencam (comma-separated); writes cam/<method>-<target>.png per layer."),
@@ -191,7 +263,7 @@ cam_options = _compose(
 )
 
 
-cam_score_options = _compose(
+cam_score_options = in_section("Class attention",
     click.option("--cam-score", is_flag=True,
                  help="Score each class map's faithfulness: deletion and insertion (RISE) curves and AUCs in "
                       "summary.json and the manifest; prints the mean AUCs per method at the end. Needs --cam."),
@@ -205,16 +277,20 @@ def cam_methods(text: str | None) -> tuple[str, ...]:
 
 
 run_options = _compose(
-    click.option("--out", "-o", "out", default="featviz-out", show_default=True,
-                 type=click.Path(file_okay=False, path_type=Path), help="Output folder."),
-    click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
-    click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
-                 help="Photos per forward pass [default: 1 on the CPU, where larger batches measured no faster "
-                      "and cost memory; 8 on a GPU]."),
-    click.option("--workers", default=None, type=click.IntRange(1, 512),
-                 help="PNG-encoding threads [default: number of cores]."),
-    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-    click.option("--progress", is_flag=True, help="Show the progress bar even when stderr is not a terminal."),
+    in_section("Output",
+        click.option("--out", "-o", "out", default="featviz-out", show_default=True,
+                     type=click.Path(file_okay=False, path_type=Path), help="Output folder."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
+    ),
+    in_section("Run",
+        click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
+                     help="Photos per forward pass [default: 1 on the CPU, where larger batches measured no faster "
+                          "and cost memory; 8 on a GPU]."),
+        click.option("--workers", default=None, type=click.IntRange(1, 512),
+                     help="PNG-encoding threads [default: number of cores]."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        click.option("--progress", is_flag=True, help="Show the progress bar even when stderr is not a terminal."),
+    ),
 )
 
 

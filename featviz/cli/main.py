@@ -30,6 +30,7 @@ from featviz.cli.common import (
     cam_methods,
     cam_options,
     cam_score_options,
+    help_sections,
     model_options,
     parse_shard,
     preprocess_options,
@@ -157,6 +158,7 @@ def main() -> None:
 
 
 @main.command(epilog=EXIT_CODES)
+@help_sections(Output=("open_viewer",))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @model_options
 @preprocess_options
@@ -243,6 +245,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 
 
 @main.command(epilog=EXIT_CODES)
+@help_sections(Run=("recursive", "skip_existing", "shard"))
 @click.argument("inputs", nargs=-1, required=True)
 @model_options
 @preprocess_options
@@ -307,6 +310,7 @@ def _redone_note(redone: dict[str, int]) -> str:
 
 
 @main.command(epilog=EXIT_CODES)
+@help_sections(Layer=("layers",), Attention=("spatial",), Drawing=("heat_cmap", "alpha"), Output=("out", "as_json"))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @model_options
 @preprocess_options
@@ -376,6 +380,7 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
 
 
 @main.command()
+@help_sections(Output=("include_all", "as_json"))
 @model_options
 @preprocess_options
 @click.option("--all", "include_all", is_flag=True, help="List every named module, not only the feature stack.")
