@@ -41,7 +41,7 @@ from featviz.maps.attention import (
 )
 from featviz.cli.main import main
 from featviz.errors import LayerError, UsageError
-from featviz.capture.learned import find_se_blocks, se_block_for, se_gate
+from featviz.capture.gates import CHANNEL_KINDS, Gate, find_gates, gate_for, probe_input
 from featviz.capture.layers import LayerRef
 from featviz.models.build import LoadedModel, Preprocess, load_model
 from featviz.output.pipeline import LayerResult, RenderOptions, Visualizer
@@ -312,10 +312,10 @@ def test_se_reweight_only_with_learned_attention(cat_photo: Path, tmp_path: Path
 def test_user_se_blocks_are_found_and_their_gates_captured(cat_photo: Path, recorder: Any) -> None:
     loaded = load_model("semodels:user_se", "none")
     model = loaded.module
-    blocks = find_se_blocks(model)
-    assert [(b.path, b.gate_path) for b in blocks] == [("features.2", "features.2.gate"),
-                                                       ("features.4", "features.4.sigmoid")]
-    assert blocks[0].module is model.features[2] and blocks[0].gate is model.features[2].gate
+    blocks = channel_gates(model)
+    assert [(b.path, b.source) for b in blocks] == [("features.2", "features.2.gate"),
+                                                    ("features.4", "features.4.sigmoid")]
+    assert blocks[0].module is model.features[2] and model.get_submodule(blocks[0].source) is model.features[2].gate
 
     visualizer = Visualizer(loaded=loaded, layers=["features.2", "features.4"],
                             options=RenderOptions(channel="learned", size=8))
@@ -356,12 +356,27 @@ def test_se_input_is_captured_before_an_in_place_gate(cat_photo: Path, recorder:
     torch.testing.assert_close(result.activations, gate[:, None, None] * x)
 
 
-def module_of(*layers: nn.Module) -> nn.Module:
-    """A module with these children in order (not an ``nn.Sequential``): only its structure counts."""
-    module = nn.Module()
-    for i, layer in enumerate(layers):
-        module.add_module(str(i), layer)
-    return module
+def channel_gates(model: nn.Module, example: torch.Tensor | None = None) -> list[Gate]:
+    """The learned channel gates featviz finds in ``model`` (one probe pass on seeded noise)."""
+    found = find_gates(model, probe_input(model, 32, 32) if example is None else example)
+    return [gate for gate in found if gate.kind == "channel"]
+
+
+class Chain(nn.Module):
+    """Runs its children one after the other (not an ``nn.Sequential``); with ``scale``, returns
+    its input times the chain's result, as an SE block does."""
+
+    def __init__(self, *layers: nn.Module, scale: bool = False) -> None:
+        super().__init__()
+        self.scale = scale
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for layer in self.children():
+            y = layer(y)
+        return x * y if self.scale else y
 
 
 @pytest.mark.parametrize("layers", [
@@ -373,12 +388,12 @@ def module_of(*layers: nn.Module) -> nn.Module:
     pytest.param(lambda: [nn.Sigmoid()], id="lone-sigmoid"),
 ])
 def test_plain_blocks_are_not_se_blocks(layers: Callable[[], list[nn.Module]]) -> None:
-    block = module_of(*layers())
-    assert se_gate(block) is None
-    assert find_se_blocks(nn.Sequential(nn.Conv2d(3, 8, 3), block)) == []
-    # the same children in an SE block's structure would be found: the negatives are structural
-    assert se_gate(module_of(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 2, 1), nn.ReLU(), nn.Conv2d(2, 8, 1),
-                             nn.Sigmoid())) is not None
+    """A block whose output is not its input times a gate is no SE block, sigmoid or not."""
+    torch.manual_seed(0)
+    assert channel_gates(nn.Sequential(nn.Conv2d(3, 8, 3), Chain(*layers()))) == []
+    # the control: an SE block's chain, applied as x * chain(x), is found
+    se = Chain(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 2, 1), nn.ReLU(), nn.Conv2d(2, 8, 1), nn.Sigmoid(), scale=True)
+    assert [(g.path, g.source) for g in channel_gates(nn.Sequential(nn.Conv2d(3, 8, 3), se))] == [("1", "1.4")]
 
 
 class GateBySequential(nn.Module):
@@ -400,7 +415,7 @@ def test_a_sequential_gate_is_not_taken_for_a_whole_se_block() -> None:
     """Taking ``se`` for a block would draw its 1x1 gate as the features "after the gate"."""
     torch.manual_seed(0)
     model = GateBySequential()
-    assert find_se_blocks(model) == []
+    assert channel_gates(model) == []
     loaded = LoadedModel(model, "gate_by_sequential", "none", Preprocess(), torch.device("cpu"))
     with pytest.raises(LayerError, match="no squeeze-and-excitation blocks"):
         Visualizer(loaded=loaded, layers=["se"], options=RenderOptions(channel="learned"))
@@ -409,16 +424,16 @@ def test_a_sequential_gate_is_not_taken_for_a_whole_se_block() -> None:
 def test_no_se_block_in_resnet18() -> None:
     from torchvision.models import get_model
 
-    assert find_se_blocks(get_model("resnet18", weights=None)) == []
+    model = get_model("resnet18", weights=None)
+    assert find_gates(model, probe_input(model, 32, 32)) == []
 
 
 def test_se_block_classes_are_recognised_directly() -> None:
-    se = SqueezeExcitation(16, 4)
-    assert se_gate(se) == ("scale_activation", se.scale_activation)
-    user = semodels.UserSE(16, 4)
-    assert se_gate(user) == ("gate", user.gate)
-    [only] = find_se_blocks(user)  # a block at the root of the model
-    assert (only.path, only.gate_path) == ("", "gate")
+    example = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    [se] = channel_gates(SqueezeExcitation(16, 4), example)  # a block at the root of the model
+    assert (se.path, se.source, se.function) == ("", "scale_activation", "sigmoid")
+    [user] = channel_gates(semodels.UserSE(16, 4), example)
+    assert (user.path, user.source) == ("", "gate")
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,9 +448,9 @@ def test_every_torchvision_se_block_is_found_and_gated(name: str, torchvision_mo
     model = loaded.module
     instances = [path for path, module in model.named_modules() if isinstance(module, SqueezeExcitation)]
     assert len(instances) == SE_COUNTS[name]
-    blocks = find_se_blocks(model)
+    blocks = channel_gates(model, probe_input(model, SMALL, SMALL))
     assert [b.path for b in blocks] == instances
-    assert all(b.gate_path == f"{b.path}.scale_activation" for b in blocks)
+    assert all(b.source == f"{b.path}.scale_activation" for b in blocks)
 
     visualizer = Visualizer(loaded=loaded, layers=instances, options=RenderOptions(channel="learned", size=8),
                             resize=SMALL, crop=SMALL)
@@ -510,9 +525,12 @@ def test_learned_at_a_containing_layer_uses_the_block_inside(torchvision_model: 
 
 def test_learned_at_a_layer_with_several_blocks_uses_the_last(torchvision_model: Callable[[str], LoadedModel]) -> None:
     model = torchvision_model("efficientnet_b0").module
-    inside = [b.path for b in find_se_blocks(model) if b.path.startswith("features.2.")]
+    gates = channel_gates(model, probe_input(model, SMALL, SMALL))
+    inside = [b.path for b in gates if b.path.startswith("features.2.")]
     assert inside == ["features.2.0.block.2", "features.2.1.block.2"]
-    assert se_block_for(model, LayerRef("features.2", 2, model.features[2])).path == "features.2.1.block.2"
+    chosen = gate_for(gates, model, LayerRef("features.2", 2, model.features[2]), CHANNEL_KINDS, "efficientnet_b0",
+                      "--channel learned")
+    assert chosen.path == "features.2.1.block.2"
 
 
 # --------------------------------------------------------------------------------------------
