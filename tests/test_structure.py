@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"images", "discover"}]),
-    ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
+    ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
     ("capture", [{"layers", "tokens"}, {"gatetrace", "learned", "stn"}, {"hooks"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
