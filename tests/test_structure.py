@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"images", "discover"}]),
-    ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"hooks", "stn"}, {"gates"}]),
+    ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
+    ("capture", [{"layers", "tokens"}, {"gatetrace", "stn"}, {"hooks"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),

@@ -3,7 +3,7 @@
 A learned attention module multiplies its input by a gate that a gate activation inside it
 produced: SENet's ``x * sigmoid(...)``, ECA's, CBAM's channel and spatial gates, Gather-Excite,
 Global Context, BAM's ``x * (1 + sigmoid(...))``, torchvision's ``SqueezeExcitation``, or a
-user's own block. featviz finds them with one probe forward pass (:func:`featviz.capture.hooks.trace_gates`
+user's own block. featviz finds them with one probe forward pass (:func:`featviz.capture.gatetrace.trace_gates`
 records every sigmoid, hard-sigmoid and softmax call and the input and output of the modules
 that ran them) and keeps a module M with a gate call g when, for M's input x and output y,
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from featviz.capture.hooks import GateCall, GateTrace, ModuleCall, trace_gates
+from featviz.capture.gatetrace import GateCall, GateTrace, ModuleCall, trace_gates
 from featviz.errors import LayerError
 from featviz.capture.layers import LayerRef
 

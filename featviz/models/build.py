@@ -10,9 +10,6 @@ can act on.
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import inspect
 import os
 import warnings
 from collections.abc import Mapping
@@ -27,13 +24,10 @@ from torchvision.models import get_model as _get_model
 
 from featviz.models import timm_models
 from featviz.models.checkpoints import (
-    MissingPickledCode,
-    UntrustedPickle,
     current_folder_importable,
     load_state_dict,
     load_state_dict_file,
     read_state_dict_file,
-    read_torch_file,
 )
 from featviz.models.downloads import download_guarded
 from featviz.errors import ModelError, UsageError, WeightsError
@@ -44,6 +38,7 @@ from featviz.models.official import (
     recognise,
     sha256_matches,
 )
+from featviz.models.userfiles import build_from_factory, load_pickled_model, seeded_build
 from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
@@ -177,13 +172,6 @@ def _is_default(weights: str) -> bool:
     return weights.strip().upper() == "DEFAULT"
 
 
-def _seeded_build(build: Any, seed: int) -> Any:
-    """Run ``build()`` with torch's RNG seeded, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
                kwargs: Mapping[str, Any] | None, trust_pickle: bool = False) -> LoadedModel:
     built = timm_models.build(spec, weights, seed, pretrained, kwargs)
@@ -204,7 +192,7 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
 
     name = _torchvision_name(name)
     if _is_none(weights):
-        module = _seeded_build(lambda: get_model(name, weights=None), seed)
+        module = seeded_build(lambda: get_model(name, weights=None), seed)
         # Class names still come from the default weights' metadata (no download needed).
         default = get_model_weights(name).DEFAULT
         categories = list(default.meta.get("categories") or []) or None
@@ -215,7 +203,7 @@ def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = Tru
         if pretrained:
             module = download_guarded(lambda: get_model(name, weights=chosen), chosen)
         else:  # the architecture the weights would be loaded into (ViT at the weights' size)
-            module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
+            module = seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, chosen)), seed)
             _drop_aux_heads(name, module, keep=name == "inception_v3")
         categories = list(chosen.meta.get("categories") or []) or None
         return LoadedModel(
@@ -236,7 +224,7 @@ def _build_for_file(name: str, path: str, seed: int, trust_pickle: bool = False,
     """``name`` built as torchvision builds it for pretrained weights (see
     :func:`pretrained_build_kwargs`), with the tensors of the file at ``path`` loaded."""
     state = read_state_dict_file(path, trust_pickle)
-    module = _seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, weights)), seed)
+    module = seeded_build(lambda: get_model(name, weights=None, **pretrained_build_kwargs(name, weights)), seed)
     _drop_aux_heads(name, module, keep=any(k.startswith(AUX_HEADS.get(name, ("-",))) for k in state))
     load_state_dict(module, state, path)
     return module
@@ -335,7 +323,7 @@ def _pick_weights(name: str, enum: Any, wanted: str) -> Any:
 def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
     module_name, _, attr = spec.rpartition(":") if spec.rpartition(":")[0].endswith(".py") else spec.partition(":")
     with current_folder_importable():
-        built = _build_from_factory(spec, module_name, attr, seed)
+        built = build_from_factory(spec, module_name, attr, seed)
     if not isinstance(built, torch.nn.Module):
         raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module",
                          hint="the factory must build and return the model")
@@ -346,71 +334,6 @@ def _load_factory(spec: str, weights: str, seed: int, trust_pickle: bool = False
     elif _is_none(weights):
         label = f"as built (seed {seed})"
     return LoadedModel(built, spec, label, Preprocess(), _cpu(), source="factory")
-
-
-def _import_file(spec: str, path: str) -> Any:
-    """The module defined by a Python file, imported under a name of its own."""
-    if not Path(path).is_file():
-        raise ModelError(f"model factory file {path} does not exist", hint="check the path before the colon")
-    location = importlib.util.spec_from_file_location(f"featviz_user_{Path(path).stem}", path)
-    if location is None or location.loader is None:
-        raise ModelError(f"cannot import {path} for model factory {spec!r}", hint="name a .py file")
-    module = importlib.util.module_from_spec(location)
-    location.loader.exec_module(module)
-    return module
-
-
-def _build_from_factory(spec: str, module_name: str, attr: str, seed: int) -> Any:
-    try:
-        if module_name.endswith(".py"):
-            module = _import_file(spec, module_name)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(
-            f"cannot import {module_name!r} for model factory {spec!r} ({exc})",
-            hint="run from the folder that holds the package, or install it",
-        ) from exc
-    factory: Any = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            names = [n for n in dir(module) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3)
-            raise ModelError(
-                f"{module_name} has no attribute {part!r}",
-                hint=("did you mean " + ", ".join(close) + "?") if close else "check the factory name",
-            )
-        factory = getattr(factory, part)
-    return _call_factory(spec, factory, seed)
-
-
-def _call_factory(spec: str, factory: Any, seed: int) -> Any:
-    """``factory()``, seeded; a model instance is taken as it is. Whatever the factory raises
-    (``SystemExit`` from ``builtins:exit`` included, Ctrl-C excepted) is a :class:`ModelError`
-    carrying its message; a callable that needs arguments (``os:system``) is refused without
-    being called."""
-    if isinstance(factory, torch.nn.Module):
-        return factory
-    if not callable(factory):
-        raise ModelError(f"{spec} is a {type(factory).__name__}, not a model factory",
-                         hint="name a function that takes no arguments and returns a torch.nn.Module")
-    try:
-        inspect.signature(factory).bind()
-    except TypeError as exc:
-        raise ModelError(f"{spec} cannot be called without arguments ({exc})",
-                         hint="name a function that takes no arguments and returns a torch.nn.Module") from None
-    except ValueError:  # no signature to inspect (some builtins): calling it will tell
-        pass
-    try:
-        return _seeded_build(factory, seed)
-    except (KeyboardInterrupt, GeneratorExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
-        if isinstance(exc, SystemExit):
-            message = f"it exits the program (code {exc.code!r}) instead of returning a model"
-        raise ModelError(f"model factory {spec} raised {type(exc).__name__}: {message}",
-                         hint="fix the factory, or check that --model names the right one") from exc
 
 
 def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = False) -> LoadedModel:
@@ -425,7 +348,7 @@ def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = F
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
             module = torch.jit.load(path, map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
-        module = _load_pickled_model(path, trust_pickle, exc)
+        module = load_pickled_model(path, trust_pickle, exc)
         source = "pickle"
     else:
         source = "torchscript"
@@ -435,30 +358,3 @@ def _load_torchscript(path: str, weights: str, seed: int, trust_pickle: bool = F
         label = weights
     del seed
     return LoadedModel(module, path, label, Preprocess(), _cpu(), source=source)
-
-
-def _load_pickled_model(path: str, trust_pickle: bool, jit_error: Exception) -> torch.nn.Module:
-    """A model saved whole with ``torch.save(model)``: refused (unpickling runs code) unless
-    ``trust_pickle``; a state dict or anything else passed as ``--model`` gets a hint."""
-    not_a_model = ModelError(
-        f"{path} is not a TorchScript model",
-        hint="save one with torch.jit.save(torch.jit.script(model), path); for a state dict, "
-        "name the architecture with --model and pass the file with --weights",
-    )
-    try:
-        if trust_pickle:
-            with current_folder_importable():  # the model's class, as for a factory
-                obj = read_torch_file(path, trust_pickle=True)
-        else:
-            obj = read_torch_file(path)
-    except (UntrustedPickle, MissingPickledCode):
-        raise
-    except WeightsError:
-        raise not_a_model from jit_error
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    if isinstance(obj, Mapping):
-        raise ModelError(f"{path} is not a TorchScript model: it holds weights (a state dict), not a model",
-                         hint="name the architecture with --model (a torchvision name or package.module:factory) "
-                         "and pass this file with --weights")
-    raise not_a_model from jit_error
