@@ -40,7 +40,8 @@ def _exact(values: np.ndarray) -> np.ndarray:
     mantissa, exponent = np.frexp(finite)  # finite = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
     integers = (mantissa * 2.0 ** 53).astype(np.int64).astype(object)  # exact: 53 bits
     shifts = (exponent.astype(np.int64) + 1074).astype(object)  # >= 0 for every float64
-    return integers << shifts
+    exact: np.ndarray = integers << shifts
+    return exact
 
 
 @dataclass

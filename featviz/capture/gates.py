@@ -21,6 +21,7 @@ each branch per channel), and a softmax over the last dimension holding H x W va
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -229,7 +230,7 @@ def every_gate(gates: list[Gate], kinds: tuple[str, ...], model_name: str, optio
     return chosen
 
 
-def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """``--channel learned`` at ``gate``'s module: (w (N, C) in (0, 1), the module's input
     (N, C, H, W) or None for a branch gate, summary fields). w = g for a channel gate, the
     spatial mean of a 3-D gate, branch 0's weight for a branch gate (all branches (N, R, C) go
@@ -237,7 +238,7 @@ def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torc
     before = captured[f"{gate.path}:input"].float()
     values = gate_values(gate, captured[gate.key], captured[gate.path] if gate.kind == "branch" else before)
     weights = channel_gate(values, gate)
-    extra: dict = {"se_block": gate.path, "gate_module": gate.source, "gate_kind": gate.kind,
+    extra: dict[str, Any] = {"se_block": gate.path, "gate_module": gate.source, "gate_kind": gate.kind,
                    "gate_function": gate.function, "gate": weights}
     if gate.offset:
         extra["gate_offset"] = gate.offset
@@ -249,11 +250,11 @@ def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torc
     return weights, before, extra
 
 
-def learned_spatial(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+def learned_spatial(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
     """``--spatial learned``: (the gate (N, h, w) in [0, 1] at its module's resolution, summary
     fields)."""
     values = gate_values(gate, captured[gate.key], captured[f"{gate.path}:input"].float())
-    extra: dict = {"spatial_gate": gate.path, "spatial_gate_module": gate.source, "spatial_gate_kind": gate.kind}
+    extra: dict[str, Any] = {"spatial_gate": gate.path, "spatial_gate_module": gate.source, "spatial_gate_kind": gate.kind}
     if gate.offset:
         extra["spatial_gate_offset"] = gate.offset
     if gate.kind == "3d":

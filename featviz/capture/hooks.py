@@ -189,7 +189,7 @@ def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
     with ActivationCapture(model, layers, stop_early=stop_early and not keep_output, inputs_of=inputs_of,
                            gate_calls=gate_calls) as recorder:
         captured = recorder.run(batch)
-    if keep_output:  # the whole pass ran: its result is the model's output
+    if keep_output and recorder.output is not None:  # the whole pass ran: its result is the model's output
         captured[":output"] = recorder.output
     return captured
 

@@ -31,7 +31,7 @@ class LayerRef:
 
     @property
     def type_name(self) -> str:
-        return type(self.module).__name__ if not is_script(self.module) else self.module.original_name
+        return _type_name(self.module)
 
 
 def is_script(module: Any) -> bool:
@@ -150,7 +150,8 @@ def _by_index(stack: Sequence[tuple[str, nn.Module]], index: int, model_name: st
 def _by_path(model: nn.Module, path: str, model_name: str) -> nn.Module:
     modules = {name: module for name, module in model.named_modules() if name}
     if path in modules:  # not get_submodule: TorchScript modules do not support it
-        return modules[path]
+        found: nn.Module = modules[path]
+        return found
     names = list(modules)
     close = difflib.get_close_matches(path, names, n=4, cutoff=0.5)
     hint = ("did you mean " + ", ".join(close) + "?") if close else (
@@ -185,7 +186,7 @@ def sweep_layers(model: nn.Module) -> list[str]:
 
 def _type_name(module: nn.Module) -> str:
     """The module's class name, also for TorchScript modules (their ``original_name``)."""
-    return module.original_name if is_script(module) else type(module).__name__
+    return str(module.original_name) if is_script(module) else type(module).__name__
 
 
 def default_cam_layer(model: nn.Module, feature_maps: Collection[str], model_name: str = "the model") -> LayerRef:

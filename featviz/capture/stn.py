@@ -44,7 +44,8 @@ class AffineGridRecorder:
                 self.thetas.append(theta.detach().clone())
                 self.sizes.append(list(size))
                 self.align_corners.append(bool(align_corners))
-            return original(theta, size, align_corners)
+            grid: torch.Tensor = original(theta, size, align_corners)
+            return grid
 
         torch.affine_grid_generator = recording
         return self

@@ -34,18 +34,29 @@ Exit codes:
 
 
 class FeatvizClickError(click.ClickException):
-    """A library error shown as one line, with its hint on a second line."""
+    """A library error shown as one line, with its hint on a second line. Exit code 1; a usage
+    error is a :class:`FeatvizUsageClickError` (exit 2): click reads ``exit_code`` from the class.
+    Make them with :meth:`of`."""
 
     def __init__(self, error: FeatvizError) -> None:
         super().__init__(error.message)
         self.hint = error.hint
-        self.exit_code = 2 if isinstance(error, UsageError) else 1
+
+    @staticmethod
+    def of(error: FeatvizError) -> FeatvizClickError:
+        return FeatvizUsageClickError(error) if isinstance(error, UsageError) else FeatvizClickError(error)
 
     def show(self, file: Any = None) -> None:
         stream = file or sys.stderr
         click.echo(f"Error: {self.message}", file=stream)
         if self.hint:
             click.echo(f"Hint: {self.hint}", file=stream)
+
+
+class FeatvizUsageClickError(FeatvizClickError):
+    """A :class:`~featviz.errors.UsageError`: exit code 2."""
+
+    exit_code = 2
 
 
 # --- help in sections ---------------------------------------------------------------------
@@ -133,7 +144,7 @@ def _usage_error(error: click.UsageError) -> FeatvizClickError:
     message = message[:1].lower() + message[1:]  # "Invalid value for ..." reads like featviz's messages
     # the command as a user types it (the root's own name depends on how click was started)
     path = " ".join(["featviz", *(error.ctx.command_path.split()[1:] if error.ctx is not None else [])])
-    return FeatvizClickError(UsageError(message, hint=f"run `{path} --help` for the options"))
+    return FeatvizClickError.of(UsageError(message, hint=f"run `{path} --help` for the options"))
 
 
 def reports_errors(command: F) -> F:
@@ -145,7 +156,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except FeatvizError as error:
-            raise FeatvizClickError(error) from None
+            raise FeatvizClickError.of(error) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted: the files written so far are complete; rerun with --skip-existing "
                        "to resume", err=True)

@@ -356,24 +356,24 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
     for path, key in zip(images, stem_keys(images)):
         try:
             picture, results = visualizer.sweep(path)
-            target = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
+            written = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
         except (ImageError, UsageError) as error:
             click.echo(f"error: {error}", err=True)
             failed += 1
             continue
         try:
-            atomic_write(target, png_bytes(picture, 1))
+            atomic_write(written, png_bytes(picture, 1))
         except OSError as exc:
             if is_fatal_write_error(exc):
-                raise OutputError(f"cannot write {target} ({exc.strerror}); the run stopped",
+                raise OutputError(f"cannot write {written} ({exc.strerror}); the run stopped",
                                   hint="free space or fix the output folder, then run sweep again") from None
-            click.echo(f"error: {target}: {exc}", err=True)
+            click.echo(f"error: {written}: {exc}", err=True)
             failed += 1
             continue
-        documents.append({"input": str(path), "output": str(target),
+        documents.append({"input": str(path), "output": str(written),
                           "stages": [{"layer": r.layer.path, "shape": list(r.activations.shape)} for r in results]})
         if not as_json:
-            click.echo(str(target))
+            click.echo(str(written))
     if as_json:
         click.echo(json.dumps({"ok": len(documents), "failed": failed, "results": documents}, indent=2, ensure_ascii=False))
     sys.exit(1 if failed else 0)

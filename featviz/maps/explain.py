@@ -199,7 +199,7 @@ class ClassExplainer:
         for i in range(n):
             for start in range(0, c, self.cam_batch):
                 stop = min(c, start + self.cam_batch)
-                masks = formulas.scorecam_masks(activations[i:i + 1, start:stop], tuple(batch.shape[2:]))[0]
+                masks = formulas.scorecam_masks(activations[i:i + 1, start:stop], (batch.shape[2], batch.shape[3]))[0]
                 with torch.no_grad():
                     probabilities = torch.softmax(self._forward(batch[i][None] * masks[:, None]).float(), dim=1)
                 weights = probabilities[:, classes[i]]  # (k, T)

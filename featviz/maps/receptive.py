@@ -102,7 +102,7 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 def _make_positive(module: nn.Module) -> None:
     """Averaging weights, zero biases, identity batch norms; other parameters 1."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if module.running_mean is not None:
+        if module.running_mean is not None and module.running_var is not None:
             module.running_mean.zero_()
             module.running_var.fill_(1.0)
         module.track_running_stats = module.running_mean is not None
@@ -238,5 +238,5 @@ class ReceptiveFields:
             if found is None:
                 found = dict(zip(missing, input_fields(self._surrogate, layer_path, input_size, missing)))
             for position, field in found.items():
-                self._cache[(layer_path, input_size, *position)] = field
-        return {p: self._cache[(layer_path, input_size, *p)] for p in wanted}
+                self._cache[(layer_path, input_size, position[0], position[1])] = field
+        return {p: self._cache[(layer_path, input_size, p[0], p[1])] for p in wanted}

@@ -39,7 +39,8 @@ class OfficialWeights:
 
 def file_name(weights: Any) -> str:
     """The file torchvision downloads for ``weights`` (and looks for in its cache)."""
-    return os.path.basename(weights.url)
+    url: str = weights.url
+    return os.path.basename(url)
 
 
 def hash_prefix(weights: Any) -> str | None:

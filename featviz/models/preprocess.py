@@ -121,7 +121,8 @@ class Preprocess:
         if self.crop is not None:
             image = F.center_crop(image, [self.crop])
         tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
-        return F.normalize(tensor, mean=list(self.mean), std=list(self.std))
+        normalized: torch.Tensor = F.normalize(tensor, mean=list(self.mean), std=list(self.std))
+        return normalized
 
 
 def _crop_offset(length: int, crop: int) -> int:

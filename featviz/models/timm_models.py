@@ -29,9 +29,10 @@ from featviz.models.preprocess import Preprocess
 
 try:  # the optional extra
     import timm
-    from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+    from timm.data.config import resolve_data_config
+    from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
 except ImportError:  # pragma: no cover - exercised in a subprocess without timm
-    timm = None
+    timm = None  # type: ignore[assignment]  # "is timm installed" is asked as `timm is None`
 
 PREFIX = "timm:"
 INSTALL_HINT = 'install the extra: pip install "featviz[timm]"'

@@ -260,14 +260,19 @@ class Exporter:
             report = self._run(images)
         finally:
             if self._report_writer is not None:
-                if self._fatal is None:
+                if self.stopped is None:
                     self._report_writer.close()
                 else:  # OUT is full: the page would fail too; the resume rewrites it
                     self._report_writer.discard()
                 self._report_writer = None
-        if self._fatal is not None:
-            raise self._fatal
+        if self.stopped is not None:
+            raise self.stopped
         return report
+
+    @property
+    def stopped(self) -> OutputError | None:
+        """The error that stopped the last run (OUT stopped taking files), else None."""
+        return self._fatal
 
     def _run(self, images: Sequence[InputImage]) -> ExportReport:
         self.out.mkdir(parents=True, exist_ok=True)

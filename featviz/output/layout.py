@@ -233,7 +233,7 @@ def complete_summary(directory: Path) -> dict[str, Any] | None:
     """The summary of a finished result in ``directory`` (one whose listed files all exist), else None."""
     try:
         summary = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
-        if all((directory / name).is_file() for name in summary.get("files", [])):
+        if isinstance(summary, dict) and all((directory / name).is_file() for name in summary.get("files", [])):
             return summary
     except (OSError, ValueError, AttributeError, TypeError):
         pass

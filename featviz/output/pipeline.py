@@ -153,7 +153,8 @@ class Visualizer:
         self.layers = list({ref.path: ref for ref in refs}.values())
 
     def _capture(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        refs, gate_calls = self.layers, {}
+        refs = self.layers
+        gate_calls: dict[str, set[int]] = {}
         for gate in (g for pair in self.gates.values() for g in pair if g is not None):
             gate_calls.setdefault(gate.path, set()).add(gate.call)
         # the input of a channel gate's module ("before" the gate), and of a spatial gate's (its H x W)
@@ -275,7 +276,7 @@ class Visualizer:
                 per_image[i].append(LayerResult(
                     key=prepared.key, image_path=prepared.path, layer=ref, photo=prepared.photo,
                     box=self.preprocess.crop_box(width, height),
-                    input_size=tuple(prepared.tensor.shape[1:]), activations=acts[i],
+                    input_size=(prepared.tensor.shape[1], prepared.tensor.shape[2]), activations=acts[i],
                     spatial_raw=spatial[i], channel_raw=channel_raw[i], channel_weights=weights[i],
                     channel_map_raw=channel_map[i], options=self.options, model_name=self.loaded.name,
                     weights=self.loaded.weights, before=None if before is None else before[i],

@@ -53,7 +53,8 @@ def deflate_backend(level: int) -> str:
 def compress(data: Any, level: int) -> bytes:
     """A zlib stream of ``data``: ISA-L for levels 1-3, zlib for 0 (stored) and 4-9 (smaller, slower)."""
     if deflate_backend(level) == "isal":
-        return ISAL.compress(data, level)  # type: ignore[union-attr]
+        compressed: bytes = ISAL.compress(data, level)  # type: ignore[union-attr]
+        return compressed
     return zlib.compress(data, level)
 
 

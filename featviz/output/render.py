@@ -125,7 +125,8 @@ def is_gray(cmap: str) -> bool:
 
 def colorize(gray: np.ndarray, cmap: str) -> np.ndarray:
     """uint8 (...) -> uint8 (..., 3) through the colormap's lookup table."""
-    return colormap_lut(cmap)[gray]
+    coloured: np.ndarray = colormap_lut(cmap)[gray]
+    return coloured
 
 
 def grid_columns(count: int) -> int:
@@ -219,7 +220,8 @@ def _blend(photo: np.ndarray, colour: np.ndarray, alpha: float, inside: np.ndarr
     exactly (photo + colour + 1) >> 1, which runs several times faster than the table look-up
     with two index arrays (an overlay is blended twice per result)."""
     if alpha != 0.5:
-        return inside[photo, colour]
+        blended: np.ndarray = inside[photo, colour]
+        return blended
     mixed = photo.astype(np.uint16)
     mixed += colour
     mixed += 1
@@ -323,7 +325,7 @@ def sweep_picture(panels: Sequence[tuple[Image.Image, str]], height: int = 224, 
     pixels high with its caption underneath."""
     font = ImageFont.load_default(size=13)
     caption_h, gap, header = 36, 8, 24 if title else 0
-    scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.BILINEAR) for p, _ in panels]
+    scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.BILINEAR) for p, _ in panels]
     rows = [scaled[i:i + per_row] for i in range(0, len(scaled), per_row)]
     width = max(sum(p.width for p in row) + gap * (len(row) + 1) for row in rows)
     total_h = header + len(rows) * (height + caption_h + gap) + gap

@@ -249,7 +249,8 @@ class _ManifestIndex:
         self.last_done[key] = self.seq
 
     def data(self) -> dict[str, Any]:
-        entries, failed = [], []
+        entries: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for seq, item in self.results.values():
             (failed if "error" in item else entries).append(item)
         for key, (seq, failure) in self.image_errors.items():
@@ -399,7 +400,9 @@ def _entry_from_summary(record: dict[str, Any], path: Path) -> dict[str, Any] | 
         return None
     if not isinstance(summary, dict):
         return None
-    layer = summary.get("layer") if isinstance(summary.get("layer"), dict) else {}
+    layer = summary.get("layer")
+    if not isinstance(layer, dict):
+        layer = {}
     drawn = set(summary.get("drawn_channels") or [])
     top = [f"channels/{c:04d}.png" for c in summary.get("top_channels") or [] if isinstance(c, int) and c in drawn]
     return _entry(record, model=summary.get("model"), weights=summary.get("weights"), index=layer.get("index"),

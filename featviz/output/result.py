@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +159,8 @@ class LayerResult:
         return channel_tiles(self.activations, self.options.size, self.drawn_channels, self.tile_bounds)
 
     def tile(self, channel: int) -> np.ndarray:
-        return self.tiles[self.drawn_channels.index(channel)]
+        tile: np.ndarray = self.tiles[self.drawn_channels.index(channel)]
+        return tile
 
     def channel_image(self, channel: int) -> Image.Image:
         """One channel as an 8-bit grey PIL image, ``size`` pixels square."""
@@ -355,8 +356,7 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
     ]
     for position, channel in enumerate(result.drawn_channels):
-        files.append((f"channels/{channel:04d}.png",
-                      lambda p=position: png_bytes(tiles[p], level)))
+        files.append((f"channels/{channel:04d}.png", partial(png_bytes, tiles[position], level)))
     files.append(("channel_weights.png", lambda: png_bytes(result.channel_chart(), level)))
     files.append(("channel_weights.csv", lambda: result.channel_csv().encode("utf-8")))
     if result.stn_theta is not None:
@@ -367,7 +367,7 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("branch_weights.png", lambda: png_bytes(result.branch_picture(), level)))
         files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
     for cam in result.cams:
-        files.append((f"cam/{cam.name}.png", lambda cam=cam: png_bytes(result.cam_overlay(cam), level)))
+        files.append((f"cam/{cam.name}.png", partial(_cam_png, result, cam, level)))
     if result.options.save_raw and result.cams:
         raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
                for cam in result.cams}
@@ -375,11 +375,16 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     if result.options.save_raw:
         activations = result.activations.float().cpu().numpy()
         spatial = result.spatial_raw.float().cpu().numpy()
-        channel = result.channel_raw.float().cpu().numpy()
+        channel_values = result.channel_raw.float().cpu().numpy()
         files.append(("activations.npy", lambda: npy_bytes(activations)))
         gates = {name: value.float().cpu().numpy() for name, value in result.raw_gates.items()}
-        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel, **gates)))
+        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel_values, **gates)))
     return files
+
+
+def _cam_png(result: LayerResult, cam: CamMap, level: int) -> bytes:
+    """One class map's overlay as PNG bytes (run later, on an encoding thread)."""
+    return png_bytes(result.cam_overlay(cam), level)
 
 
 def write_result(result: LayerResult, directory: Path) -> list[Path]:

@@ -34,7 +34,8 @@ def settings_record(model: str, weights: str, layer: str, preprocess: Preprocess
                               "preprocess": asdict(preprocess), "drawing": asdict(options)}
     if options.normalize == "image":
         record["layers"] = list(layers)
-    return json.loads(json.dumps(record))
+    plain: dict[str, Any] = json.loads(json.dumps(record))  # tuples become lists, as in the manifest
+    return plain
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
