@@ -68,13 +68,13 @@ def minmax(maps: np.ndarray) -> np.ndarray:
 
 
 def runners(model: torch.nn.Module, method: str, cam_batch: int) -> dict[str, object]:
+    import torchcam.methods as tc
     from pytorch_grad_cam import GradCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    import torchcam.methods as tc
+    from featviz.capture.layers import LayerRef
     from featviz.maps.cam import cam_at_input
     from featviz.maps.explain import ClassExplainer
-    from featviz.capture.layers import LayerRef
     from featviz.maps.targets import Target
 
     explainer = ClassExplainer(model, LayerRef("layer4", None, model.layer4), [method],
@@ -111,8 +111,8 @@ def check_gradcam(model: torch.nn.Module, batch: torch.Tensor) -> float:
     import torchcam.methods as tc
     from pytorch_grad_cam import GradCAM
 
-    from featviz.maps.explain import ClassExplainer
     from featviz.capture.layers import LayerRef
+    from featviz.maps.explain import ClassExplainer
     from featviz.maps.targets import Target
 
     ours = np.stack([per[0].map.numpy() for per in ClassExplainer(
@@ -146,14 +146,14 @@ def export_overhead(paths: list[Path], folder: Path, rounds: int) -> dict[str, l
     """images/s of exports of ResNet-50 layer4 without and with --cam gradcam, in interleaved
     rounds (the order alternates): layer4 writes 2,048 channel PNGs per photo, so the disk's
     pace varies from round to round more than --cam changes it; compare best and median."""
-    from featviz.output.export import Exporter
     from featviz.inputs.discover import InputImage
+    from featviz.output.export import Exporter
     from featviz.output.pipeline import RenderOptions, Visualizer
 
     inputs = [InputImage(path=p, key=Path(p.stem)) for p in paths]
     visualizers = {name: Visualizer("resnet50", "none", ["layer4"], options=RenderOptions(cam=cam, target=(str(TARGET),)))
                    for name, cam in (("plain", ()), ("cam", ("gradcam",)))}
-    for name, visualizer in visualizers.items():  # warm-up
+    for visualizer in visualizers.values():  # warm-up
         Exporter(visualizer, folder / "warm-up", batch_size=1).run(inputs[:1])
         shutil.rmtree(folder / "warm-up")
     rates: dict[str, list[float]] = {name: [] for name in visualizers}
@@ -199,7 +199,7 @@ def main() -> None:
                 for name in run:
                     run[name](data[:1])  # type: ignore[operator]
             for batch_size in batches:
-                rates = {name: 0.0 for name in run}
+                rates = dict.fromkeys(run, 0.0)
                 names = list(run)
                 for round_ in range(rounds if method == "gradcam" else 1):  # best of interleaved rounds
                     for name in names[round_ % 3:] + names[:round_ % 3]:

@@ -40,9 +40,9 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featviz.maps.faithfulness import FaithfulnessScore, deletion_insertion
-from featviz.inputs.images import load_image
-from featviz.models.preprocess import Preprocess
+from featviz.inputs.images import load_image  # noqa: E402 - after the sys.path line, so the checkout's featviz is used
+from featviz.maps.faithfulness import FaithfulnessScore, deletion_insertion  # noqa: E402
+from featviz.models.preprocess import Preprocess  # noqa: E402
 
 STEPS = 16
 

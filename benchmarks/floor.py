@@ -187,7 +187,7 @@ def run_floor(ctx: CaseContext, paths: list[Path], out: Path, batch_size: int = 
             photos = [p for p, _ in prepared]
             pixels = floor_pixels(ctx, photos, [t for _, t in prepared])
             futures = []
-            for i, (photo, px) in enumerate(zip(photos, pixels)):
+            for i, (photo, px) in enumerate(zip(photos, pixels, strict=True)):
                 folder = out / f"{c * batch_size + i:04d}"
                 (folder / "channels").mkdir(parents=True)
                 tiles = px["tiles"]

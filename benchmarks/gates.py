@@ -17,8 +17,8 @@ import time
 import timm
 import torch
 
-from featviz.capture.hooks import capture
 from featviz.capture.gates import find_gates, probe_input
+from featviz.capture.hooks import capture
 from featviz.capture.layers import LayerRef
 
 

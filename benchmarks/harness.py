@@ -317,7 +317,7 @@ def measure(ctx: CaseContext, variants: list[Variant], paths: list[Path], scratc
 
 def paired(v: Variant, reference: Variant) -> float:
     """Median over rounds of reference time / ``v``'s time, for runs made next to each other."""
-    return statistics.median(f / t for t, f in zip(v.times, reference.times))
+    return statistics.median(f / t for t, f in zip(v.times, reference.times, strict=True))
 
 
 def variant_row(v: Variant, n: int) -> dict[str, Any]:

@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tinymodels
 import torch
 import torchvision
 from click.testing import CliRunner, Result
 from PIL import Image
 from torchvision import transforms
 
+import tinymodels
 from featviz.atlas.accumulator import ChannelTable, merge, new_atlas
 from featviz.cli.main import main
-from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from featviz.maps.receptive import Field, ReceptiveFields, photo_box
+from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.filterwarnings("error")
 

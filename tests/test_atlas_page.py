@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_report import browser  # noqa: F401  (the fixture that drives Chromium)
 
+import test_report
 from featviz.atlas.page import render_page
 from featviz.cli.main import main
+
+browser = test_report.browser  # the fixture that drives Chromium
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -64,7 +66,7 @@ def test_page_shows_every_channel_and_a_channel_with_its_photos(browser: Any, at
     assert detail["channel"] == 5 and detail["broken"] == [] and detail["photos"] == 2
     assert detail["images"] == 3  # the strip and two full photos
     assert "dead" in detail["text"]
-    for left, top, width, height in detail["boxes"]:  # the receptive field drawn over each photo
+    for left, _top, width, height in detail["boxes"]:  # the receptive field drawn over each photo
         assert left.endswith("%") and float(width[:-1]) > 0 and float(height[:-1]) > 0
     assert result["filtered"]["shown"] == document["statistics"]["dead"]
 

@@ -30,6 +30,10 @@ from torchvision.ops import SqueezeExcitation
 
 import featviz
 import semodels
+from featviz.capture.gates import CHANNEL_KINDS, Gate, find_gates, gate_for, probe_input
+from featviz.capture.layers import LayerRef
+from featviz.cli.main import main
+from featviz.errors import LayerError, UsageError
 from featviz.maps.attention import (
     FCANET_TOP16,
     channel_attention,
@@ -39,10 +43,6 @@ from featviz.maps.attention import (
     parse_frequencies,
     scale_frequencies,
 )
-from featviz.cli.main import main
-from featviz.errors import LayerError, UsageError
-from featviz.capture.gates import CHANNEL_KINDS, Gate, find_gates, gate_for, probe_input
-from featviz.capture.layers import LayerRef
 from featviz.models.build import LoadedModel, Preprocess, load_model
 from featviz.output.pipeline import LayerResult, RenderOptions, Visualizer
 
@@ -686,17 +686,17 @@ def test_pure_cosine_peaks_at_its_frequency(height: int, width: int, u: int, v: 
 
 
 def test_fcanet_top16_is_the_papers_and_scales_like_its_code() -> None:
-    assert list(FCANET_TOP16) == list(zip(PAPER_TOP16_X, PAPER_TOP16_Y))
+    assert list(FCANET_TOP16) == list(zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True))
     assert parse_frequencies("top16") == FCANET_TOP16
     for height, width in [(14, 14), (28, 28), (56, 56), (7, 7), (28, 14)]:
-        expected = [(x * (height // 7), y * (width // 7)) for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y)]
+        expected = [(x * (height // 7), y * (width // 7)) for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
         assert scale_frequencies(FCANET_TOP16, height, width) == expected, (height, width)
 
 
 def test_dct_channel_groups_follow_fcanet() -> None:
     """C = 32 with 16 frequencies: channels 2g and 2g + 1 take frequency g (on 14x14: scaled x2)."""
     activations = torch.randn(1, 32, 14, 14, generator=torch.Generator().manual_seed(4))
-    bases = [my_dct_basis(2 * x, 2 * y, 14, 14) for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y)]
+    bases = [my_dct_basis(2 * x, 2 * y, 14, 14) for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
     expected = torch.tensor([float((activations[0, c].double() * bases[c // 2]).sum()) for c in range(32)],
                             dtype=torch.float64)
     torch.testing.assert_close(channel_attention(activations, "dct")[0].double(), expected, atol=1e-4, rtol=1e-5)
@@ -726,8 +726,8 @@ def test_dct_through_the_cli_records_its_frequencies(cat_photo: Path, tmp_path: 
 def test_dct_default_frequencies_are_fcanet_top16(cat_photo: Path) -> None:
     loaded = load_model("semodels:fixed_dct", "none")
     [result] = Visualizer(loaded=loaded, layers=[0], options=RenderOptions(channel="dct", size=8)).run([cat_photo])
-    assert result.extra["dct_frequencies"] == [list(f) for f in zip(PAPER_TOP16_X, PAPER_TOP16_Y)]
-    assert result.extra["dct_frequencies_scaled"] == [[2 * x, 2 * y] for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y)]
+    assert result.extra["dct_frequencies"] == [list(f) for f in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
+    assert result.extra["dct_frequencies_scaled"] == [[2 * x, 2 * y] for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
 
 
 @pytest.mark.parametrize("text", ["x", "1", "1,2,3", "a,b", "0,0;1,-1", "7,0", "0,0;2,9"])

@@ -18,8 +18,8 @@ from PIL import Image
 
 import featviz
 import tinymodels
-from featviz.maps.attention import channel_attention, channel_weights, minmax, spatial_attention, weighted_channel_map
 from featviz.cli.main import main
+from featviz.maps.attention import channel_attention, channel_weights, minmax, spatial_attention, weighted_channel_map
 from featviz.output.render import grid_image
 from seedscript import photo_tensor, seed_loop
 

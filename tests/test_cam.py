@@ -17,11 +17,11 @@ from PIL import Image
 
 import featviz
 from featviz.capture.hooks import GradientCapture
-from featviz.maps.cam import cam_at_input
+from featviz.capture.layers import LayerRef
 from featviz.cli.main import main
 from featviz.errors import UsageError
+from featviz.maps.cam import cam_at_input
 from featviz.maps.explain import ClassExplainer
-from featviz.capture.layers import LayerRef
 from featviz.maps.targets import Target, class_indices, parse_targets
 from tinymodels import Broken, tiny_features, tiny_residual
 
@@ -94,7 +94,7 @@ def test_a_batch_equals_its_photos_one_by_one() -> None:
     for n in range(3):
         alone = explainer.explain(x[n:n + 1]).per_image[0]
         assert [c.name for c in alone] == [c.name for c in together[n]]
-        for a, b in zip(alone, together[n]):
+        for a, b in zip(alone, together[n], strict=True):
             torch.testing.assert_close(a.map, b.map, rtol=1e-4, atol=1e-6)
 
 
@@ -354,7 +354,7 @@ def test_the_gradient_pass_serves_the_other_outputs(tests_on_path, photos) -> No
                               resize=40, crop=32, predict=True)
     with_cam = featviz.visualize(photos, model="tinymodels:tiny_features", layers=[1, 4], weights="none",
                                  resize=40, crop=32, predict=True, cam="gradcam")
-    for a, b in zip(plain, with_cam):
+    for a, b in zip(plain, with_cam, strict=True):
         assert torch.equal(a.activations, b.activations)
         summary, expected = b.summary(), a.summary()
         # the recorded options differ by --cam itself (what --skip-existing compares); all else is equal

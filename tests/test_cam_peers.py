@@ -14,6 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torchcam.methods as torchcam_methods
 import torchvision
 from pytorch_grad_cam import (
     AblationCAM,
@@ -27,9 +28,8 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-import torchcam.methods as torchcam_methods
-from featviz.maps.explain import ClassExplainer, find_cam_classifier
 from featviz.capture.layers import LayerRef
+from featviz.maps.explain import ClassExplainer, find_cam_classifier
 from featviz.maps.targets import Target
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch-cam's "no value for fc_layer" log is a warning in some versions
@@ -91,7 +91,7 @@ def pgc_maps(model: torch.nn.Module, path: str, x: torch.Tensor, method: str, cl
         outputs = explainer.activations_and_grads(x)
         if explainer.uses_gradients:
             model.zero_grad()
-            sum(target(output) for target, output in zip(targets, outputs)).backward()
+            sum(target(output) for target, output in zip(targets, outputs, strict=True)).backward()
         recorded = explainer.activations_and_grads
         activations = recorded.activations[0].numpy()
         grads = recorded.gradients[0].numpy() if explainer.uses_gradients else None
@@ -152,7 +152,7 @@ def pgc_gradient_maps(model: torch.nn.Module, path: str, x: torch.Tensor, cls: i
     try:
         outputs = recorder.activations_and_grads(x)
         model.zero_grad()
-        sum(target(output) for target, output in zip(targets, outputs)).backward()
+        sum(target(output) for target, output in zip(targets, outputs, strict=True)).backward()
         activations = recorder.activations_and_grads.activations[0].numpy()
         grads = recorder.activations_and_grads.gradients[0].numpy()
     finally:
@@ -211,7 +211,7 @@ def test_gradcampp_equals_pytorch_grad_cam_when_its_epsilon_is_negligible(reques
         last.bias.mul_(1e5)
     ours = [featviz_maps(model, path, x, "gradcam++", cls) for cls in CLASSES]
     assert_informative(ours)
-    for cls, mine in zip(CLASSES, ours):
+    for cls, mine in zip(CLASSES, ours, strict=True):
         assert_same(mine, pgc_maps(model, path, x, "gradcam++", cls))
 
 

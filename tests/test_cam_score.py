@@ -20,9 +20,9 @@ from PIL import Image
 
 import featviz
 import featviz.maps.camscore
-from featviz.maps.cam import cam_at_input
 from featviz.cli.main import main
 from featviz.errors import UsageError
+from featviz.maps.cam import cam_at_input
 from featviz.maps.faithfulness import deletion_insertion
 from featviz.output.pipeline import Visualizer
 from tinymodels import tiny_features

@@ -28,8 +28,8 @@ import oddimages
 from featviz.cli import main as cli  # the module featviz.cli.main
 from featviz.cli.main import main
 from featviz.errors import UsageError
-from featviz.output.export import MANIFEST, SUMMARY, TMP_MARK, Exporter, is_complete, layer_dir, shard
 from featviz.inputs.discover import InputImage, find_images
+from featviz.output.export import MANIFEST, SUMMARY, TMP_MARK, Exporter, is_complete, layer_dir, shard
 from featviz.output.pipeline import RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -585,7 +585,7 @@ def test_exit_1_when_some_fail_and_the_rest_are_done(tmp_path: Path) -> None:
     result = export(good[0], bad, good[1], "--out", out, "--batch-size", "3")
     assert result.exit_code == 1
     assert len(summary_dirs(out)) == 2
-    assert [line for line in error_lines(result.stderr)] == [
+    assert list(error_lines(result.stderr)) == [
         next(f"error: {r['error']}" for r in read_manifest(out) if r["status"] == "error")]
 
 
@@ -630,7 +630,7 @@ def test_usage_errors_exit_2_before_any_image(case: str, tmp_path: Path) -> None
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert "Traceback" not in result.output
     assert read_manifest(out) == []
-    assert not out.exists() or [p for p in out.rglob("*")] == []
+    assert not out.exists() or list(out.rglob("*")) == []
 
 
 def test_help_documents_exit_codes() -> None:

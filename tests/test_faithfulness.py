@@ -391,7 +391,9 @@ def test_areas_equal_torch_cams_deletion_insertion_metric(
     inputs, saliency, targets = batch
     model = tiny_classifier(32)
     ours = scores_only(deletion_insertion(model, inputs, saliency, targets, steps=16))
-    blur = lambda x: TF.gaussian_blur(x, [11, 11], [5.0, 5.0])
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return TF.gaussian_blur(x, [11, 11], [5.0, 5.0])
+
     for row, score in enumerate(ours):
         one = inputs[row:row + 1]
         zero = metrics.DeletionInsertionMetric(GivenMap(model, saliency[row:row + 1]),

@@ -22,9 +22,9 @@ from PIL import Image
 from timm.layers import GatherExcite
 from torch import nn
 
+from featviz.capture.gates import find_gates, probe_input
 from featviz.cli.main import main
 from featviz.errors import LayerError, UsageError
-from featviz.capture.gates import find_gates, probe_input
 from featviz.models.build import LoadedModel, Preprocess
 from featviz.output.pipeline import RenderOptions, Visualizer
 
@@ -45,9 +45,9 @@ class ChannelGate(nn.Module):
         self.gate_c.add_module("flatten", Flatten())
         gate_channels = [gate_channel] + [gate_channel // reduction_ratio] * num_layers + [gate_channel]
         for i in range(len(gate_channels) - 2):
-            self.gate_c.add_module("gate_c_fc_%d" % i, nn.Linear(gate_channels[i], gate_channels[i + 1]))
-            self.gate_c.add_module("gate_c_bn_%d" % (i + 1), nn.BatchNorm1d(gate_channels[i + 1]))
-            self.gate_c.add_module("gate_c_relu_%d" % (i + 1), nn.ReLU())
+            self.gate_c.add_module(f"gate_c_fc_{i}", nn.Linear(gate_channels[i], gate_channels[i + 1]))
+            self.gate_c.add_module(f"gate_c_bn_{i + 1}", nn.BatchNorm1d(gate_channels[i + 1]))
+            self.gate_c.add_module(f"gate_c_relu_{i + 1}", nn.ReLU())
         self.gate_c.add_module("gate_c_fc_final", nn.Linear(gate_channels[-2], gate_channels[-1]))
 
     def forward(self, in_tensor: torch.Tensor) -> torch.Tensor:
@@ -65,10 +65,10 @@ class SpatialGate(nn.Module):
         self.gate_s.add_module("gate_s_bn_reduce0", nn.BatchNorm2d(reduced))
         self.gate_s.add_module("gate_s_relu_reduce0", nn.ReLU())
         for i in range(dilation_conv_num):
-            self.gate_s.add_module("gate_s_conv_di_%d" % i, nn.Conv2d(reduced, reduced, kernel_size=3,
+            self.gate_s.add_module(f"gate_s_conv_di_{i}", nn.Conv2d(reduced, reduced, kernel_size=3,
                                                                        padding=dilation_val, dilation=dilation_val))
-            self.gate_s.add_module("gate_s_bn_di_%d" % i, nn.BatchNorm2d(reduced))
-            self.gate_s.add_module("gate_s_relu_di_%d" % i, nn.ReLU())
+            self.gate_s.add_module(f"gate_s_bn_di_{i}", nn.BatchNorm2d(reduced))
+            self.gate_s.add_module(f"gate_s_relu_di_{i}", nn.ReLU())
         self.gate_s.add_module("gate_s_conv_final", nn.Conv2d(reduced, 1, kernel_size=1))
 
     def forward(self, in_tensor: torch.Tensor) -> torch.Tensor:
@@ -304,7 +304,7 @@ def test_a_failing_probe_is_a_layer_error_and_leaves_no_hooks() -> None:
             self.gate = nn.Sigmoid()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x) * self.gate(x.mean(1, keepdim=True))
+            self.conv(x) * self.gate(x.mean(1, keepdim=True))  # the gate runs, then the model fails
             raise RuntimeError("this model always fails")
 
     model = Breaks().train()

@@ -20,8 +20,8 @@ from torch import nn
 import oddimages
 from featviz.cli.main import main
 from featviz.errors import WeightsError
-from featviz.output.export import SUMMARY
 from featviz.models.build import load_model
+from featviz.output.export import SUMMARY
 from featviz.output.pipeline import RenderOptions, Visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -224,7 +224,7 @@ def test_weights_file_gives_the_pretrained_models_activations(name: str, tmp_pat
     monkeypatch.setattr(type(enum.DEFAULT), "get_state_dict", lambda self, *a, **k: state)
     pretrained = get_model(name, weights=enum.DEFAULT).eval()  # torchvision's own pretrained code path
     assert pretrained.transform_input
-    saved = {k: v for k, v in pretrained.state_dict().items()}
+    saved = dict(pretrained.state_dict())
     path = tmp_path / f"{name}.pth"
     torch.save(saved, path)
     loaded = load_model(name, str(path))

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from featviz.cli.main import main
 from featviz.maps import attention
 from featviz.maps.attention import cbam_refine, minmax, weights_from_statistic
-from featviz.cli.main import main
 from featviz.output.export import MANIFEST, SUMMARY
 from featviz.output.render import channel_tiles, to_uint8
 from seedscript import photo_tensor

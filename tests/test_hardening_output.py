@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import oddimages
-from featviz.output import layout
 from featviz.cli.main import main
+from featviz.output import layout
 from featviz.output.export import MANIFEST, SUMMARY, TMP_MARK, is_complete
 from featviz.output.report import REPORT, report_data
 

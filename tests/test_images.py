@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from featviz.errors import ImageError
-from featviz.inputs.images import DEFAULT_MAX_PIXELS, load_image
 from featviz.inputs.discover import FoundImages, InputImage, find_images
+from featviz.inputs.images import DEFAULT_MAX_PIXELS, load_image
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -14,9 +14,9 @@ from torch import nn
 import featviz
 import tinymodels
 from featviz.capture.hooks import ActivationCapture, capture
+from featviz.capture.layers import feature_stack, resolve_layers
 from featviz.cli.main import main
 from featviz.errors import LayerError
-from featviz.capture.layers import feature_stack, resolve_layers
 from featviz.models.build import load_model
 from featviz.output.pipeline import Visualizer
 from seedscript import photo_tensor, seed_loop

@@ -233,7 +233,7 @@ def test_seed_controls_random_weights_and_leaves_the_global_rng_alone() -> None:
     # independent: torchvision's own build under the same seed gives the same initialisation
     torch.manual_seed(1)
     expected = torchvision.models.squeezenet1_1(weights=None)
-    for (name, mine), (_, theirs) in zip(other.module.state_dict().items(), expected.state_dict().items()):
+    for (name, mine), (_, theirs) in zip(other.module.state_dict().items(), expected.state_dict().items(), strict=True):
         assert torch.equal(mine, theirs), name
 
 
@@ -434,7 +434,7 @@ def test_torchscript_model_file(tmp_path: Path, cat_photo: Path) -> None:
 
     results = featviz.visualize(cat_photo, model=str(path), layers=[0, 3], weights="DEFAULT")
     x = Preprocess()(Image.open(cat_photo).convert("RGB"))[None]
-    for result, k in zip(results, (0, 3)):
+    for result, k in zip(results, (0, 3), strict=True):
         assert result.layer.path == f"features.{k}"
         assert result.layer.type_name == type(eager.features[k]).__name__
         torch.testing.assert_close(result.activations, seed_loop(eager, x, k)[0], rtol=0, atol=1e-6)

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import tinymodels
 import torch
 from click.testing import CliRunner
 
-from featviz.models.checkpoints import MissingPickledCode, UntrustedPickle
+import tinymodels
 from featviz.cli.main import main
 from featviz.errors import ModelError
 from featviz.models.build import load_model
+from featviz.models.checkpoints import MissingPickledCode, UntrustedPickle
 
 
 def same_weights(module: torch.nn.Module, reference: torch.nn.Module) -> bool:

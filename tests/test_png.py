@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from featviz.output import png
+
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 

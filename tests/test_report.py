@@ -26,8 +26,8 @@ from click.testing import CliRunner, Result
 
 import oddimages
 from featviz.cli.main import main
-from featviz.output.export import MANIFEST, SUMMARY, Exporter
 from featviz.inputs.discover import find_images
+from featviz.output.export import MANIFEST, SUMMARY, Exporter
 from featviz.output.pipeline import RenderOptions, Visualizer
 from featviz.output.report import PAGE_SIZE, REPORT, ReportWriter, render_html, report_data, write_report
 

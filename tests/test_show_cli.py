@@ -191,7 +191,7 @@ def test_channels_selection(tmp_path: Path, cat_photo: Path) -> None:
     assert summary["drawn_channels"] == [0, 1, 2, 3, 5]
     grid = read_png(folder / "grid.png")
     assert (grid.shape[1], grid.shape[0]) == grid_size(5, 16) == (3 * 18 + 2, 2 * 18 + 2)
-    for tile, c in zip(tiles_of(grid, 16, 5), [0, 1, 2, 3, 5]):
+    for tile, c in zip(tiles_of(grid, 16, 5), [0, 1, 2, 3, 5], strict=True):
         assert np.array_equal(tile, read_png(folder / "channels" / f"{c:04d}.png"))
 
 
@@ -203,7 +203,7 @@ def test_top_k_draws_the_largest_weights(tmp_path: Path, cat_photo: Path) -> Non
     assert summary["top_channels"][:3] == top
     grid = read_png(folder / "grid.png")  # --sort-by index (the default): tiles in channel order
     assert (grid.shape[1], grid.shape[0]) == grid_size(3, 16)
-    for tile, c in zip(tiles_of(grid, 16, 3), sorted(top)):
+    for tile, c in zip(tiles_of(grid, 16, 3), sorted(top), strict=True):
         assert np.array_equal(tile, read_png(folder / "channels" / f"{c:04d}.png"))
 
 
@@ -213,7 +213,7 @@ def test_sort_by_weight_and_max_channels(tmp_path: Path, cat_photo: Path) -> Non
     assert _channel_files(folder) == list(range(12))  # every channel still gets its PNG
     grid = read_png(folder / "grid.png")
     assert (grid.shape[1], grid.shape[0]) == grid_size(4, 16) == (38, 38)
-    for tile, c in zip(tiles_of(grid, 16, 4), order[:4]):
+    for tile, c in zip(tiles_of(grid, 16, 4), order[:4], strict=True):
         assert np.array_equal(tile, read_png(folder / "channels" / f"{c:04d}.png"))
 
 
@@ -248,7 +248,7 @@ def test_cmap_and_labels(tmp_path: Path, cat_photo: Path) -> None:
     _, labelled = _show(tmp_path / "l", cat_photo, "--size", "48", "--labels")
     a, b = read_png(plain / "grid.png"), read_png(labelled / "grid.png")
     assert a.shape == b.shape and not np.array_equal(a, b)
-    for c, (tile_a, tile_b) in enumerate(zip(tiles_of(a, 48, 8), tiles_of(b, 48, 8))):
+    for c, (tile_a, tile_b) in enumerate(zip(tiles_of(a, 48, 8), tiles_of(b, 48, 8), strict=True)):
         assert not np.array_equal(tile_a[:16, :16], tile_b[:16, :16]), c  # the number's corner
         assert np.array_equal(tile_a[24:], tile_b[24:])  # the rest of the tile is untouched
     assert np.array_equal(read_png(plain / "channels" / "0003.png"), read_png(labelled / "channels" / "0003.png"))
@@ -274,7 +274,7 @@ def test_json_output(tmp_path: Path, cat_photo: Path) -> None:
     assert document["ok"] == 1 and document["failed"] == 0
     records = document["results"]
     assert [r["layer"] for r in records] == ["features.0", "features.3"]
-    for record, shape in zip(records, ([8, 112, 112], [12, 56, 56])):
+    for record, shape in zip(records, ([8, 112, 112], [12, 56, 56]), strict=True):
         assert record["status"] == "ok" and record["shape"] == shape
         assert record["output"] == f"chelsea/{record['layer']}"
         assert record["files"] and all(Path(f).is_file() for f in record["files"])
@@ -316,7 +316,7 @@ def test_visualize_returns_results_and_writes_nothing(tmp_path: Path, cat_photo:
     assert list(tmp_path.iterdir()) == []
     assert [r.layer.path for r in results] == ["features.0", "features.3"]
     photo = Image.open(cat_photo)
-    for result, shape in zip(results, [(8, 112, 112), (12, 56, 56)]):
+    for result, shape in zip(results, [(8, 112, 112), (12, 56, 56)], strict=True):
         assert tuple(result.activations.shape) == shape and result.activations.dtype == torch.float32
         assert result.num_channels == shape[0]
         assert result.grid().size == grid_size(shape[0], 256)

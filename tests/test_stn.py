@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import featviz
-from featviz.cli.main import main
 from featviz.capture.stn import AffineGridRecorder, grid_points
+from featviz.cli.main import main
 from stnmodels import THETA
 
 

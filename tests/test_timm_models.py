@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
 import featviz.models.timm_models
+from featviz.capture.layers import feature_stack, sweep_layers
 from featviz.cli.main import main
 from featviz.errors import ModelError, UsageError, WeightsError
-from featviz.capture.layers import feature_stack, sweep_layers
 from featviz.models.build import load_model
 from featviz.output.pipeline import RenderOptions, Visualizer
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import featviz
-from featviz.cli.main import main
 from featviz.capture.layers import sweep_layers
+from featviz.cli.main import main
 
 TINY = ["--model", "tinymodels:tiny_features", "--weights", "none"]
 

@@ -121,7 +121,7 @@ class ChannelTable:
     def entries(self, channel: int) -> list[tuple[float, str, int, int]]:
         """The kept (score, key, y, x) of ``channel``, best first (fewer than N if fewer images)."""
         return [(float(s), str(k), int(y), int(x))
-                for s, k, y, x in zip(self.scores[channel], self.keys[channel], self.ys[channel], self.xs[channel])
+                for s, k, y, x in zip(self.scores[channel], self.keys[channel], self.ys[channel], self.xs[channel], strict=True)
                 if k is not None]
 
     def statistics(self) -> dict[str, Any]:
@@ -143,8 +143,8 @@ class ChannelTable:
     def to_json(self) -> dict[str, Any]:
         return {
             "channels": self.channels, "top": self.top, "images": self.images,
-            "lists": [[[float(s), str(k), int(y), int(x)] for s, k, y, x in zip(*row) if k is not None]
-                      for row in zip(self.scores, self.keys, self.ys, self.xs)],
+            "lists": [[[float(s), str(k), int(y), int(x)] for s, k, y, x in zip(*row, strict=True) if k is not None]
+                      for row in zip(self.scores, self.keys, self.ys, self.xs, strict=True)],
             "mean_sum": [format(int(v), "x") for v in self.mean_sum],
             "max": [None if v == -np.inf else float(v) for v in self.maximum],
             "positive": [int(v) for v in self.positive],
@@ -255,7 +255,7 @@ def merge(states: Sequence[Atlas], sources: Sequence[str] | None = None) -> Atla
     if not states:
         raise UsageError("--merge needs at least one shard folder")
     first = states[0]
-    for state, name in zip(states[1:], names[1:]):
+    for state, name in zip(states[1:], names[1:], strict=True):
         difference = settings_difference(first.settings, state.settings)
         if difference:
             raise UsageError(f"cannot merge {names[0]} and {name}: they differ in {difference}",
@@ -265,7 +265,7 @@ def merge(states: Sequence[Atlas], sources: Sequence[str] | None = None) -> Atla
         raise UsageError(f"cannot merge shards of different splits: {sorted(counts)}")
     count = counts.pop()
     seen: dict[int, str] = {}
-    for state, name in zip(states, names):
+    for state, name in zip(states, names, strict=True):
         if state.shard[0] in seen:
             raise UsageError(f"shard {state.shard[0]}/{count} is given twice: {seen[state.shard[0]]} and {name}")
         seen[state.shard[0]] = name

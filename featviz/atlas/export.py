@@ -32,11 +32,12 @@ from featviz.atlas.accumulator import Atlas, merge, new_atlas, settings_differen
 from featviz.atlas.page import write_page
 from featviz.atlas.pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
 from featviz.capture.hooks import capture
-from featviz.errors import FeatvizError, UsageError
-from featviz.output.export import chunks, default_batch_size
-from featviz.inputs.images import load_image
-from featviz.inputs.discover import InputImage
 from featviz.capture.layers import is_script
+from featviz.errors import FeatvizError, UsageError
+from featviz.inputs.discover import InputImage
+from featviz.inputs.images import load_image
+from featviz.maps.receptive import ReceptiveFields, photo_box
+from featviz.output.export import chunks, default_batch_size
 from featviz.output.layout import (
     atomic_write,
     ensure_inside,
@@ -46,7 +47,6 @@ from featviz.output.layout import (
     remove_stale_temporaries,
 )
 from featviz.output.pipeline import PreparedImage, Visualizer, same_size_groups
-from featviz.maps.receptive import ReceptiveFields, photo_box
 
 STATE = "atlas-state.json"
 ATLAS_JSON = "atlas.json"
@@ -313,7 +313,7 @@ def _write_pictures(document: dict[str, Any], visualizer: Visualizer, folder: Pa
             for c in group:
                 entries = channels[c]
                 tiles = [patches.get((c, rank)) for rank in range(len(entries))]
-                shown = [(t, e) for t, e in zip(tiles, entries) if t is not None]
+                shown = [(t, e) for t, e in zip(tiles, entries, strict=True) if t is not None]
                 if shown:
                     representative[c] = _shrink(shown[0][0])
                 title = f"{layer} channel {c}" + ("  (dead: never positive)" if c in document["statistics"]["dead"] else "")

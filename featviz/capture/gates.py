@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from featviz.capture.gatetrace import GateCall, GateTrace, ModuleCall, trace_gates
-from featviz.errors import LayerError
 from featviz.capture.layers import LayerRef
+from featviz.errors import LayerError
 
 KINDS = ("channel", "spatial", "3d", "branch", "context")
 CHANNEL_KINDS = ("channel", "3d", "branch")  # what --channel learned can draw (3-D: spatial mean; branch: branch 0's share)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featviz.errors import LayerError
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
+from featviz.errors import LayerError
 
 if TYPE_CHECKING:
     from torch import nn

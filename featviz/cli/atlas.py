@@ -69,10 +69,10 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         merge_folders,
         write_atlas,
     )
-    from featviz.output.export import shard as take_shard
-    from featviz.inputs.discover import find_images
-    from featviz.output.pipeline import Visualizer
     from featviz.cli.progress import progress_bar
+    from featviz.inputs.discover import find_images
+    from featviz.output.export import shard as take_shard
+    from featviz.output.pipeline import Visualizer
 
     out: Path = params["out"]
     if merge and (shard or resume):

@@ -181,7 +181,7 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     from featviz.inputs.discover import InputImage
     from featviz.output.layout import stem_keys
 
-    inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images))]
+    inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images), strict=True)]
     scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True, scored=scored)
     for record in records:
@@ -264,8 +264,8 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     OUT/<relative path without suffix>/<layer>/. One line per image and layer is appended to
     OUT/manifest.jsonl as it finishes (--json streams the same lines to stdout).
     """
-    from featviz.output.export import shard as take_shard
     from featviz.inputs.discover import find_images
+    from featviz.output.export import shard as take_shard
 
     shard_index = parse_shard(shard)
     found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
@@ -353,7 +353,7 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
     show_notes(visualizer.loaded)
     check_output_folder(out)
     documents, failed = [], 0
-    for path, key in zip(images, stem_keys(images)):
+    for path, key in zip(images, stem_keys(images), strict=True):
         try:
             picture, results = visualizer.sweep(path)
             written = ensure_inside(out, out / key / "sweep.png")  # a link planted in OUT fails this photo
@@ -396,9 +396,9 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
     """
     import torch
 
+    from featviz.capture.gates import find_gates, gate_kinds, probe_input
     from featviz.capture.hooks import describe_layers
     from featviz.errors import LayerError
-    from featviz.capture.gates import find_gates, gate_kinds, probe_input
     from featviz.models.build import load_model
 
     loaded = load_model(model, weights, seed=seed, device=device, pretrained=False, weights_file=weights_file,

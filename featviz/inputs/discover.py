@@ -193,7 +193,7 @@ def _is_image(path: Path) -> bool:
                 return True
         except (Image.DecompressionBombError, PermissionError):
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any decoder error means "not an image we can read"
             return False
 
 

@@ -116,7 +116,7 @@ def _decode(fp: BinaryIO, shown: str, max_pixels: int | None) -> Image.Image:
             raise ImageError(f"{shown}: {message}") from None
         except MemoryError:
             raise ImageError(f"{shown}: not enough memory to decode the image") from None
-        except Exception as exc:  # PIL decoders raise OSError, ValueError, SyntaxError, ...
+        except Exception as exc:  # noqa: BLE001 - PIL decoders raise OSError, ValueError, SyntaxError, ...
             raise ImageError(f"{shown}: truncated or corrupt image ({_reason(exc)})") from None
 
 
@@ -155,7 +155,7 @@ def _apply_exif_orientation(im: Image.Image) -> None:
     """Show the picture as the camera meant it; broken EXIF must not cost the user the image."""
     try:
         ImageOps.exif_transpose(im, in_place=True)
-    except Exception:  # corrupt EXIF: keep the pixels as stored
+    except Exception:  # noqa: BLE001 - corrupt EXIF raises anything: keep the pixels as stored
         pass
 
 

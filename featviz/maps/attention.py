@@ -123,7 +123,7 @@ def normalized_map(maps: torch.Tensor) -> torch.Tensor:
 #: ``get_freq_indices('top16')``): (u, v) pairs, u along height, v along width, best first.
 FCANET_TOP16: tuple[tuple[int, int], ...] = tuple(zip(
     (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2),
-    (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2),
+    (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2), strict=True,
 ))
 FCANET_GRID = 7
 

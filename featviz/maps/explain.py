@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from featviz.maps import cam as formulas
 from featviz.capture.hooks import GradientCapture
-from featviz.errors import UsageError
-from featviz.maps.faithfulness import FaithfulnessScore
 from featviz.capture.layers import LayerRef, is_script
+from featviz.errors import UsageError
+from featviz.maps import cam as formulas
+from featviz.maps.faithfulness import FaithfulnessScore
 from featviz.maps.targets import Target, class_indices, label, parse_targets
 
 DEFAULT_CAM_BATCH = 32
@@ -118,7 +118,8 @@ class ClassExplainer:
                 raise UsageError(f"class attention needs a model that returns class logits (N, classes); "
                                  f"it returned {tuple(logits.shape)}")
             activations = recorder.activations
-            assert activations is not None  # run() raises when the layer was never reached
+            if activations is None:  # run() raises when the layer was never reached
+                raise RuntimeError(f"layer {self.layer.path} recorded no activations")
             classes = class_indices(self.targets, logits.detach())
             grads = self._gradients(logits, classes, recorder.leaf) if self.needs_gradients else []
         logits = logits.detach().float()
@@ -142,7 +143,7 @@ class ClassExplainer:
                         None if cls is None else float(probabilities[n, cls]),
                         None if cls is None else label(cls, self.categories)))
             per_image.append(maps)
-        for n, message in errors.items():
+        for n in errors:
             per_image[n] = []
         return CamBatch(per_image, errors, activations, logits)
 
@@ -173,7 +174,8 @@ class ClassExplainer:
         if method == "hirescam":
             return [(formulas.hirescam_map(a, grads[t]), None) for t in columns]
         if method == "cam":
-            assert self.classifier is not None
+            if self.classifier is None:  # _check allows "cam" only with a linear classifier
+                raise RuntimeError("cam needs the model's classifier")
             weight = self.classifier.weight.detach()
             all_weights = [formulas.cam_weights(weight, classes[:, t]) for t in columns]
         elif method == "gradcam":

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from featviz.capture.hooks import capture_with_graph
-from featviz.errors import LayerError
 from featviz.capture.layers import LayerRef
+from featviz.errors import LayerError
 from featviz.models.preprocess import CropBox
 
 #: Positions per backward pass: each is one input of the batch (memory grows with it).
@@ -197,13 +197,13 @@ def _separable_fields(surrogate: nn.Module, layer_path: str, input_size: tuple[i
     xs = sorted({x for _, x in positions})
     y0, x0 = ys[len(ys) // 2], xs[len(xs) // 2]
     probes = [(y, x0) for y in ys] + [(y0, x) for x in xs if (y0, x) not in {(y, x0) for y in ys}]
-    probe_fields = dict(zip(probes, input_fields(surrogate, layer_path, input_size, probes)))
+    probe_fields = dict(zip(probes, input_fields(surrogate, layer_path, input_size, probes), strict=True))
     rows = {y: probe_fields[(y, x0)] for y in ys}
     cols = {x: probe_fields[(y0, x)] for x in xs}
     predicted = {(y, x): Field(rows[y].top, cols[x].left, rows[y].bottom, cols[x].right) for y, x in positions}
     others = [p for p in positions if p not in probe_fields]
     sample = others[:: max(1, len(others) // CHUNK)][:CHUNK]
-    for position, field in zip(sample, input_fields(surrogate, layer_path, input_size, sample)):
+    for position, field in zip(sample, input_fields(surrogate, layer_path, input_size, sample), strict=True):
         if predicted[position] != field:
             return None
     return predicted
@@ -236,7 +236,7 @@ class ReceptiveFields:
             if self.separable and distinct + CHUNK < len(missing):
                 found = _separable_fields(self._surrogate, layer_path, input_size, missing)
             if found is None:
-                found = dict(zip(missing, input_fields(self._surrogate, layer_path, input_size, missing)))
+                found = dict(zip(missing, input_fields(self._surrogate, layer_path, input_size, missing), strict=True))
             for position, field in found.items():
                 self._cache[(layer_path, input_size, position[0], position[1])] = field
         return {p: self._cache[(layer_path, input_size, p[0], p[1])] for p in wanted}

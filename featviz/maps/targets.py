@@ -107,7 +107,8 @@ def class_indices(targets: Sequence[Target], logits: torch.Tensor) -> torch.Tens
     columns = []
     for target in targets:
         if target.rank is not None:
-            assert order is not None
+            if order is None:  # ranks > 0 whenever a target has a rank
+                raise RuntimeError("ranked targets without a ranking")
             columns.append(order[:, target.rank - 1])
         else:
             columns.append(torch.full((logits.shape[0],), int(target.index or 0), dtype=torch.long,

@@ -22,6 +22,7 @@ import torchvision
 from torchvision.models import get_model, get_model_weights
 from torchvision.models import get_model as _get_model
 
+from featviz.errors import ModelError, UsageError, WeightsError
 from featviz.models import timm_models
 from featviz.models.checkpoints import (
     current_folder_importable,
@@ -30,7 +31,6 @@ from featviz.models.checkpoints import (
     read_state_dict_file,
 )
 from featviz.models.downloads import download_guarded
-from featviz.errors import ModelError, UsageError, WeightsError
 from featviz.models.official import (
     OfficialWeights,
     file_name,
@@ -38,8 +38,8 @@ from featviz.models.official import (
     recognise,
     sha256_matches,
 )
-from featviz.models.userfiles import build_from_factory, load_pickled_model, seeded_build
 from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, CropBox, Preprocess
+from featviz.models.userfiles import build_from_factory, load_pickled_model, seeded_build
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CropBox", "LoadedModel", "Preprocess", "load_model", "resolve_device"]
 
@@ -88,7 +88,7 @@ def resolve_device(device: str) -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise UsageError(
                 f"there is no {resolved}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                hint="use cuda:0 .. cuda:%d" % (torch.cuda.device_count() - 1),
+                hint=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
             )
     if resolved.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()

@@ -91,7 +91,7 @@ def _call_factory(spec: str, factory: Any, seed: int) -> Any:
         return seeded_build(factory, seed)
     except (KeyboardInterrupt, GeneratorExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - a user's factory may raise anything, even SystemExit
+    except BaseException as exc:  # a user's factory may raise anything, even SystemExit
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
         if isinstance(exc, SystemExit):
             message = f"it exits the program (code {exc.code!r}) instead of returning a model"

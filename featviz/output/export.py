@@ -222,7 +222,7 @@ class Exporter:
         except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
             return False
         reason = None
-        for ref, directory in zip(self.visualizer.layers, directories):
+        for ref, directory in zip(self.visualizer.layers, directories, strict=True):
             summary = complete_summary(directory)
             if summary is None:
                 return False  # unfinished: done now, a resume rather than a redo
@@ -235,7 +235,7 @@ class Exporter:
     def _skip(self, image: InputImage) -> None:
         with self._lock:
             self.report.skipped += 1
-            for ref, directory in zip(self.visualizer.layers, self._directories(image)):
+            for ref, directory in zip(self.visualizer.layers, self._directories(image), strict=True):
                 self._emit({"input": str(image.path), "key": str(image.key), "layer": ref.path,
                             "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
                             "error": None, "shape": None, "top_channels": None, "seconds": 0.0})
@@ -321,7 +321,7 @@ class Exporter:
             return
         started = time.perf_counter()
         try:
-            outputs = list(zip(prepared, self.visualizer.forward([p for _, p in prepared])))
+            outputs = list(zip(prepared, self.visualizer.forward([p for _, p in prepared]), strict=True))
         except (RuntimeError, ImageError):
             outputs = []
             for item in prepared:  # find the photo the batch failed on; the others go on
@@ -346,7 +346,7 @@ class Exporter:
                 continue
             with self._lock:
                 self._layers_left[str(image.key)] = len(results)
-            for result, directory in zip(results, directories):
+            for result, directory in zip(results, directories, strict=True):
                 yield self._submit(pool, result, directory, share / len(results))
 
     def _result_dir(self, result: LayerResult) -> Path:

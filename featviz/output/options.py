@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featviz.maps.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
 from featviz.errors import UsageError
+from featviz.maps.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
 from featviz.output.render import colormap_lut
 
 __all__ = ["NORMALIZE_SCOPES", "SORT_ORDERS", "RenderOptions", "parse_channels"]

@@ -21,6 +21,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from featviz.capture.gates import (
+    CHANNEL_KINDS,
+    SPATIAL_KINDS,
+    find_gates,
+    gate_for,
+    learned_channel,
+    learned_spatial,
+    probe_input,
+)
+from featviz.capture.gates import every_gate as all_gates
+from featviz.capture.hooks import capture, feature_map_paths
+from featviz.capture.layers import LayerRef, default_cam_layer, resolve_layers, split_specs, sweep_layers
+from featviz.capture.stn import AffineGridRecorder
+from featviz.errors import ImageError, LayerError, UsageError
+from featviz.inputs.images import load_image
 from featviz.maps.attention import (
     FCANET_TOP16,
     cbam_refine,
@@ -32,30 +47,15 @@ from featviz.maps.attention import (
     weights_from_statistic,
 )
 from featviz.maps.camscore import score_cams
-from featviz.capture.hooks import capture, feature_map_paths
-from featviz.errors import ImageError, LayerError, UsageError
-from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.maps.explain import build_explainers
-from featviz.capture.gates import (
-    CHANNEL_KINDS,
-    SPATIAL_KINDS,
-    find_gates,
-    gate_for,
-    learned_channel,
-    learned_spatial,
-    probe_input,
-)
-from featviz.capture.gates import every_gate as all_gates
-from featviz.inputs.images import load_image
-from featviz.capture.layers import LayerRef, default_cam_layer, resolve_layers, split_specs, sweep_layers
-from featviz.output.layout import stem_keys
 from featviz.models.build import load_model
+from featviz.output.estimate import OutputEstimate, estimate_output
+from featviz.output.layout import stem_keys
 from featviz.output.notebook import Results
 from featviz.output.options import RenderOptions, parse_channels
 from featviz.output.render import sweep_picture
 from featviz.output.result import LayerResult
 from featviz.output.settings import settings_record
-from featviz.capture.stn import AffineGridRecorder
 
 __all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "same_size_groups", "sweep",
            "sweep_visualizer", "visualize"]
@@ -322,7 +322,7 @@ class Visualizer:
             name = group[index].path or group[index].key
             raise ImageError(f"{name}: layer {path}: {message}",
                              hint="the model overflows on this photo; check its preprocessing or weights")
-        for result, cams in zip(results, explained.per_image):
+        for result, cams in zip(results, explained.per_image, strict=True):
             result.cams = cams
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
@@ -377,15 +377,15 @@ class Visualizer:
         names = self.loaded.categories
         return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
                   "probability": p if math.isfinite(p) else None}  # NaN logits: null, not a bare NaN
-                 for p, k in zip(values.tolist(), indices.tolist())]
-                for values, indices in zip(top.values, top.indices)]
+                 for p, k in zip(values.tolist(), indices.tolist(), strict=True)]
+                for values, indices in zip(top.values, top.indices, strict=True)]
 
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
         """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
         Jupyter displays as pictures)."""
         items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
         stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
-        prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems))]
+        prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems), strict=True)]
         return Results(result for per_photo in self.forward(prepared) for result in per_photo)
 
 

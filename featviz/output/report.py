@@ -194,7 +194,7 @@ class _ManifestIndex:
         call unless ``final``, when it is parsed if it is whole JSON and ignored otherwise.
         """
         try:
-            handle = open(self.path, "rb")
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the `with` below; only a missing file is caught here
         except FileNotFoundError:
             self._reset()
             return False
@@ -251,7 +251,7 @@ class _ManifestIndex:
     def data(self) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        for seq, item in self.results.values():
+        for _, item in self.results.values():
             (failed if "error" in item else entries).append(item)
         for key, (seq, failure) in self.image_errors.items():
             if self.last_done.get(key, -1) < seq:

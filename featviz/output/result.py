@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from featviz.capture.stn import draw_sampling_grid
+from featviz.errors import LayerError, UsageError
 from featviz.maps.attention import (
     normalized_map,
 )
-from featviz.errors import LayerError, UsageError
 from featviz.output.layout import (
     SUMMARY,
     atomic_write,
@@ -50,11 +51,10 @@ from featviz.output.render import (
     percentile_bounds,
     side_by_side_grids,
 )
-from featviz.capture.stn import draw_sampling_grid
 
 if TYPE_CHECKING:
-    from featviz.maps.explain import CamMap
     from featviz.capture.layers import LayerRef
+    from featviz.maps.explain import CamMap
     from featviz.models.preprocess import CropBox
 
 Producer = Callable[[], bytes]

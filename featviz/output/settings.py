@@ -14,8 +14,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from featviz.output.options import RenderOptions
     from featviz.models.preprocess import Preprocess
+    from featviz.output.options import RenderOptions
 
 # Names a user knows, for settings that are not simply ``--<field>``.
 _NAMES = {
