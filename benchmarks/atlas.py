@@ -123,7 +123,8 @@ def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
         state = None
         for round_ in range(args.repeats):
             best_floor = min(best_floor, floor(visualizer, images, args.batch_size))
-            seconds, setup_seconds, state = atlas_pass(visualizer, images, args.batch_size, folder / f"out-{model}-{round_}")
+            seconds, setup_seconds, state = atlas_pass(visualizer, images, args.batch_size,
+                                                       folder / f"out-{model}-{round_}")
             best_atlas, setup = min(best_atlas, seconds), min(setup, setup_seconds)
         started = time.perf_counter()
         if not args.no_write:
@@ -147,13 +148,15 @@ def child_memory(count: int, folder: Path) -> None:
     visualizer = Visualizer("alexnet", "none", ["features.10"], crop=64, resize=72)
     _, _, state = atlas_pass(visualizer, images, 8, folder.parent / f"out-{count}")
     assert next(iter(state.tables.values())).images == count
-    print(json.dumps({"images": count, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(json.dumps({"images": count,
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
 def memory(counts: tuple[int, int], folder: Path) -> dict:
     peaks = {}
     for count in counts:
-        done = subprocess.run([sys.executable, __file__, "--child-memory", str(count), "--folder", str(folder / f"m{count}")],
+        done = subprocess.run([sys.executable, __file__, "--child-memory", str(count), "--folder",
+                               str(folder / f"m{count}")],
                               capture_output=True, text=True, check=True)
         peaks[count] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
     row = {"memory_images": list(counts), "peak_rss_mib": [peaks[c] for c in counts],

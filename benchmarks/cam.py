@@ -151,7 +151,8 @@ def export_overhead(paths: list[Path], folder: Path, rounds: int) -> dict[str, l
     from featviz.output.pipeline import RenderOptions, Visualizer
 
     inputs = [InputImage(path=p, key=Path(p.stem)) for p in paths]
-    visualizers = {name: Visualizer("resnet50", "none", ["layer4"], options=RenderOptions(cam=cam, target=(str(TARGET),)))
+    visualizers = {name: Visualizer("resnet50", "none", ["layer4"],
+                                    options=RenderOptions(cam=cam, target=(str(TARGET),)))
                    for name, cam in (("plain", ()), ("cam", ("gradcam",)))}
     for visualizer in visualizers.values():  # warm-up
         Exporter(visualizer, folder / "warm-up", batch_size=1).run(inputs[:1])

@@ -63,7 +63,8 @@ def encoders(case: Case, device: str, image: Path, rounds: int = 5) -> tuple[str
                 data = encode(pixels)
                 best = min(best, time.perf_counter() - start)
             same = np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
-            out.append(f"{label:<14} {pixels.size:>10} {name:<22} {best * 1e3:>7.2f} {pixels.nbytes / best / 1e6:>6.0f} "
+            out.append(f"{label:<14} {pixels.size:>10} {name:<22} {best * 1e3:>7.2f} "
+                       f"{pixels.nbytes / best / 1e6:>6.0f} "
                        f"{len(data):>9} {same!s:>11}")
             rows.append({"picture": label, "encoder": name, "seconds": best, "bytes": len(data), "same": same})
     return "\n".join(out), rows

@@ -369,7 +369,8 @@ def environment(device: str) -> list[str]:
         f"featviz     {featviz.__version__} ({_git_rev()})",
         f"python      {platform.python_version()} on {platform.platform()}",
         f"cpu         {cpu}; os.cpu_count()={os.cpu_count()}, usable={affinity}",
-        f"torch       {torch.__version__}, threads={torch.get_num_threads()}, interop={torch.get_num_interop_threads()}",
+        f"torch       {torch.__version__}, threads={torch.get_num_threads()}, "
+        f"interop={torch.get_num_interop_threads()}",
         (f"libs        torchvision {torchvision.__version__}, pillow {PIL.__version__}, numpy {np.__version__}, "
          f"matplotlib {matplotlib.__version__}"),
         f"device      {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""),

@@ -169,8 +169,8 @@ def whatif(bench: Bench, ctx: CaseContext, batch: int, singles: bool) -> tuple[s
     out = [(f"\n== what-if: {ctx.case.label}, {n} images, batch {batch}, best of {bench.repeats}; "
             f"patched pixels check: {check} =="), *lines]
     out.append("patches (benchmark process only): tiles = in-place min-max scaling; grid = numpy grid instead "
-               "of make_grid; overlay = uint8 blend; pillow = Pillow's PNG encoder with zlib's Z_RLE strategy (featviz's "
-               "encoder before featviz.output.png); write = no mkdir per file")
+               "of make_grid; overlay = uint8 blend; pillow = Pillow's PNG encoder with zlib's Z_RLE strategy "
+               "(featviz's encoder before featviz.output.png); write = no mkdir per file")
     return "\n".join(out), rows
 
 

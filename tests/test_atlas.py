@@ -160,7 +160,8 @@ def test_a_dead_channel_is_found_and_marked(photos: Path, tmp_path: Path, tests_
 
 def test_fewer_images_than_top_keeps_what_there_is(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = atlas(photos / "p0.png", photos / "p1.png", "--out", out, *TINY, *SMALL, "--layer", "0", "--top", "5", "-q")
+    result = atlas(photos / "p0.png", photos / "p1.png", "--out", out, *TINY, *SMALL, "--layer", "0", "--top", "5",
+                   "-q")
     assert result.exit_code == 0, result.output
     document = json.loads((out / "features.0" / "atlas.json").read_text())
     assert all(sorted(Path(e["key"]).name for e in kept) == ["p0", "p1"] for kept in document["channels"])
@@ -363,7 +364,8 @@ def test_shards_merged_equal_one_run(photos: Path, tmp_path: Path) -> None:
     for layer in ("features.0", "features.3"):
         single = (tmp_path / "single" / layer / "atlas.json").read_bytes()
         assert (tmp_path / "merged" / layer / "atlas.json").read_bytes() == single
-        assert (tmp_path / "merged" / layer / "atlas.png").read_bytes() == (tmp_path / "single" / layer / "atlas.png").read_bytes()
+        merged, single = (tmp_path / name / layer / "atlas.png" for name in ("merged", "single"))
+        assert merged.read_bytes() == single.read_bytes()
     assert (tmp_path / "merged" / "index.html").read_bytes() == (tmp_path / "single" / "index.html").read_bytes()
 
 
@@ -375,7 +377,8 @@ def test_merge_refuses_different_options_and_missing_shards(photos: Path, tmp_pa
     assert result.exit_code == 2 and "differ in top: 3 vs 4" in result.output
     result = atlas("--merge", tmp_path / "a", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "2/2 are missing" in result.output
-    assert atlas(photos, "--out", tmp_path / "c", *common, "--shard", "2/2", "--top", "3", "--by", "mean").exit_code == 0
+    assert atlas(photos, "--out", tmp_path / "c", *common, "--shard", "2/2", "--top", "3", "--by",
+                 "mean").exit_code == 0
     result = atlas("--merge", tmp_path / "a", tmp_path / "c", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "differ in by: 'max' vs 'mean'" in result.output
     assert atlas(photos, "--out", tmp_path / "d", *common, "--shard", "2/2", "--top", "3", "--seed", "1").exit_code == 0

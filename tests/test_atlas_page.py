@@ -39,9 +39,10 @@ def atlas_out(tmp_path: Path, tests_on_path: None) -> Path:
     for i, name in enumerate(["a", "b", ODD]):
         Image.fromarray(rng.integers(0, 256, (50 + 7 * i, 60, 3), dtype=np.uint8)).save(photos / f"{name}.png")
     out = tmp_path / "atlas out"
-    result = CliRunner().invoke(main, ["atlas", str(photos), "--out", str(out), "--model", "tinymodels:tiny_dead_channel",
-                                       "--weights", "none", "--resize", "40", "--crop", "32", "--layer", "4", "--top", "2",
-                                       "-q"], catch_exceptions=False)
+    result = CliRunner().invoke(main,
+                                ["atlas", str(photos), "--out", str(out), "--model", "tinymodels:tiny_dead_channel",
+                                 "--weights", "none", "--resize", "40", "--crop", "32", "--layer", "4", "--top", "2",
+                                 "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
 

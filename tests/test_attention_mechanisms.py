@@ -166,7 +166,8 @@ def tiny_se_gate_by_hand(x: torch.Tensor) -> torch.Tensor:
                         semodels.se_fc2_weight(), semodels.se_fc2_bias())
 
 
-def tile_boxes(count: int, size: int, canvas: np.ndarray, gap: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def tile_boxes(count: int, size: int, canvas: np.ndarray, gap: int) -> tuple[list[tuple[int, int]],
+                                                                             list[tuple[int, int]]]:
     """Top-left corners of the tiles of the left and right grids of ``se_reweight.png``:
     two grids of ceil(sqrt(K)) columns, 2-pixel padding, below a title strip."""
     columns = math.ceil(math.sqrt(count))
@@ -727,7 +728,8 @@ def test_dct_default_frequencies_are_fcanet_top16(cat_photo: Path) -> None:
     loaded = load_model("semodels:fixed_dct", "none")
     [result] = Visualizer(loaded=loaded, layers=[0], options=RenderOptions(channel="dct", size=8)).run([cat_photo])
     assert result.extra["dct_frequencies"] == [list(f) for f in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
-    assert result.extra["dct_frequencies_scaled"] == [[2 * x, 2 * y] for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
+    assert result.extra["dct_frequencies_scaled"] == [[2 * x, 2 * y]
+                                                      for x, y in zip(PAPER_TOP16_X, PAPER_TOP16_Y, strict=True)]
 
 
 @pytest.mark.parametrize("text", ["x", "1", "1,2,3", "a,b", "0,0;1,-1", "7,0", "0,0;2,9"])

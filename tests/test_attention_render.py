@@ -383,8 +383,10 @@ def _box_pixels(box: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the photo pixels wholly inside and wholly outside the crop box."""
     left, top, right, bottom = box
     ys, xs = np.mgrid[0:PHOTO_H, 0:PHOTO_W]
-    inside = (xs >= math.ceil(left)) & (xs + 1 <= math.floor(right)) & (ys >= math.ceil(top)) & (ys + 1 <= math.floor(bottom))
-    outside = (xs + 1 <= math.floor(left)) | (xs >= math.ceil(right)) | (ys + 1 <= math.floor(top)) | (ys >= math.ceil(bottom))
+    inside = ((xs >= math.ceil(left)) & (xs + 1 <= math.floor(right))
+              & (ys >= math.ceil(top)) & (ys + 1 <= math.floor(bottom)))
+    outside = ((xs + 1 <= math.floor(left)) | (xs >= math.ceil(right))
+               | (ys + 1 <= math.floor(top)) | (ys >= math.ceil(bottom)))
     return inside, outside
 
 

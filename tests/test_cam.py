@@ -310,7 +310,8 @@ def test_non_finite_gradients_fail_that_photo_only(user_module, photos, tmp_path
 @pytest.mark.parametrize(("args", "message"), [
     (("--model", "tinymodels:tiny_features", "--layer", "3", "--cam", "cam"), "global pooling + one linear layer"),
     (("--model", "tinymodels:tiny_features", "--layer", "4", "--cam", "gradcam", "--target", "7"), "out of range"),
-    (("--model", "tinymodels:tiny_features", "--layer", "4", "--cam", "gradcam", "--target", "tabby"), "no class names"),
+    (("--model", "tinymodels:tiny_features", "--layer", "4", "--cam", "gradcam", "--target", "tabby"),
+     "no class names"),
     (("--model", "tinymodels:tiny_features", "--layer", "4", "--cam", "gradcamm"), "unknown CAM method"),
     (("--model", "alexnet", "--weights", "none", "--layer", "11", "--cam", "gradcam", "--target", "tabbby"),
      "not a class"),

@@ -32,7 +32,8 @@ from featviz.capture.layers import LayerRef
 from featviz.maps.explain import ClassExplainer, find_cam_classifier
 from featviz.maps.targets import Target
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch-cam's "no value for fc_layer" log is a warning in some versions
+# torch-cam's "no value for fc_layer" log is a warning in some versions
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 PGC = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
        "hirescam": HiResCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM, "eigencam": EigenCAM}
@@ -337,7 +338,8 @@ def test_scorecam_is_the_authors_formula_not_the_peers_softmax(alexnet) -> None:
     with torch.no_grad():
         activations = alexnet.features[:12](x)
         for channel in (0, 5, 100, 255):  # the authors' loop, one channel at a time
-            up = F.interpolate(activations[:, channel:channel + 1], size=x.shape[2:], mode="bilinear", align_corners=False)
+            up = F.interpolate(activations[:, channel:channel + 1], size=x.shape[2:], mode="bilinear",
+                               align_corners=False)
             if up.max() == up.min():
                 expected = 0.0
             else:

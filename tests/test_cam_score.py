@@ -72,8 +72,10 @@ def test_summary_scores_equal_a_direct_call(tests_on_path, photos, tmp_path) -> 
             scores = record["scores"]
             assert len(scores["fractions"]) == len(scores["deletion"]) == len(scores["insertion"]) == STEPS + 1
             assert scores["fractions"][0] == 0 and scores["fractions"][-1] == 1
-            assert scores["deletion_auc"] == pytest.approx(_trapezoid(scores["fractions"], scores["deletion"]), rel=1e-5)
-            assert scores["insertion_auc"] == pytest.approx(_trapezoid(scores["fractions"], scores["insertion"]), rel=1e-5)
+            assert scores["deletion_auc"] == pytest.approx(_trapezoid(scores["fractions"], scores["deletion"]),
+                                                           rel=1e-5)
+            assert scores["insertion_auc"] == pytest.approx(_trapezoid(scores["fractions"], scores["insertion"]),
+                                                            rel=1e-5)
             assert scores["baseline"] == "zero" and scores["steps"] == STEPS
             # Eigen-CAM explains no class: it is scored for the predicted one, recorded in its scores
             target = top if record["target"] is None else record["target"]

@@ -41,7 +41,8 @@ def held_out() -> list[tuple[Image.Image, int, tuple[int, int, int, int]]]:
     margin = shapes.RADIUS + 1
     photos = []
     for _ in range(HELD_OUT):
-        pixels, label, box = shapes.photo(rng, width=80, height=64, region=(8 + margin, margin, 72 - margin, 64 - margin))
+        pixels, label, box = shapes.photo(rng, width=80, height=64,
+                                          region=(8 + margin, margin, 72 - margin, 64 - margin))
         photos.append((Image.fromarray(pixels), label, box))
     return photos
 

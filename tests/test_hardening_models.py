@@ -124,7 +124,8 @@ def test_scripted_layer_path_of_a_stack_entry_works(scripted_features: Path, pho
     assert tinymodels  # the factory the eager model came from
 
 
-def test_scripted_path_inside_a_stack_entry_is_refused_cleanly(scripted_resnet: Path, photo: Path, tmp_path: Path) -> None:
+def test_scripted_path_inside_a_stack_entry_is_refused_cleanly(scripted_resnet: Path, photo: Path,
+                                                               tmp_path: Path) -> None:
     result = run("show", photo, "--model", scripted_resnet, "--layer", "layer1.2", "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert "Error: layer layer1.2 cannot be captured in a TorchScript model" in result.stderr

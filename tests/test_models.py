@@ -241,7 +241,8 @@ def test_cli_seed_changes_random_weights_and_repeats(tmp_path: Path, cat_photo: 
     arrays = []
     for run, seed in enumerate((0, 0, 1)):
         out = tmp_path / f"run{run}"
-        result = invoke(["show", cat_photo, "--model", "squeezenet1_1", "--weights", "none", "--seed", seed, "--layer", "0",
+        result = invoke(["show", cat_photo, "--model", "squeezenet1_1", "--weights", "none", "--seed", seed, "--layer",
+                         "0",
                          "--channels", "0-1", "--size", "8", "--save-raw", "--out", out, "-q"])
         assert result.exit_code == 0, result.output
         arrays.append(np.load(out / "chelsea" / "features.0" / "activations.npy"))

@@ -60,7 +60,8 @@ def test_a_result_shows_its_grid_and_overlays(results: Results) -> None:
     overlay = result.spatial_overlay()
     assert max(pictures[1].shape[:2]) <= OVERLAY_SIDE
     assert np.abs(pictures[1] - area_downscale(overlay, (pictures[1].shape[1], pictures[1].shape[0]))).mean() < 6
-    assert np.abs(pictures[2] - area_downscale(result.channel_overlay(), (pictures[2].shape[1], pictures[2].shape[0]))).mean() < 6
+    assert np.abs(pictures[2] - area_downscale(result.channel_overlay(),
+                                               (pictures[2].shape[1], pictures[2].shape[0]))).mean() < 6
     assert "features.0" in data["text/html"] and "spatial attention" in data["text/html"]
     assert len(data["text/plain"]) < 200 and "features.0" in data["text/plain"]  # no tensor dump
 

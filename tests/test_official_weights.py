@@ -47,7 +47,8 @@ def test_official_file_name_gives_imagenet_names_and_the_weights_preprocessing(
     weights = named(state_dict_file, tmp_path, "mobilenet_v2-7ebf99e0.pth")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["show", str(cat_photo), "--model", "mobilenet_v2", "--weights", str(weights),
-                                       "--layer", "0", "--channels", "0", "--size", "8", "--predict", "--out", str(out), "-q"])
+                                       "--layer", "0", "--channels", "0", "--size", "8", "--predict", "--out", str(out),
+                                       "-q"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "chelsea" / "features.0" / "summary.json").read_text(encoding="utf-8"))
     assert summary["weights"] == f"MobileNet_V2_Weights.IMAGENET1K_V2 from {weights}"
@@ -91,7 +92,8 @@ def test_another_models_file_is_refused_with_the_right_model(tmp_path: Path, sta
     weights = named(state_dict_file, tmp_path, "mobilenet_v2-7ebf99e0.pth")
     result = CliRunner().invoke(main, ["layers", "--model", "alexnet", "--weights", str(weights)])
     assert result.exit_code == 2
-    assert "is torchvision's MobileNet_V2_Weights.IMAGENET1K_V2 file, made for mobilenet_v2, not alexnet" in result.stderr
+    expected = "is torchvision's MobileNet_V2_Weights.IMAGENET1K_V2 file, made for mobilenet_v2, not alexnet"
+    assert expected in result.stderr
     assert "Hint: use --model mobilenet_v2" in result.stderr
 
 

@@ -33,7 +33,8 @@ def whole_model(tmp_path: Path) -> Path:
 
 def test_a_whole_model_is_refused_with_the_reason_and_the_opt_in(whole_model: Path, cat_photo: Path,
                                                                   tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["show", str(cat_photo), "--model", str(whole_model), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(main,
+                                ["show", str(cat_photo), "--model", str(whole_model), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"Error: {whole_model} holds a pickled Python object (tinymodels.TinyFeatures), not only tensors; featviz "

@@ -26,7 +26,9 @@ def photos(folder: Path, count: int) -> Path:
 
 
 def export(tmp_path: Path, *extra: str):
-    result = CliRunner().invoke(main, ["export", str(photos(tmp_path / "in", 4)), *BASE, "--out", str(tmp_path / "o"), *extra])
+    result = CliRunner().invoke(main,
+                                ["export", str(photos(tmp_path / "in", 4)), *BASE, "--out", str(tmp_path / "o"),
+                                 *extra])
     assert result.exit_code == 0, result.output
     return result
 

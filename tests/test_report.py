@@ -285,7 +285,8 @@ def test_unchanged_page_is_not_rewritten(tmp_path: Path) -> None:
 
 
 def test_thousands_of_entries_stay_fast(tmp_path: Path) -> None:
-    write_manifest(tmp_path, [ok(f"folder/img{i:05d}", layer) for i in range(3000) for layer in ("features.0", "features.3")])
+    write_manifest(tmp_path,
+                   [ok(f"folder/img{i:05d}", layer) for i in range(3000) for layer in ("features.0", "features.3")])
     started = time.perf_counter()
     write_report(tmp_path)
     seconds = time.perf_counter() - started
@@ -295,7 +296,8 @@ def test_thousands_of_entries_stay_fast(tmp_path: Path) -> None:
     assert size < 6000 * 1000, size  # well under a kilobyte per entry
 
 
-def test_report_is_written_while_the_batch_goes_on_and_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_is_written_while_the_batch_goes_on_and_after_a_crash(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     paths = [oddimages.make_rgb_png(tmp_path / "in" / f"img{i}.png", size=(24, 20), seed=i) for i in range(4)]
     images = find_images([str(tmp_path / "in")]).images
     visualizer = Visualizer("tinymodels:tiny_features", "none", [0], options=RenderOptions(size=8))

@@ -142,7 +142,8 @@ def test_pretrained_weights_not_cached(tmp_path: Path, monkeypatch: pytest.Monke
     assert not (tmp_path / "out" / "x").exists()
 
 
-def test_missing_and_corrupt_images_exit_1_naming_the_file_and_the_rest_is_done(tmp_path: Path, cat_photo: Path) -> None:
+def test_missing_and_corrupt_images_exit_1_naming_the_file_and_the_rest_is_done(tmp_path: Path,
+                                                                                cat_photo: Path) -> None:
     missing = tmp_path / "missing.jpg"
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("hello", encoding="utf-8")

@@ -40,7 +40,8 @@ def test_sweep_stages_for_alexnet_are_after_each_relu_and_pool() -> None:
     assert sweep_layers(resnet18()) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
 
 
-def test_sweep_is_one_forward_pass_with_every_stage(tmp_path: Path, cat_photo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_is_one_forward_pass_with_every_stage(tmp_path: Path, cat_photo: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import featviz.output.pipeline as pipeline_module
 
     calls = []
@@ -111,7 +112,8 @@ def _tiles(tmp_path: Path, photo: Path, *extra: str, layer: str = "3") -> tuple[
 
 
 def _upsampled(acts: np.ndarray, size: int = 32) -> np.ndarray:
-    return F.interpolate(torch.from_numpy(acts)[None], size=(size, size), mode="bilinear", align_corners=True)[0].numpy()
+    return F.interpolate(torch.from_numpy(acts)[None], size=(size, size), mode="bilinear",
+                         align_corners=True)[0].numpy()
 
 
 def test_normalize_layer_uses_one_scale_for_all_channels(tmp_path: Path, cat_photo: Path) -> None:

@@ -121,7 +121,8 @@ class ChannelTable:
     def entries(self, channel: int) -> list[tuple[float, str, int, int]]:
         """The kept (score, key, y, x) of ``channel``, best first (fewer than N if fewer images)."""
         return [(float(s), str(k), int(y), int(x))
-                for s, k, y, x in zip(self.scores[channel], self.keys[channel], self.ys[channel], self.xs[channel], strict=True)
+                for s, k, y, x in zip(self.scores[channel], self.keys[channel], self.ys[channel], self.xs[channel],
+                                      strict=True)
                 if k is not None]
 
     def statistics(self) -> dict[str, Any]:

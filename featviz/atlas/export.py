@@ -113,7 +113,8 @@ def read_state(folder: Path) -> Atlas:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"{folder} has no {STATE}", hint="give folders written by `featviz atlas --shard I/N`") from None
+        raise UsageError(f"{folder} has no {STATE}",
+                         hint="give folders written by `featviz atlas --shard I/N`") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} cannot be read ({exc})") from None
     return Atlas.from_json(data, str(path))
@@ -202,7 +203,8 @@ class AtlasRun:
         if self.on_error:
             self.on_error(message)
 
-    def _collect_decoded(self, atlas: Atlas, decoding: list[tuple[InputImage, Future[PreparedImage]]]) -> list[PreparedImage]:
+    def _collect_decoded(self, atlas: Atlas,
+                         decoding: list[tuple[InputImage, Future[PreparedImage]]]) -> list[PreparedImage]:
         prepared = []
         for image, future in decoding:
             try:
@@ -316,8 +318,10 @@ def _write_pictures(document: dict[str, Any], visualizer: Visualizer, folder: Pa
                 shown = [(t, e) for t, e in zip(tiles, entries, strict=True) if t is not None]
                 if shown:
                     representative[c] = _shrink(shown[0][0])
-                title = f"{layer} channel {c}" + ("  (dead: never positive)" if c in document["statistics"]["dead"] else "")
-                picture = channel_strip([t for t, _ in shown], [(f"{document['by']} {e['score']:.4g}", e["key"]) for _, e in shown],
+                dead = c in document["statistics"]["dead"]
+                title = f"{layer} channel {c}" + ("  (dead: never positive)" if dead else "")
+                picture = channel_strip([t for t, _ in shown],
+                                        [(f"{document['by']} {e['score']:.4g}", e["key"]) for _, e in shown],
                                         title, top)
                 target = folder / "channels" / f"{c:04d}.png"
                 atomic_write(target, png_bytes(picture, 1))

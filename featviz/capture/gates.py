@@ -31,7 +31,8 @@ from featviz.capture.layers import LayerRef
 from featviz.errors import LayerError
 
 KINDS = ("channel", "spatial", "3d", "branch", "context")
-CHANNEL_KINDS = ("channel", "3d", "branch")  # what --channel learned can draw (3-D: spatial mean; branch: branch 0's share)
+# what --channel learned can draw (3-D: spatial mean; branch: branch 0's share)
+CHANNEL_KINDS = ("channel", "3d", "branch")
 SPATIAL_KINDS = ("spatial", "3d", "context")  # what --spatial learned can draw (3-D: its channel mean)
 
 
@@ -230,7 +231,8 @@ def every_gate(gates: list[Gate], kinds: tuple[str, ...], model_name: str, optio
     return chosen
 
 
-def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+def learned_channel(gate: Gate, captured: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """``--channel learned`` at ``gate``'s module: (w (N, C) in (0, 1), the module's input
     (N, C, H, W) or None for a branch gate, summary fields). w = g for a channel gate, the
     spatial mean of a 3-D gate, branch 0's weight for a branch gate (all branches (N, R, C) go
@@ -254,7 +256,8 @@ def learned_spatial(gate: Gate, captured: dict[str, torch.Tensor]) -> tuple[torc
     """``--spatial learned``: (the gate (N, h, w) in [0, 1] at its module's resolution, summary
     fields)."""
     values = gate_values(gate, captured[gate.key], captured[f"{gate.path}:input"].float())
-    extra: dict[str, Any] = {"spatial_gate": gate.path, "spatial_gate_module": gate.source, "spatial_gate_kind": gate.kind}
+    extra: dict[str, Any] = {"spatial_gate": gate.path, "spatial_gate_module": gate.source,
+                             "spatial_gate_kind": gate.kind}
     if gate.offset:
         extra["spatial_gate_offset"] = gate.offset
     if gate.kind == "3d":

@@ -136,7 +136,8 @@ class ActivationCapture:
                 except _StopForward:
                     pass
         missing = [ref.path for ref in self.layers if ref.path not in self.activations]
-        missing += [f"{p}:gate{k}" for p, ks in self.gate_calls.items() for k in ks if f"{p}:gate{k}" not in self.activations]
+        missing += [f"{p}:gate{k}" for p, ks in self.gate_calls.items() for k in ks
+                    if f"{p}:gate{k}" not in self.activations]
         if is_script(self.model) and self.inputs_of:
             raise LayerError("layer inputs cannot be captured in a TorchScript model")
         if missing:

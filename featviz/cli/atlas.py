@@ -42,7 +42,8 @@ from featviz.errors import UsageError
               help="Rank images by the channel's maximum or its spatial mean.")
 @click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
               help="Photos per forward pass [default: 1 on the CPU, 8 on a GPU].")
-@click.option("--workers", default=None, type=click.IntRange(1, 512), help="Decoding threads [default: number of cores].")
+@click.option("--workers", default=None, type=click.IntRange(1, 512),
+              help="Decoding threads [default: number of cores].")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Fold only the I-th of N deterministic slices and write its partial state (merge with --merge).")

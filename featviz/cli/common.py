@@ -204,14 +204,17 @@ model_options = in_section("Model",
                  help="Load the torchvision weights named by --weights from this file (offline; any file name)."),
     click.option("--trust-pickle", is_flag=True,
                  help="Also load pickled Python objects (a whole torch.save(model) as --model, a checkpoint with "
-                      "non-tensor entries as --weights). Unpickling runs code from the file: only for files you trust."),
+                      "non-tensor entries as --weights). Unpickling runs code from the file: only for files you "
+                      "trust."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights none."),
     click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 )
 
 preprocess_options = in_section("Model",
-    click.option("--resize", type=int, default=None, help="Resize the shorter side to this many pixels (default: the weights' own, else 256)."),
-    click.option("--crop", type=int, default=None, help="Centre-crop to this square size (default: the weights' own, else 224)."),
+    click.option("--resize", type=int, default=None,
+                 help="Resize the shorter side to this many pixels (default: the weights' own, else 256)."),
+    click.option("--crop", type=int, default=None,
+                 help="Centre-crop to this square size (default: the weights' own, else 224)."),
     click.option("--no-crop", is_flag=True, help="Do not crop: the network sees the whole resized photo."),
 )
 
@@ -226,33 +229,42 @@ render_options = _compose(
         click.option("--size", default=256, show_default=True, type=int, help="Side of each channel tile in pixels."),
         click.option("--cmap", default="gray", show_default=True, help="Matplotlib colormap for the grid."),
         click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays."),
-        click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo."),
+        click.option("--alpha", default=0.5, show_default=True, type=float,
+                     help="Opacity of the heat map over the photo."),
         click.option("--labels", is_flag=True, help="Write channel numbers on the grid tiles."),
         click.option("--channels", default=None, help="Channels to draw, like 0-15,32 (default: all)."),
-        click.option("--top-k", type=int, default=None, help="Draw only the N channels with the largest channel-attention weight."),
+        click.option("--top-k", type=int, default=None,
+                     help="Draw only the N channels with the largest channel-attention weight."),
         click.option("--max-channels", type=int, default=None, help="At most N tiles in the grid."),
         click.option("--sort-by", type=click.Choice(["index", "weight"]), default="index", show_default=True,
                      help="Order of the grid tiles."),
     ),
     in_section("Attention",
         click.option("--spatial", type=click.Choice(["mean", "max", "meanmax", "learned"]), default=None,
-                     help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the network "
-                          "learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention cbam]."),
+                     help="Spatial attention: mean over channels, max, the average of both, or the spatial gate the "
+                          "network learned (CBAM, BAM, Global Context) [default: mean; meanmax with --attention "
+                          "cbam]."),
         click.option("--channel", type=click.Choice(["se", "cbam", "dct", "learned"]), default="se", show_default=True,
-                     help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's DCT "
-                          "frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, GC, BAM)."),
+                     help="Channel attention: SE squeeze (average pooling), CBAM (average + max pooling), FcaNet's "
+                          "DCT frequencies, or the learned channel gate of an attention module (SE, ECA, CBAM, GE, "
+                          "GC, BAM)."),
         click.option("--attention", type=click.Choice(["separate", "cbam"]), default="separate", show_default=True,
                      help="separate: both maps from the raw features; cbam: channel attention first, spatial attention "
                           "of the channel-refined features (CBAM's order)."),
         click.option("--dct-frequencies", default=None, metavar="U,V;U,V…",
                      help="With --channel dct: frequencies on FcaNet's 7x7 grid [default: the paper's top16]."),
-        click.option("--stn", is_flag=True, help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) over the photo."),
+        click.option("--stn", is_flag=True,
+                     help="Draw the sampling grid of the model's spatial transformer (its first affine_grid call) "
+                          "over the photo."),
     ),
     in_section("Drawing",
-        click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel", show_default=True,
-                     help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across all layers of the image."),
+        click.option("--normalize", type=click.Choice(["channel", "layer", "image"]), default="channel",
+                     show_default=True,
+                     help="Grey scale of the tiles: each channel on its own, one for the whole layer, or one across "
+                          "all layers of the image."),
         click.option("--clip-percentile", type=float, default=None, metavar="P",
-                     help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot pixels cannot wash a tile out."),
+                     help="Clip tile values to the (100-P)th..Pth percentiles before scaling (e.g. 99.5), so hot "
+                          "pixels cannot wash a tile out."),
     ),
     in_section("Output",
         click.option("--predict", is_flag=True, help="Also run the rest of the network and record the top-5 classes."),

@@ -95,7 +95,8 @@ class _StdoutLines:
                 os.close(devnull)
             except (OSError, ValueError):  # no real file descriptor (an in-process test runner)
                 pass
-            click.echo(f"warning: stdout was closed; the batch went on, every record is in {self.out / 'manifest.jsonl'}",
+            click.echo("warning: stdout was closed; the batch went on, every record is in "
+                       f"{self.out / 'manifest.jsonl'}",
                        err=True)
 
 
@@ -112,8 +113,8 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     estimate = visualizer.output_estimate()
     if estimate.too_many and not params["quiet"]:
         click.echo(f"warning: this writes about {estimate.files:,} files (~{estimate.bytes / 1e6:,.0f} MB) per image "
-                   f"({estimate.channel_files:,} channel PNGs over {estimate.layers} layer(s)); to narrow it, draw fewer "
-                   "channels (--top-k 16, --channels 0-15) or name fewer layers (--layer 0,3)", err=True)
+                   f"({estimate.channel_files:,} channel PNGs over {estimate.layers} layer(s)); to narrow it, draw "
+                   "fewer channels (--top-k 16, --channels 0-15) or name fewer layers (--layer 0,3)", err=True)
     records: list[dict[str, Any]] = []
     from featviz.cli.progress import progress_bar
 
@@ -181,7 +182,8 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
     from featviz.inputs.discover import InputImage
     from featviz.output.layout import stem_keys
 
-    inputs = [InputImage(path=path, key=PurePosixPath(key)) for path, key in zip(images, stem_keys(images), strict=True)]
+    inputs = [InputImage(path=path, key=PurePosixPath(key))
+              for path, key in zip(images, stem_keys(images), strict=True)]
     scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, records = _run(inputs, params, manifest=True, stream_records=False, collect=True, scored=scored)
     for record in records:
@@ -317,7 +319,8 @@ def _redone_note(redone: dict[str, int]) -> str:
 @click.option("--layer", "-l", "layers", multiple=True,
               help="Stages to show (indices or module paths, comma-separated) [default: after each ReLU/pool of "
                    "`features`, else the convolution blocks, e.g. ResNet's conv1, layer1..layer4].")
-@click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None, help="Spatial attention [default: mean].")
+@click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None,
+              help="Spatial attention [default: mean].")
 @click.option("--heat-cmap", default="jet", show_default=True, help="Matplotlib colormap for the overlays.")
 @click.option("--alpha", default=0.5, show_default=True, type=float, help="Opacity of the heat map over the photo.")
 @click.option("--out", "-o", "out", default="featviz-out", show_default=True,
@@ -346,7 +349,8 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
 
     # Building the visualizer resolves and checks the layers: usage errors come before any image.
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
-                                  no_crop=no_crop, options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha,
+                                  no_crop=no_crop,
+                                  options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha,
                                                         cam=cam_methods(cam), target=target, cam_batch=cam_batch),
                                   weights_file=weights_file, trust_pickle=trust_pickle,
                                   model_kwargs=model_kwargs)
@@ -375,7 +379,8 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
         if not as_json:
             click.echo(str(written))
     if as_json:
-        click.echo(json.dumps({"ok": len(documents), "failed": failed, "results": documents}, indent=2, ensure_ascii=False))
+        click.echo(json.dumps({"ok": len(documents), "failed": failed, "results": documents}, indent=2,
+                              ensure_ascii=False))
     sys.exit(1 if failed else 0)
 
 

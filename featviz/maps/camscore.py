@@ -43,7 +43,8 @@ def score_cams(model: nn.Module, inputs: torch.Tensor, explained: CamBatch, *, s
         return {}
     top = _top_classes(model, inputs, explained) if any(cam.target is None for _, cam in rows) else []
     index = torch.tensor([n for n, _ in rows], device=inputs.device)
-    saliency = cam_at_input(torch.stack([cam.map for _, cam in rows]).to(inputs.device), (inputs.shape[2], inputs.shape[3]))
+    saliency = cam_at_input(torch.stack([cam.map for _, cam in rows]).to(inputs.device),
+                            (inputs.shape[2], inputs.shape[3]))
     targets = [cam.target if cam.target is not None else top[n] for n, cam in rows]
     labels = [f"{names[n]}: {cam.name}" for n, cam in rows]
     outcome = deletion_insertion(model, inputs[index], saliency, targets, steps=steps, batch_size=batch_size,

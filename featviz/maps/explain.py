@@ -301,7 +301,8 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
     if unknown:
         close = difflib.get_close_matches(unknown[0], formulas.METHODS, n=3)
         raise UsageError(f"unknown CAM method {unknown[0]!r}",
-                         hint=("did you mean " + ", ".join(close) + "? " if close else "") + "use " + ", ".join(formulas.METHODS))
+                         hint=("did you mean " + ", ".join(close) + "? " if close else "")
+                         + "use " + ", ".join(formulas.METHODS))
     parse_targets(target_specs, categories)  # names and syntax, before the model runs
     explainers: dict[str, ClassExplainer] = {}
     for ref in layers:
@@ -309,13 +310,15 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
             logits = recorder.run(example)
         activations = recorder.activations
         if logits.dim() != 2:
-            raise UsageError(f"--cam needs a model that returns class logits (N, classes); it returned {tuple(logits.shape)}")
+            raise UsageError("--cam needs a model that returns class logits (N, classes); it returned "
+                             f"{tuple(logits.shape)}")
         if activations is None or activations.dim() != 4:
             raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W)",
                              hint="choose a convolutional layer")
         if "eigencam" in methods and activations.shape[1] < 2:
-            raise UsageError(f"--cam eigencam: layer {ref.path} has one channel, and a principal component of one channel "
-                             "is the channel itself", hint="choose a layer with several channels, or another method")
+            raise UsageError(f"--cam eigencam: layer {ref.path} has one channel, and a principal component of one "
+                             "channel is the channel itself",
+                             hint="choose a layer with several channels, or another method")
         targets = parse_targets(target_specs, categories, num_classes=int(logits.shape[1]))
         classifier = find_cam_classifier(model, ref, example) if "cam" in methods else None
         explainers[ref.path] = ClassExplainer(model, ref, methods, targets, cam_batch=cam_batch, classifier=classifier,

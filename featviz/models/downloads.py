@@ -58,7 +58,8 @@ def download_guarded(build: Any, weights: Any) -> Any:
     timeout = download_timeout()
     partials_before = set(cache.glob(f"{filename}.*.partial"))
     try:
-        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):  # torch.hub prints "Downloading" on stdout
+        # torch.hub prints "Downloading" on stdout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(timeout):
             return build()
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         for partial in set(cache.glob(f"{filename}.*.partial")) - partials_before:

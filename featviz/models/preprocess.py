@@ -115,7 +115,8 @@ class Preprocess:
         # preset, whose output differs by up to one grey level from resizing a uint8 tensor.
         if self.resize is not None:
             image = F.resize(
-                image, [self.resize, self.resize] if self.squash else [self.resize], interpolation=InterpolationMode(self.interpolation),
+                image, [self.resize, self.resize] if self.squash else [self.resize],
+                interpolation=InterpolationMode(self.interpolation),
                 antialias=True,
             )
         if self.crop is not None:

@@ -302,10 +302,12 @@ class Exporter:
                     future.result()
         return self.report
 
-    def _decode_async(self, pool: ThreadPoolExecutor, batch: list[InputImage]) -> list[tuple[InputImage, Future[PreparedImage], float]]:
+    def _decode_async(self, pool: ThreadPoolExecutor,
+                      batch: list[InputImage]) -> list[tuple[InputImage, Future[PreparedImage], float]]:
         return [(image, pool.submit(self._prepare, image), time.perf_counter()) for image in batch]
 
-    def _collect(self, decoding: list[tuple[InputImage, Future[PreparedImage], float]]) -> list[tuple[InputImage, PreparedImage]]:
+    def _collect(self, decoding: list[tuple[InputImage, Future[PreparedImage], float]]
+                 ) -> list[tuple[InputImage, PreparedImage]]:
         prepared = []
         for image, future, started in decoding:
             try:
@@ -316,7 +318,8 @@ class Exporter:
                 self._fail_image(image, f"{image.path}: {type(exc).__name__}: {exc}", time.perf_counter() - started)
         return prepared
 
-    def _forward_and_submit(self, pool: ThreadPoolExecutor, prepared: list[tuple[InputImage, PreparedImage]]) -> Iterator[_PendingResult]:
+    def _forward_and_submit(self, pool: ThreadPoolExecutor,
+                            prepared: list[tuple[InputImage, PreparedImage]]) -> Iterator[_PendingResult]:
         if not prepared or self._fatal is not None:
             return
         started = time.perf_counter()
@@ -328,7 +331,8 @@ class Exporter:
                 try:
                     outputs.append((item, self.visualizer.forward([item[1]])[0]))
                 except RuntimeError as exc:
-                    self._fail_image(item[0], f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
+                    self._fail_image(item[0],
+                                     f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
                 except ImageError as exc:  # e.g. --cam: gradients that are not finite for this photo
                     self._fail_image(item[0], str(exc))
         share = (time.perf_counter() - started) / max(1, len(outputs))
@@ -392,7 +396,8 @@ def _report_fields(result: LayerResult, names: Sequence[str]) -> dict[str, Any]:
         "layer_index": result.layer.index,
         "layer_type": result.layer.type_name,
         "files": [name for name in names if not name.startswith("channels/")],  # keeps lines short
-        "top_channel_files": [f"channels/{c:04d}.png" for c in result.ranking[: result.options.summary_top] if c in drawn],
+        "top_channel_files": [f"channels/{c:04d}.png" for c in result.ranking[: result.options.summary_top]
+                              if c in drawn],
     }
     if "predictions" in result.extra:
         fields["predictions"] = result.extra["predictions"]

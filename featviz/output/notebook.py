@@ -51,8 +51,10 @@ def result_html(result: LayerResult) -> str:
              f"({html.escape(result.layer.type_name)}, {shape}) &middot; {html.escape(result.model_name)}, "
              f"{html.escape(result.weights)} &middot; top channels {result.ranking[:5]}")
     figures = [(thumbnail(result.grid(), GRID_SIDE), f"grid ({len(result.grid_channels)} channels)"),
-               (thumbnail(result.spatial_overlay(), OVERLAY_SIDE), f"spatial attention ({result.options.spatial_mode})"),
-               (thumbnail(result.channel_overlay(), OVERLAY_SIDE), f"channel attention ({result.options.channel_mode})")]
+               (thumbnail(result.spatial_overlay(), OVERLAY_SIDE),
+                f"spatial attention ({result.options.spatial_mode})"),
+               (thumbnail(result.channel_overlay(), OVERLAY_SIDE),
+                f"channel attention ({result.options.channel_mode})")]
     cells = "".join(
         f'<figure style="margin:0 12px 0 0"><img src="{png_data_uri(picture)}" width="{picture.width}" '
         f'height="{picture.height}" alt="{html.escape(caption)}"><figcaption style="font-size:12px">'

@@ -100,7 +100,8 @@ class RenderOptions:
         if self.attention not in ATTENTION_ORDERS:
             raise UsageError(f"unknown attention order {self.attention!r}", hint="use " + ", ".join(ATTENTION_ORDERS))
         if self.attention == "cbam" and self.channel not in ("se", "cbam"):
-            raise UsageError(f"--attention cbam computes CBAM's own channel attention; it cannot use --channel {self.channel}",
+            raise UsageError("--attention cbam computes CBAM's own channel attention; it cannot use --channel "
+                             f"{self.channel}",
                              hint="leave --channel out, or drop --attention cbam")
         if self.attention == "cbam" and self.spatial == "learned":
             raise UsageError("--attention cbam computes its own spatial attention; it cannot use --spatial learned",

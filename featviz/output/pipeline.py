@@ -162,7 +162,8 @@ class Visualizer:
         refs = [*refs, *(LayerRef(p, None, self.loaded.module.get_submodule(p)) for p in dict.fromkeys(inputs_of)
                          if p not in {r.path for r in refs})]
         if self.options.predict:
-            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True, gate_calls=gate_calls)
+            return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, keep_output=True,
+                           gate_calls=gate_calls)
         if not self.options.stn:
             return capture(self.loaded.module, refs, batch, inputs_of=inputs_of, gate_calls=gate_calls)
 
@@ -216,14 +217,16 @@ class Visualizer:
             self.layer_channels[ref.path] = shape[1]
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(
-                    f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels 0..{shape[1] - 1}",
+                    f"channel {max(self.options.channels)} is out of range: layer {ref.path} has channels "
+                    f"0..{shape[1] - 1}",
                     hint="check --channels",
                 )
 
     def output_estimate(self) -> OutputEstimate:
         """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
         return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
-                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None))
+                               se_layers=sum(1 for ref in self.layers
+                                             if self.gates.get(ref.path, (None, None))[0] is not None))
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
@@ -371,7 +374,8 @@ class Visualizer:
         ``meta["categories"]``, else "class K"), index and softmax probability."""
         if output is None or output.dim() != 2 or output.shape[0] != count:
             shape = None if output is None else tuple(output.shape)
-            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
+            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} "
+                             f"returned {shape}")
         probabilities = torch.softmax(output.float(), dim=1)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories
@@ -383,13 +387,16 @@ class Visualizer:
     def run(self, sources: str | os.PathLike[str] | Image.Image | Sequence[Any]) -> Results:
         """Photos (paths or PIL images) -> results, photo-major then layer order (a list that
         Jupyter displays as pictures)."""
-        items = [sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence) else list(sources)
-        stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}") for i, item in enumerate(items)]
+        items = ([sources] if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Sequence)
+                 else list(sources))
+        stems = [Path(item) if isinstance(item, (str, os.PathLike)) else Path(f"image{i}")
+                 for i, item in enumerate(items)]
         prepared = [self.prepare(item, key) for item, key in zip(items, stem_keys(stems), strict=True)]
         return Results(result for per_photo in self.forward(prepared) for result in per_photo)
 
 
-def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet", layers: Iterable[str | int] | None = None,
+def sweep(image: str | os.PathLike[str] | Image.Image, model: str = "alexnet",
+          layers: Iterable[str | int] | None = None,
           weights: str | None = "DEFAULT", **kwargs: Any) -> tuple[Image.Image, list[LayerResult]]:
     """How attention changes with depth: one picture with the spatial-attention overlay of each
     stage side by side, captured in ONE forward pass. ``layers`` default to

@@ -85,7 +85,8 @@ def encode_png(pixels: np.ndarray | Image.Image, level: int = 1) -> bytes:
         if pixels.mode not in {"L", "LA", "RGB", "RGBA"}:
             return _pillow_png(pixels, level)
         pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in COLOR_TYPES):
+    if (pixels.dtype != np.uint8 or pixels.ndim not in (2, 3)
+            or (pixels.ndim == 3 and pixels.shape[2] not in COLOR_TYPES)):
         raise ValueError(f"encode_png needs (H, W) or (H, W, 1-4) uint8 pixels, got {pixels.dtype} {pixels.shape}")
     if not 0 <= level <= 9:
         raise ValueError(f"PNG compression level {level} is out of range 0..9")

@@ -111,7 +111,8 @@ def colormap_lut(name: str) -> np.ndarray:
         close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=4)
         raise UsageError(
             f"unknown colormap {name!r}",
-            hint=("did you mean " + ", ".join(close) + "?") if close else "use a matplotlib colormap name such as gray, viridis or jet",
+            hint=("did you mean " + ", ".join(close) + "?") if close
+            else "use a matplotlib colormap name such as gray, viridis or jet",
         ) from None
     table = cmap(np.linspace(0.0, 1.0, 256))[:, :3]
     return np.round(table * 255).astype(np.uint8)
@@ -293,7 +294,8 @@ def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "c
     margin_left = round(draw.textlength("0.5", font=font)) + size // 2 + 6
     margin_right, margin_top, margin_bottom = size // 2, round(size * 2.6), round(size * 1.5)
     plot_w, plot_h = width - margin_left - margin_right, height - margin_top - margin_bottom
-    draw.text((margin_left, size // 4), title, fill=(0, 0, 0), font=_fitting_font(draw, title, size, width - margin_left - 4))
+    draw.text((margin_left, size // 4), title, fill=(0, 0, 0),
+              font=_fitting_font(draw, title, size, width - margin_left - 4))
     base_y = margin_top + plot_h
     for tick in (0.0, 0.5, 1.0):
         y = base_y - tick * plot_h
@@ -313,7 +315,8 @@ def bar_chart(values: Sequence[float], highlight: Sequence[int], title: str = "c
             label = str(channel)
             box = draw.textbbox((0, 0), label, font=small)
             lift = (box[3] - box[1]) + 4
-            draw.text((x - (box[2] - box[0]) / 2, max(margin_top - lift, y - lift)), label, fill=(160, 60, 0), font=small)
+            draw.text((x - (box[2] - box[0]) / 2, max(margin_top - lift, y - lift)), label, fill=(160, 60, 0),
+                      font=small)
     draw.line((margin_left, base_y, margin_left + plot_w, base_y), fill=(0, 0, 0))
     draw.text((margin_left, base_y + 4), f"channel 0 .. {count - 1}", fill=(90, 90, 90), font=small)
     return picture
@@ -325,7 +328,8 @@ def sweep_picture(panels: Sequence[tuple[Image.Image, str]], height: int = 224, 
     pixels high with its caption underneath."""
     font = ImageFont.load_default(size=13)
     caption_h, gap, header = 36, 8, 24 if title else 0
-    scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.BILINEAR) for p, _ in panels]
+    scaled = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.BILINEAR)
+              for p, _ in panels]
     rows = [scaled[i:i + per_row] for i in range(0, len(scaled), per_row)]
     width = max(sum(p.width for p in row) + gap * (len(row) + 1) for row in rows)
     total_h = header + len(rows) * (height + caption_h + gap) + gap

@@ -342,7 +342,8 @@ def _entry(record: dict[str, Any], *, model: Any, weights: Any, index: Any, type
         "layer": _text(record.get("layer")),
         "index": index if isinstance(index, int) else None,
         "type": _text(type_name),
-        "shape": [int(s) for s in shape] if isinstance(shape, list) and all(isinstance(s, int) for s in shape) else None,
+        "shape": ([int(s) for s in shape] if isinstance(shape, list) and all(isinstance(s, int) for s in shape)
+                  else None),
         "model": _text(model),
         "weights": _text(weights),
         "dir": None if folder is None else folder + "/",
@@ -375,7 +376,8 @@ def _cam_rows(cams: Any, present: set[str]) -> list[list[Any]]:
         else:
             probability = cam.get("probability")
             rank = f"top{cam.get('rank')} " if isinstance(cam.get("rank"), int) else ""
-            chance = f" ({100 * probability:.1f}%)" if isinstance(probability, (int, float)) and math.isfinite(probability) else ""
+            chance = (f" ({100 * probability:.1f}%)"
+                      if isinstance(probability, (int, float)) and math.isfinite(probability) else "")
             key, caption = target, f"{rank}{_text(cam.get('label'))} [{target}]{chance}"
         rows.setdefault(key, [caption, []])[1].append([_text(cam.get("method")), _url(str(cam["file"])),
                                                        _auc_text(cam.get("scores"))])

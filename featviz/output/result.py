@@ -88,7 +88,8 @@ class LayerResult:
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None  # featviz.output.settings.settings_record: what made it
     nonfinite_mask: torch.Tensor | None = None  # bool (C, H, W): where the model gave NaN or +-inf
-    raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)  # learned gates for --save-raw, e.g. gate_3d (C, H, W)
+    # learned gates for --save-raw, e.g. gate_3d (C, H, W)
+    raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)
     cams: list[CamMap] = field(default_factory=list)  # --cam: class activation maps (featviz.maps.explain)
 
     @property
