@@ -7,11 +7,21 @@ import timm
 import torch
 import torchvision
 from torch import nn
+from vitmodels import (
+    timm_reference,
+    tiny_timm_vit,
+    tiny_torchvision_vit,
+    torchvision_reference,
+)
 
-from featviz.capture.selfattention import SelfAttentionCapture, attention_blocks, blocks_upto, self_attention
+from featviz.capture.selfattention import (
+    SelfAttentionCapture,
+    attention_blocks,
+    blocks_upto,
+    self_attention,
+)
 from featviz.capture.tokens import token_layout
 from featviz.errors import UsageError
-from vitmodels import timm_reference, tiny_timm_vit, tiny_torchvision_vit, torchvision_reference
 
 
 def _photos(n: int = 2, size: tuple[int, int] = (32, 32), seed: int = 1) -> torch.Tensor:
@@ -62,17 +72,15 @@ def test_model_is_left_as_found_also_when_the_pass_raises() -> None:
     model = tiny_timm_vit().train()
     model.head.weight.requires_grad_(False)
     flags = [p.requires_grad for p in model.parameters()]
-    with pytest.raises(Exception):  # noqa: B017 - a wrong input size: timm's own assertion
-        with SelfAttentionCapture(model) as capture:
-            capture.run(_photos(size=(40, 40)))
+    with pytest.raises(Exception), SelfAttentionCapture(model) as capture:  # noqa: B017 - timm asserts the size
+        capture.run(_photos(size=(40, 40)))
     assert _no_hooks(model)
     assert all(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(b.module.fused_attn for b in attention_blocks(model))
     vit = tiny_torchvision_vit()
-    with pytest.raises(Exception):  # noqa: B017
-        with SelfAttentionCapture(vit) as capture:
-            capture.run(_photos(size=(40, 40)))
+    with pytest.raises(Exception), SelfAttentionCapture(vit) as capture:  # noqa: B017 - torchvision asserts the size
+        capture.run(_photos(size=(40, 40)))
     assert _no_hooks(vit) and not vit.training
 
 

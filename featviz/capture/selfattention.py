@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -138,7 +138,7 @@ class SelfAttentionCapture:
         self._seen: dict[str, torch.Tensor] = {}
         self._stack: ExitStack | None = None
 
-    def __enter__(self) -> SelfAttentionCapture:
+    def __enter__(self) -> Self:
         stack = ExitStack()
         self._stack = stack
         try:
@@ -151,10 +151,10 @@ class SelfAttentionCapture:
                 parameter.requires_grad_(False)
             for block in self.blocks:
                 if block.kind == "timm":
-                    fused = getattr(block.module, "fused_attn")
-                    stack.callback(setattr, block.module, "fused_attn", fused)
-                    setattr(block.module, "fused_attn", False)
-                    probe = getattr(block.module, "attn_drop")
+                    timm_attention: Any = block.module  # fused_attn: a plain bool attribute, read per call
+                    stack.callback(setattr, timm_attention, "fused_attn", timm_attention.fused_attn)
+                    timm_attention.fused_attn = False
+                    probe: nn.Module = timm_attention.attn_drop
                     stack.callback(probe.register_forward_hook(self._timm_hook(block.name)).remove)
                 else:
                     stack.callback(block.module.register_forward_pre_hook(_want_weights, with_kwargs=True).remove)
@@ -216,14 +216,16 @@ class SelfAttentionCapture:
         self._seen = {}
         return logits
 
-    def gradients(self, score: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
-        """d score / dA for every block: float32 (N, heads, T, T), in block order. ``score``: a
-        scalar from the logits of the last :meth:`run` (with ``keep_graph=True``)."""
+    def gradients(self, score: torch.Tensor, retain_graph: bool = False, upto: int | None = None) -> list[torch.Tensor]:
+        """d score / dA for the first ``upto`` blocks (None: all): float32 (N, heads, T, T), in
+        block order. ``score``: a scalar from the logits of the last :meth:`run` (with
+        ``keep_graph=True``)."""
         if not self.keep_graph:
             raise RuntimeError("gradients need SelfAttentionCapture(keep_graph=True)")
-        grads = torch.autograd.grad(score, self.graph, retain_graph=retain_graph, allow_unused=True)
+        count = len(self.graph) if upto is None else upto
+        grads = torch.autograd.grad(score, self.graph[:count], retain_graph=retain_graph, allow_unused=True)
         out = []
-        for name, grad, a in zip(self.names, grads, self.attentions, strict=True):
+        for name, grad, a in zip(self.names[:count], grads, self.attentions[:count], strict=True):
             if grad is None:
                 raise UsageError(f"the class score does not depend on the attention of block {name}",
                                  hint="relevance needs every block up to the chosen one on the way to the logits")
