@@ -24,7 +24,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn", "selfattention"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
               {"camscore", "vitexplain"}]),
-    ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
+    ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
     ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
     ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),

@@ -8,7 +8,12 @@ import pytest
 import timm
 import torch
 import torchvision
-from vitmodels import timm_reference, tiny_timm_vit, tiny_torchvision_vit, torchvision_reference
+from vitmodels import (
+    timm_reference,
+    tiny_timm_vit,
+    tiny_torchvision_vit,
+    torchvision_reference,
+)
 
 from featviz.capture.selfattention import attention_blocks
 from featviz.errors import UsageError
