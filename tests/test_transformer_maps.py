@@ -12,8 +12,11 @@ from featviz.maps.transformer import (
     discard_lowest,
     head_maps,
     patch_row,
+    patch_values,
     relevance,
+    relevance_row,
     rollout,
+    rollout_row,
 )
 
 
@@ -175,3 +178,14 @@ def test_relevance_matches_a_slow_loop_and_pairs_each_block_with_its_own_gradien
 def test_relevance_with_zero_gradients_is_the_identity() -> None:
     attentions = [_attention(1, 2, 5, seed=0)]
     torch.testing.assert_close(relevance(attentions, [torch.zeros(1, 2, 5, 5)]), torch.eye(5)[None])
+
+
+@pytest.mark.parametrize("fusion, discard, start", [("mean", 0.0, 0), ("min", 0.3, 2)])
+def test_the_class_rows_equal_the_full_products(fusion: str, discard: float, start: int) -> None:
+    attentions = [_attention(2, 3, 6, seed=s) for s in range(4)]
+    gradients = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(20 + s)) for s in range(4)]
+    torch.testing.assert_close(rollout_row(attentions, fusion=fusion, discard=discard, start=start),
+                               rollout(attentions, fusion=fusion, discard=discard, start=start)[:, 0])
+    torch.testing.assert_close(relevance_row(attentions, gradients), relevance(attentions, gradients)[:, 0])
+    layout = TokenLayout(prefix=2, grid=(2, 2), patch=(4, 4))
+    torch.testing.assert_close(patch_values(rollout_row(attentions), layout), patch_row(rollout(attentions), layout))

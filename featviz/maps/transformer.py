@@ -135,3 +135,49 @@ def relevance(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tens
         weighted = torch.relu(gradient.float() * attention.float()).mean(dim=1)
         result = result + weighted @ result
     return result
+
+
+def _row_through(factors: Sequence[torch.Tensor], query: int) -> torch.Tensor:
+    """Row ``query`` of the product factors[-1] ··· factors[0] (each float32 (N, T, T)), computed
+    from the left as a vector: e_qᵀ·F_last, then ·F_{last-1}, … — T² work per block instead of T³."""
+    row = factors[-1][:, query, :]
+    for factor in reversed(factors[:-1]):
+        row = (row[:, None, :] @ factor)[:, 0, :]
+    return row
+
+
+def rollout_row(attentions: Sequence[torch.Tensor], *, fusion: str = "mean", discard: float = 0.0,
+                start: int = 0, query: int = 0) -> torch.Tensor:
+    """Row ``query`` of :func:`rollout`, float32 (N, T), without forming the T×T product (what
+    ``--cam rollout`` draws: the class token's row)."""
+    if not 0 <= start < len(attentions):
+        raise UsageError(f"--rollout-start {start} is out of range: the blocks up to the chosen one are 0..{len(attentions) - 1}",
+                         hint="start at block 0 (the default) or a later block before the chosen one")
+    t = attentions[0].shape[-1]
+    eye = torch.eye(t, device=attentions[0].device)
+    factors = []
+    for attention in attentions[start:]:
+        fused = fuse_heads(attention, fusion)
+        fused = discard_lowest(fused, discard, query) if discard else fused
+        hat = 0.5 * fused + 0.5 * eye
+        factors.append(hat / hat.sum(dim=-1, keepdim=True))
+    return _row_through(factors, query)
+
+
+def relevance_row(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], query: int = 0) -> torch.Tensor:
+    """Row ``query`` of :func:`relevance`, float32 (N, T): the rule R ← R + Ā·R from R = I is the
+    product (I + Ā_last) ··· (I + Ā_first), whose one row is computed as a vector."""
+    if len(attentions) != len(gradients):
+        raise ValueError("one gradient per block")
+    t = attentions[0].shape[-1]
+    eye = torch.eye(t, device=attentions[0].device)
+    factors = [eye + torch.relu(g.float() * a.float()).mean(dim=1) for a, g in zip(attentions, gradients, strict=True)]
+    return _row_through(factors, query)
+
+
+def patch_values(row: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """A token row float (N, T) over the patch keys as maps float32 (N, rows, cols), prefix dropped."""
+    if row.shape[-1] != layout.tokens:
+        raise UsageError(f"expected {layout.tokens} tokens, got a row of {row.shape[-1]}",
+                         hint="the token layout read from the model does not fit its attention; featviz will not guess")
+    return row[:, layout.prefix:].float().reshape(row.shape[0], *layout.grid)

@@ -106,10 +106,10 @@ class TransformerExplainer:
         errors = _non_finite(attentions, logits, [g for grads in gradients for g in grads])
         columns: dict[str, list[torch.Tensor]] = {}
         if "rollout" in self.methods:
-            matrix = formulas.rollout(attentions, fusion=self.fusion, discard=self.discard, start=self.start)
-            columns["rollout"] = [formulas.patch_row(matrix, self.layout)]
+            row = formulas.rollout_row(attentions, fusion=self.fusion, discard=self.discard, start=self.start)
+            columns["rollout"] = [formulas.patch_values(row, self.layout)]
         if relevant:
-            columns["relevance"] = [formulas.patch_row(formulas.relevance(attentions, grads), self.layout)
+            columns["relevance"] = [formulas.patch_values(formulas.relevance_row(attentions, grads), self.layout)
                                     for grads in gradients]
         probabilities = torch.softmax(logits, dim=1)
         per_image: list[list[CamMap]] = []
