@@ -118,7 +118,7 @@ class SelfAttentionCapture:
     >>> with SelfAttentionCapture(model) as capture:
     ...     logits = capture.run(batch)    # float32 (N, classes); batch float32 (N, 3, H, W)
     ...     capture.names                  # ["blocks.0", "blocks.1", ...]
-    ...     capture.attentions             # [float32 (N, heads, T, T)] per block, detached copies
+    ...     capture.attentions             # [float32 (N, heads, T, T)] per block, detached
 
     ``keep_graph=True``: the pass runs with gradients (from the input, the parameters' own
     ``requires_grad`` flags switched off for the pass) and ``capture.graph`` holds, per block,
@@ -143,12 +143,14 @@ class SelfAttentionCapture:
         self._stack = stack
         try:
             training = [(m, m.training) for m in self.model.modules()]
-            stack.callback(lambda: [m.train(flag) for m, flag in training])
-            flags = [(p, p.requires_grad) for p in self.model.parameters()]
-            stack.callback(lambda: [p.requires_grad_(flag) for p, flag in flags])
-            self.model.eval()
-            for parameter, _ in flags:
-                parameter.requires_grad_(False)
+            stack.callback(_restore_modes, training)
+            if any(flag for _, flag in training):
+                self.model.eval()
+            if self.keep_graph:  # gradients flow from the input; parameters need none
+                flags = [(p, p.requires_grad) for p in self.model.parameters()]
+                stack.callback(lambda: [p.requires_grad_(flag) for p, flag in flags])
+                for parameter, _ in flags:
+                    parameter.requires_grad_(False)
             for block in self.blocks:
                 if block.kind == "timm":
                     timm_attention: Any = block.module  # fused_attn: a plain bool attribute, read per call
@@ -206,13 +208,17 @@ class SelfAttentionCapture:
                 raise UsageError(f"featviz recorded no attention in block {name}: the block was never run, or "
                                  "computes its attention in a fused call", hint=INSTEAD)
             probabilities = tensor.detach().float().reshape(n, -1, *tensor.shape[-2:])
-            rows = probabilities.sum(dim=-1)
+            # a spot check, not a full one (T² sums per head cost ~5 % of a forward): the first
+            # and last query rows of every photo and head must be probabilities
+            rows = probabilities[:, :, [0, -1], :].sum(dim=-1)
             if (probabilities.shape[-1] != probabilities.shape[-2] or probabilities.shape[1] < 1
                     or not torch.allclose(rows, torch.ones_like(rows), atol=1e-3)):
                 raise UsageError(f"block {name} recorded a tensor of shape {tuple(tensor.shape)} that is not "
                                  "self-attention probabilities (square, rows summing to 1)", hint=INSTEAD)
             self.graph.append(tensor)
-            self.attentions.append(probabilities.clone())
+            # no copy: the softmax output is only read after the hook (``attn @ v``; dropout is
+            # the identity in eval mode), in timm and in torch's multi_head_attention_forward
+            self.attentions.append(probabilities)
         self._seen = {}
         return logits
 
@@ -231,6 +237,15 @@ class SelfAttentionCapture:
                                  hint="relevance needs every block up to the chosen one on the way to the logits")
             out.append(grad.detach().float().reshape(a.shape))
         return out
+
+
+def _restore_modes(training: list[tuple[nn.Module, bool]]) -> None:
+    """Put back each module's own train/eval flag as recorded, one attribute per module that
+    changed (``Module.train`` recurses into the children: calling it on every module costs
+    O(modules²) attribute writes, measured at ~10 % of a DeiT-small forward)."""
+    for module, flag in training:
+        if module.training != flag:
+            module.training = flag
 
 
 def _want_weights(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
