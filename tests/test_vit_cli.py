@@ -35,6 +35,11 @@ def test_show_writes_heads_masks_raw_probabilities_and_transformer_cams(cat_phot
                      "--save-raw", "--out", out])
     assert result.exit_code == 0, result.output
     folder = out / "chelsea" / "blocks.0"
+    written = sorted(p for p in folder.rglob("*") if p.is_file())
+    estimate = Visualizer("timm:vit_tiny_patch16_224", "none", ["blocks.0"], resize=32, crop=32, model_kwargs=KWARGS,
+                          options=RenderOptions(heads=True, heads_threshold=0.6, save_raw=True)).output_estimate()
+    cam_files = 4  # cam/rollout.png, cam/relevance-<top>.png, cam/relevance-2.png, cam.npz: not estimated
+    assert estimate.files == len(written) - cam_files
     summary = json.loads((folder / "summary.json").read_text())
     names = ["head-00", "head-01", "head-02", "mean"]
     assert summary["heads"]["names"] == names and summary["heads"]["block"] == "blocks.0"

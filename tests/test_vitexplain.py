@@ -104,6 +104,19 @@ def test_distillation_and_register_tokens_are_not_patches() -> None:
     torch.testing.assert_close(got.heads, attentions[0].detach()[:, :, 0, 5:].reshape(1, 6, 4, 4), atol=1e-5, rtol=1e-4)
 
 
+def test_a_wide_input_keeps_rows_and_columns_apart() -> None:
+    model = tiny_timm_vit(img_size=(32, 48))
+    x = _photos(1, (32, 48))
+    got = build_transformer_explainers(model, ["blocks.1"], ["rollout"], ["top"], None, _example((32, 48)),
+                                       heads=True)["blocks.1"].explain(x)
+    _, attentions = timm_reference(model, x)
+    assert got.layout.grid == (4, 6) and got.heads is not None and got.heads.shape == (1, 2, 4, 6)
+    a = attentions[1].detach()
+    for i, j in [(0, 5), (3, 0), (2, 4)]:  # patch (row i, column j) is token 1 + 6·i + j
+        torch.testing.assert_close(got.heads[0, :, i, j], a[0, :, 0, 1 + 6 * i + j], atol=1e-5, rtol=1e-4)
+    assert got.cams.per_image[0][0].map.shape == (4, 6)
+
+
 def test_cam_score_scores_transformer_maps() -> None:
     model = tiny_timm_vit()
     x = _photos()

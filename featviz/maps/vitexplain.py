@@ -86,6 +86,7 @@ class TransformerExplainer:
         self.fusion, self.discard, self.start = fusion, discard, start
         self.categories = categories
         self.model_name = model_name
+        self.head_count = 0  # the chosen block's heads, known after a pass (build_transformer_explainers runs one)
 
     def explain(self, batch: torch.Tensor) -> TransformerBatch:
         """batch: float32 (N, 3, H, W), normalised, on the model's device."""
@@ -175,6 +176,10 @@ def build_transformer_explainers(model: nn.Module, blocks: Sequence[str], method
                          f"it returned {tuple(logits.shape)}")
     formulas.patch_row(capture.attentions[0], layout)  # the layout fits the attention, or a usage error
     targets = parse_targets(target_specs, categories, num_classes=int(logits.shape[1]))
-    return {block: TransformerExplainer(model, block, methods, targets, layout, heads=heads, fusion=fusion,
-                                        discard=discard, start=start, categories=categories, model_name=model_name)
-            for block in blocks}
+    explainers = {}
+    for block in blocks:
+        explainer = TransformerExplainer(model, block, methods, targets, layout, heads=heads, fusion=fusion,
+                                         discard=discard, start=start, categories=categories, model_name=model_name)
+        explainer.head_count = int(capture.attentions[explainer.upto - 1].shape[1])
+        explainers[block] = explainer
+    return explainers

@@ -237,7 +237,8 @@ class Visualizer:
     def output_estimate(self) -> OutputEstimate:
         """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
         return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
-                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None))
+                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None),
+                               heads_per_layer=[t.head_count for t in self.transformers.values()])
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
