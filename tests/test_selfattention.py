@@ -172,3 +172,16 @@ def test_blocks_upto_names_the_blocks() -> None:
     assert blocks_upto(names, "blocks.2.attn") == 3
     with pytest.raises(UsageError, match=r"no transformer block.*blocks\.0, blocks\.1, blocks\.2, …, blocks\.3"):
         blocks_upto(names, "patch_embed")
+
+
+def test_eva_style_attention_with_rope_is_captured_too() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1).eval()
+    x = _photos(1, (224, 224))
+    with torch.no_grad():
+        plain = model(x)
+    captured = self_attention(model, x)
+    assert captured.names == ["blocks.0"] and captured.attentions[0].shape == (1, 3, 257, 257)
+    torch.testing.assert_close(captured.attentions[0].sum(dim=-1), torch.ones(1, 3, 257))
+    torch.testing.assert_close(captured.logits, plain, atol=1e-4, rtol=1e-4)
+    assert _no_hooks(model) and all(b.module.fused_attn for b in attention_blocks(model))
