@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featviz.maps.cam import cam_at_input
 from featviz.errors import ImageError
+from featviz.maps.cam import cam_at_input
 from featviz.maps.explain import CamBatch
 from featviz.maps.faithfulness import (
     AucRow,

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from featviz.maps import cam as formulas
 from featviz.capture.hooks import GradientCapture
-from featviz.errors import UsageError
-from featviz.maps.faithfulness import FaithfulnessScore
 from featviz.capture.layers import LayerRef, is_script
+from featviz.errors import UsageError
+from featviz.maps import cam as formulas
+from featviz.maps.faithfulness import FaithfulnessScore
 from featviz.maps.targets import Target, class_indices, label, parse_targets
 
 DEFAULT_CAM_BATCH = 32

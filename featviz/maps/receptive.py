@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from featviz.capture.hooks import capture_with_graph
-from featviz.errors import LayerError
 from featviz.capture.layers import LayerRef
+from featviz.errors import LayerError
 from featviz.models.preprocess import CropBox
 
 #: Positions per backward pass: each is one input of the batch (memory grows with it).

@@ -36,6 +36,7 @@ from featviz.capture.hooks import capture, feature_map_paths
 from featviz.errors import ImageError, LayerError, UsageError
 from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.maps.explain import build_explainers
+from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.capture.gates import (
     CHANNEL_KINDS,
     SPATIAL_KINDS,
@@ -101,16 +102,43 @@ class Visualizer:
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
         if self.options.channel == "learned" or self.options.spatial == "learned":
             self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
+        vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
+        # --heads, rollout, relevance: blocks and capture checked first (a CNN layer is named as such)
+        self.transformers: dict[str, Any] = (self._transformer_explainers(vit_methods)
+                                             if self.options.heads or vit_methods else {})
         self._check_layers()
-        self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
+        cam_methods = [m for m in self.options.cam if not is_transformer_method(m)]
+        self.explainers: dict[str, Any] = self._class_explainers(cam_methods) if cam_methods else {}
 
-    def _class_explainers(self) -> dict[str, Any]:
+    def _example(self) -> torch.Tensor:
+        """Seeded noise at the network input's size, float32 (1, 3, H, W): checks before any photo."""
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
+
+    def _class_explainers(self, methods: Sequence[str]) -> dict[str, Any]:
         """``--cam``: one :class:`featviz.maps.explain.ClassExplainer` per layer, every target and
         method checked on seeded noise before any photo is read."""
-        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
-        example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
-        return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
-                                self.loaded.categories, example, cam_batch=self.options.cam_batch)
+        return build_explainers(self.loaded.module, self.layers, methods, self.options.target,
+                                self.loaded.categories, self._example(), cam_batch=self.options.cam_batch)
+
+    def _transformer_explainers(self, methods: Sequence[str]) -> dict[str, Any]:
+        """``--heads``, ``--cam rollout``/``relevance``: one
+        :class:`featviz.maps.vitexplain.TransformerExplainer` per layer (each a transformer block),
+        checked on seeded noise before any photo is read."""
+        options = self.options
+        return build_transformer_explainers(
+            self.loaded.module, [ref.path for ref in self.layers], methods, options.target, self.loaded.categories,
+            self._example(), heads=options.heads, fusion=options.rollout_fusion, discard=options.rollout_discard,
+            start=options.rollout_start, model_name=self.loaded.name)
+
+    def _token_maps(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With transformer maps: the chosen blocks' token outputs (N, T, D) as feature maps
+        (N, D, rows, cols), the prefix tokens dropped (:meth:`TokenLayout.to_grid`)."""
+        for path, explainer in self.transformers.items():
+            tokens = captured.get(path)
+            if tokens is not None and tokens.dim() == 3 and tokens.shape[1] == explainer.layout.tokens:
+                captured[path] = explainer.layout.to_grid(tokens)
+        return captured
 
     def _use_gates(self, every_gate: bool = False) -> None:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
@@ -184,7 +212,7 @@ class Visualizer:
         blank = self._blank()
         height, width = blank.shape[2:]
         try:
-            captured = self._capture(blank)
+            captured = self._token_maps(self._capture(blank))
         except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
@@ -209,7 +237,8 @@ class Visualizer:
     def output_estimate(self) -> OutputEstimate:
         """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
         return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
-                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None))
+                               se_layers=sum(1 for ref in self.layers if self.gates.get(ref.path, (None, None))[0] is not None),
+                               heads_per_layer=[t.head_count for t in self.transformers.values()])
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
@@ -243,6 +272,7 @@ class Visualizer:
             captured[":output"] = next(iter(explained.values())).logits
         else:
             captured = self._capture(stacked)
+        captured = self._token_maps(captured)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
         image_values = None
@@ -280,7 +310,21 @@ class Visualizer:
                 if self.options.cam_score:
                     self._score(batch, stacked, group)
                 self._explain(ref.path, batch, group, [results[position] for results in per_image])
+            if ref.path in self.transformers:
+                self._transformer(ref.path, stacked, group, [results[position] for results in per_image])
         return per_image
+
+    def _transformer(self, path: str, stacked: torch.Tensor, group: Sequence[PreparedImage],
+                     results: list[LayerResult]) -> None:
+        """Heads, rollout and relevance of the group at one block into its results (one capture
+        pass, one backward per target rank for relevance); ``--cam-score`` scores the maps."""
+        explained = self.transformers[path].explain(stacked)
+        if self.options.cam_score:
+            self._score(explained.cams, stacked, group)
+        self._explain(path, explained.cams, group, results)
+        if explained.heads is not None:
+            for result, heads in zip(results, explained.heads, strict=True):
+                result.heads, result.heads_layout = heads, explained.layout
 
     def settings(self, ref: LayerRef) -> dict[str, Any]:
         """What decides this layer's results (recorded in each summary; ``--skip-existing``
@@ -309,7 +353,7 @@ class Visualizer:
             raise ImageError(f"{name}: layer {path}: {message}",
                              hint="the model overflows on this photo; check its preprocessing or weights")
         for result, cams in zip(results, explained.per_image):
-            result.cams = cams
+            result.cams = [*result.cams, *cams]
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input
