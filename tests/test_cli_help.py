@@ -21,9 +21,9 @@ from featviz.cli.main import main
 ROW = re.compile(r"^  (-[^ ].*?)(?:  |$)")  # "  -m, --model TEXT   help…" -> "-m, --model TEXT"
 
 EXPECTED_SECTIONS = {
-    "show": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Output", "Run", "Other"],
-    "export": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Output", "Run", "Other"],
-    "sweep": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Output", "Other"],
+    "show": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Transformer", "Output", "Run", "Other"],
+    "export": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Transformer", "Output", "Run", "Other"],
+    "sweep": ["Model", "Layer", "Drawing", "Attention", "Class attention", "Transformer", "Output", "Other"],
     "atlas": ["Model", "Layer", "Atlas", "Output", "Run", "Other"],
     "layers": ["Model", "Output", "Other"],
 }

@@ -61,7 +61,7 @@ def files_of(out: Path) -> dict[str, bytes]:
     """Every file under ``out`` (relative POSIX path -> its content), the manifest excluded.
 
     A PNG's content is its decoded pixels (mode, size, bytes): featviz promises the same pixels,
-    not the same deflate stream (README, "Bad input and interruptions"); every other file is
+    not the same deflate stream (docs/batch-export.md, "Bad input and interruptions"); every other file is
     compared byte for byte."""
     return {p.relative_to(out).as_posix(): _content(p)
             for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
@@ -491,7 +491,7 @@ def test_paths_from_stdin(tmp_path: Path) -> None:
 
 
 def test_find_piped_into_export(tmp_path: Path, tests_on_path: None) -> None:
-    """The README recipe, for real: ``find … | featviz export - --out d``."""
+    """The manual's recipe (docs/batch-export.md), for real: ``find … | featviz export - --out d``."""
     find = shutil.which("find")
     if find is None:
         pytest.skip("no find command")

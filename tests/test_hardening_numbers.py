@@ -195,10 +195,10 @@ def test_normal_ranges_are_unchanged() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 15, 16. the README says what the code does
+# 15, 16. the manual says what the code does (moved from the README into docs/)
 # --------------------------------------------------------------------------------------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_readme_fcanet_frequencies_below_seven_pixels() -> None:
@@ -206,7 +206,7 @@ def test_readme_fcanet_frequencies_below_seven_pixels() -> None:
 
     assert scale_frequencies([(6, 6), (1, 0), (3, 5)], 5, 5) == [(4, 4), (1, 0), (3, 4)]  # step 1, clipped
     assert scale_frequencies([(6, 6), (1, 0)], 14, 21) == [(12, 18), (2, 0)]  # u * (H // 7), as FcaNet
-    text = README.read_text(encoding="utf-8")
+    text = (DOCS / "attention.md").read_text(encoding="utf-8")
     assert "(min(u, H−1), min(v, W−1))" in text and "maps every frequency to 0" in text
 
 
@@ -218,11 +218,12 @@ def test_clip_percentile_words_match_the_rounded_rank() -> None:
     assert (float(low), float(high)) == (2.0, 9.0)
     doc = percentile_bounds.__doc__ or ""
     assert "round(P/100 * M)" in doc and "(nearest rank)" not in doc
-    assert "round(P/100·M)" in README.read_text(encoding="utf-8")
+    assert "round(P/100·M)" in (DOCS / "show.md").read_text(encoding="utf-8")
 
 
 def test_readme_promises_pixels_and_names_the_seed_difference() -> None:
-    text = " ".join(README.read_text(encoding="utf-8").split())
-    assert "byte for byte, as an uninterrupted one" not in text
-    assert "with the same pixels in every PNG" in text
-    assert "one grey level on about 2 pixels in a million" in text
+    export = " ".join((DOCS / "batch-export.md").read_text(encoding="utf-8").split())
+    assert "byte for byte, as an uninterrupted one" not in export
+    assert "with the same pixels in every PNG" in export
+    show = " ".join((DOCS / "show.md").read_text(encoding="utf-8").split())
+    assert "one grey level on about 2 pixels in a million" in show

@@ -189,11 +189,15 @@ def _type_name(module: nn.Module) -> str:
     return str(module.original_name) if is_script(module) else type(module).__name__
 
 
-def default_cam_layer(model: nn.Module, feature_maps: Collection[str], model_name: str = "the model") -> LayerRef:
+def default_cam_layer(model: nn.Module, feature_maps: Collection[str], model_name: str = "the model",
+                      blocks: Sequence[str] = ()) -> LayerRef:
     """The layer a class map is drawn at when none is named: the last feature-stack entry whose
     output is a feature map (N, C, H, W) larger than 1x1, i.e. the last spatial map before
     global pooling and the classifier (ResNet: ``layer4``; AlexNet and VGG: ``features``' last
-    entry, the pool that pytorch-grad-cam's examples take as ``model.features[-1]``).
+    entry, the pool that pytorch-grad-cam's examples take as ``model.features[-1]``). With
+    transformer maps (rollout, relevance, heads), ``blocks``, the model's self-attention blocks
+    in order (:func:`featviz.capture.selfattention.attention_blocks`): the last of them, where
+    rollout and relevance end (``blocks.11``, ``encoder.layers.encoder_layer_11``).
 
     A class map at layer 0 (ResNet's ``conv1``) means nothing: the class is decided after the
     last feature map, which is where CAM, Grad-CAM and their peers (torch-cam's
@@ -204,6 +208,9 @@ def default_cam_layer(model: nn.Module, feature_maps: Collection[str], model_nam
     :class:`LayerError`: featviz does not guess which tensor holds the class evidence.
     """
     stack = feature_stack(model)
+    if blocks:
+        index_of = {path: i for i, (path, _) in enumerate(stack)}
+        return LayerRef(blocks[-1], index_of.get(blocks[-1]), _by_path(model, blocks[-1], model_name))
     mapped = [(i, path, module) for i, (path, module) in enumerate(stack) if path in feature_maps]
     if not mapped:
         raise LayerError(

@@ -63,7 +63,7 @@ class FeatvizUsageClickError(FeatvizClickError):
 
 #: The help sections, in the order ``--help`` lists them; options in no section come last, under
 #: "Other options" (``--help`` itself).
-SECTIONS = ("Model", "Layer", "Drawing", "Attention", "Class attention", "Atlas", "Output", "Run")
+SECTIONS = ("Model", "Layer", "Drawing", "Attention", "Class attention", "Transformer", "Atlas", "Output", "Run")
 
 _SECTION_OF: weakref.WeakKeyDictionary[click.Parameter, str] = weakref.WeakKeyDictionary()
 
@@ -278,11 +278,31 @@ render_options = _compose(
 cam_options = in_section("Class attention",
     click.option("--cam", "cam", default=None, metavar="METHOD[,METHOD…]",
                  help="Class activation maps: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, "
-                      "ablationcam, eigencam (comma-separated); writes cam/<method>-<target>.png per layer."),
+                      "ablationcam, eigencam; for a vision transformer's blocks also rollout (attention rollout) "
+                      "and relevance (Chefer et al.) (comma-separated); writes cam/<method>-<target>.png per layer."),
     click.option("--target", "target", multiple=True, default=("top",), show_default=True, metavar="T[,T…]",
                  help="Classes to explain: an index (281), a class name (tabby), top, or topN; comma-separated."),
     click.option("--cam-batch", default=32, show_default=True, type=click.IntRange(1, 65536),
                  help="Masked or ablated inputs per forward pass for scorecam and ablationcam."),
+)
+
+
+transformer_options = in_section("Transformer",
+    click.option("--heads", is_flag=True,
+                 help="Vision transformers: the class token's attention to the patches at each --layer block, one "
+                      "overlay per head and their mean (heads/*.png; DINO's picture)."),
+    click.option("--heads-threshold", type=float, default=None, metavar="P",
+                 help="With --heads: also DINO's masks, the smallest set of patches holding P (0 < P <= 1) of each "
+                      "head's mass (heads/*-mask.png)."),
+    click.option("--heads-upsample", type=click.Choice(["nearest", "bilinear"]), default="nearest", show_default=True,
+                 help="How the head maps are stretched over the photo: flat patches, or smooth."),
+    click.option("--rollout-fusion", type=click.Choice(["mean", "max", "min"]), default="mean", show_default=True,
+                 help="With --cam rollout: how the heads of a block are fused."),
+    click.option("--rollout-discard", type=float, default=0.0, show_default=True, metavar="R",
+                 help="With --cam rollout: drop the lowest fraction R of each fused attention matrix (never the "
+                      "class token's row or column)."),
+    click.option("--rollout-start", type=int, default=0, show_default=True, metavar="B",
+                 help="With --cam rollout: multiply from block B (0 = the first) up to the chosen block."),
 )
 
 

@@ -40,6 +40,7 @@ from featviz.cli.common import (
     run_options,
     show_default_layer,
     show_notes,
+    transformer_options,
 )
 from featviz.errors import UsageError
 
@@ -58,6 +59,9 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         predict=params["predict"], save_raw=params["save_raw"], png_level=params["png_level"],
         cam=cam_methods(params["cam"]), target=tuple(params["target"]), cam_batch=params["cam_batch"],
         cam_score=params.get("cam_score", False), cam_score_steps=params.get("cam_score_steps", 16),
+        heads=params.get("heads", False), heads_threshold=params.get("heads_threshold"),
+        heads_upsample=params.get("heads_upsample", "nearest"), rollout_fusion=params.get("rollout_fusion", "mean"),
+        rollout_discard=params.get("rollout_discard", 0.0), rollout_start=params.get("rollout_start", 0),
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"] or None, seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -165,6 +169,7 @@ def main() -> None:
 @preprocess_options
 @render_options
 @cam_options
+@transformer_options
 @cam_score_options
 @run_options
 @click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
@@ -253,6 +258,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 @preprocess_options
 @render_options
 @cam_options
+@transformer_options
 @cam_score_options
 @run_options
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
@@ -327,15 +333,19 @@ def _redone_note(redone: dict[str, int]) -> str:
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON document on stdout.")
 @cam_options
+@transformer_options
 @reports_errors
 def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | None, weights: str,
           weights_file: Path | None, trust_pickle: bool, seed: int, device: str, resize: int | None,
           crop: int | None, no_crop: bool, layers: tuple[str, ...], spatial: str | None, heat_cmap: str,
-          alpha: float, out: Path, as_json: bool, cam: str | None, target: tuple[str, ...], cam_batch: int) -> None:
+          alpha: float, out: Path, as_json: bool, cam: str | None, target: tuple[str, ...], cam_batch: int,
+          heads: bool, heads_threshold: float | None, heads_upsample: str, rollout_fusion: str, rollout_discard: float,
+          rollout_start: int) -> None:
     """How a network's attention changes with depth: OUT/<image stem>/sweep.png shows the
     spatial-attention overlay at each stage side by side, with the stage's name and activation
     shape, all captured in one forward pass per image. With --cam, each stage shows the class
-    activation map of the first method and target instead."""
+    activation map of the first method and target instead; with --heads (a vision transformer's
+    blocks), the mean of the heads' attention."""
     from featviz.errors import ImageError, OutputError
     from featviz.output.layout import (
         atomic_write,
@@ -351,7 +361,10 @@ def sweep(images: tuple[Path, ...], model: str, model_kwargs: dict[str, Any] | N
     visualizer = sweep_visualizer(model, weights, layers, seed=seed, device=device, resize=resize, crop=crop,
                                   no_crop=no_crop,
                                   options=RenderOptions(spatial=spatial, heat_cmap=heat_cmap, alpha=alpha,
-                                                        cam=cam_methods(cam), target=target, cam_batch=cam_batch),
+                                                        cam=cam_methods(cam), target=target, cam_batch=cam_batch,
+                                                        heads=heads, heads_threshold=heads_threshold,
+                                                        heads_upsample=heads_upsample, rollout_fusion=rollout_fusion,
+                                                        rollout_discard=rollout_discard, rollout_start=rollout_start),
                                   weights_file=weights_file, trust_pickle=trust_pickle,
                                   model_kwargs=model_kwargs)
     show_notes(visualizer.loaded)

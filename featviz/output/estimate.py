@@ -51,14 +51,19 @@ def drawn_count(channels: int, options: RenderOptions) -> int:
     return channels
 
 
-def estimate_output(channels_per_layer: Sequence[int], options: RenderOptions, se_layers: int = 0) -> OutputEstimate:
+def estimate_output(channels_per_layer: Sequence[int], options: RenderOptions, se_layers: int = 0,
+                    heads_per_layer: Sequence[int] = ()) -> OutputEstimate:
     """Files per photo for layers with these channel counts, exactly as :func:`featviz.output.result.result_files`
     lists them (plus the summary), and bytes estimated from :data:`BYTES_PER_TILE_PIXEL`.
-    ``se_layers``: how many of the layers draw ``se_reweight.png`` (``--channel learned``)."""
+    ``se_layers``: how many of the layers draw ``se_reweight.png`` (``--channel learned``).
+    ``heads_per_layer``: with ``--heads``, each block's head count (heads/*.png, the mean, the
+    masks with ``--heads-threshold``, attention_heads.npy with ``--save-raw``)."""
     drawn = [drawn_count(c, options) for c in channels_per_layer]
     in_grid = [d if options.max_channels is None else min(d, options.max_channels) for d in drawn]
     extra = (1 if options.stn else 0) + (2 if options.save_raw else 0)
     files = sum(drawn) + len(drawn) * (FILES_PER_LAYER + extra) + se_layers
+    for heads in heads_per_layer if options.heads else ():
+        files += (heads + 1) * (2 if options.heads_threshold is not None else 1) + (1 if options.save_raw else 0)
     tile_bytes = options.size * options.size * BYTES_PER_TILE_PIXEL
     return OutputEstimate(layers=len(drawn), channel_files=sum(drawn), files=files,
                           bytes=round(tile_bytes * (sum(drawn) + sum(in_grid))))

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from featviz.errors import UsageError
 from featviz.maps.attention import ATTENTION_ORDERS, CHANNEL_MODES, SPATIAL_MODES
+from featviz.maps.transformer import FUSIONS
 from featviz.output.render import colormap_lut
 
 __all__ = ["NORMALIZE_SCOPES", "SORT_ORDERS", "RenderOptions", "parse_channels"]
 
 SORT_ORDERS = ("index", "weight")
 NORMALIZE_SCOPES = ("channel", "layer", "image")
+HEADS_UPSAMPLING = ("nearest", "bilinear")
 
 
 def parse_channels(text: str | None) -> tuple[int, ...] | None:
@@ -73,6 +75,12 @@ class RenderOptions:
     cam_batch: int = 32
     cam_score: bool = False
     cam_score_steps: int = 16
+    heads: bool = False
+    heads_threshold: float | None = None
+    heads_upsample: str = "nearest"
+    rollout_fusion: str = "mean"
+    rollout_discard: float = 0.0
+    rollout_start: int = 0
 
     @property
     def spatial_mode(self) -> str:
@@ -132,4 +140,23 @@ class RenderOptions:
         if self.cam_score and not self.cam:
             raise UsageError("--cam-score scores class activation maps, and no --cam method was given",
                              hint="add --cam METHOD[,METHOD…], e.g. --cam gradcam,scorecam --cam-score")
+        self._validate_transformer()
         return self
+
+    def _validate_transformer(self) -> None:
+        """``--heads`` and the rollout settings: ranges and names, before the model is even built."""
+        if self.heads_threshold is not None and not 0 < self.heads_threshold <= 1:
+            raise UsageError(f"--heads-threshold {self.heads_threshold} is out of range",
+                             hint="give the fraction of each head's mass the mask keeps, in (0, 1], e.g. 0.6 as DINO")
+        if self.heads_threshold is not None and not self.heads:
+            raise UsageError("--heads-threshold adds DINO's masks to the attention heads, and --heads was not given",
+                             hint="add --heads")
+        if self.heads_upsample not in HEADS_UPSAMPLING:
+            raise UsageError(f"unknown --heads-upsample {self.heads_upsample!r}", hint="use nearest or bilinear")
+        if self.rollout_fusion not in FUSIONS:
+            raise UsageError(f"unknown --rollout-fusion {self.rollout_fusion!r}", hint="use " + ", ".join(FUSIONS))
+        if not 0 <= self.rollout_discard < 1:
+            raise UsageError(f"--rollout-discard {self.rollout_discard} is out of range",
+                             hint="give the fraction of the lowest attention entries to drop, in [0, 1), e.g. 0.9")
+        if self.rollout_start < 0:
+            raise UsageError(f"--rollout-start must be a block number from 0, got {self.rollout_start}")

@@ -33,6 +33,7 @@ from featviz.capture.gates import (
 from featviz.capture.gates import every_gate as all_gates
 from featviz.capture.hooks import capture, feature_map_paths
 from featviz.capture.layers import LayerRef, default_cam_layer, resolve_layers, split_specs, sweep_layers
+from featviz.capture.selfattention import attention_blocks
 from featviz.capture.stn import AffineGridRecorder
 from featviz.errors import ImageError, LayerError, UsageError
 from featviz.inputs.images import load_image
@@ -48,6 +49,7 @@ from featviz.maps.attention import (
 )
 from featviz.maps.camscore import score_cams
 from featviz.maps.explain import build_explainers
+from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.models.build import load_model
 from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.output.layout import stem_keys
@@ -101,12 +103,17 @@ class Visualizer:
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}")
-        # the layer featviz chose because none was named (class maps: the last feature map), for the CLI to say
+        vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
+        # the layer featviz chose because none was named (class maps: the last feature map; transformer
+        # maps: the last block), for the CLI to say
         self.default_layer: LayerRef | None = None
-        if layers is None and self.options.cam:
-            self.default_layer = default_cam_layer(self.loaded.module, feature_map_paths(self.loaded.module,
-                                                                                        self._blank()),
-                                                   model_name=self.loaded.name)
+        self.default_layer_is_block = False
+        if layers is None and (self.options.cam or self.options.heads):
+            module, name = self.loaded.module, self.loaded.name
+            blocks = [b.name for b in attention_blocks(module, name)] if vit_methods or self.options.heads else []
+            maps = [] if blocks else feature_map_paths(module, self._blank())
+            self.default_layer = default_cam_layer(module, maps, model_name=name, blocks=blocks)
+            self.default_layer_is_block = bool(blocks)
             layers = [self.default_layer.path]
         layers = [0] if layers is None else list(layers)  # read more than once
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
@@ -114,16 +121,42 @@ class Visualizer:
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
         if self.options.channel == "learned" or self.options.spatial == "learned":
             self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
+        # --heads, rollout, relevance: blocks and capture checked first (a CNN layer is named as such)
+        self.transformers: dict[str, Any] = (self._transformer_explainers(vit_methods)
+                                             if self.options.heads or vit_methods else {})
         self._check_layers()
-        self.explainers: dict[str, Any] = self._class_explainers() if self.options.cam else {}
+        cam_methods = [m for m in self.options.cam if not is_transformer_method(m)]
+        self.explainers: dict[str, Any] = self._class_explainers(cam_methods) if cam_methods else {}
 
-    def _class_explainers(self) -> dict[str, Any]:
+    def _example(self) -> torch.Tensor:
+        """Seeded noise at the network input's size, float32 (1, 3, H, W): checks before any photo."""
+        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
+        return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
+
+    def _class_explainers(self, methods: Sequence[str]) -> dict[str, Any]:
         """``--cam``: one :class:`featviz.maps.explain.ClassExplainer` per layer, every target and
         method checked on seeded noise before any photo is read."""
-        height, width = self.preprocess.input_size(self.preprocess.crop or 224, self.preprocess.crop or 224)
-        example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.device)
-        return build_explainers(self.loaded.module, self.layers, self.options.cam, self.options.target,
-                                self.loaded.categories, example, cam_batch=self.options.cam_batch)
+        return build_explainers(self.loaded.module, self.layers, methods, self.options.target,
+                                self.loaded.categories, self._example(), cam_batch=self.options.cam_batch)
+
+    def _transformer_explainers(self, methods: Sequence[str]) -> dict[str, Any]:
+        """``--heads``, ``--cam rollout``/``relevance``: one
+        :class:`featviz.maps.vitexplain.TransformerExplainer` per layer (each a transformer block),
+        checked on seeded noise before any photo is read."""
+        options = self.options
+        return build_transformer_explainers(
+            self.loaded.module, [ref.path for ref in self.layers], methods, options.target, self.loaded.categories,
+            self._example(), heads=options.heads, fusion=options.rollout_fusion, discard=options.rollout_discard,
+            start=options.rollout_start, model_name=self.loaded.name)
+
+    def _token_maps(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With transformer maps: the chosen blocks' token outputs (N, T, D) as feature maps
+        (N, D, rows, cols), the prefix tokens dropped (:meth:`TokenLayout.to_grid`)."""
+        for path, explainer in self.transformers.items():
+            tokens = captured.get(path)
+            if tokens is not None and tokens.dim() == 3 and tokens.shape[1] == explainer.layout.tokens:
+                captured[path] = explainer.layout.to_grid(tokens)
+        return captured
 
     def _use_gates(self, every_gate: bool = False) -> None:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
@@ -199,7 +232,7 @@ class Visualizer:
         blank = self._blank()
         height, width = blank.shape[2:]
         try:
-            captured = self._capture(blank)
+            captured = self._token_maps(self._capture(blank))
         except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
@@ -226,7 +259,8 @@ class Visualizer:
         """Files (and roughly bytes) each photo's results will take, from the layers' channel counts."""
         return estimate_output([self.layer_channels[ref.path] for ref in self.layers], self.options,
                                se_layers=sum(1 for ref in self.layers
-                                             if self.gates.get(ref.path, (None, None))[0] is not None))
+                                             if self.gates.get(ref.path, (None, None))[0] is not None),
+                               heads_per_layer=[t.head_count for t in self.transformers.values()])
 
     def prepare(self, source: str | os.PathLike[str] | Image.Image, key: str | None = None) -> PreparedImage:
         """Decode (if a path) and preprocess one photo. Raises :class:`~featviz.errors.ImageError`."""
@@ -260,6 +294,7 @@ class Visualizer:
             captured[":output"] = next(iter(explained.values())).logits
         else:
             captured = self._capture(stacked)
+        captured = self._token_maps(captured)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
         image_values = None
@@ -297,7 +332,21 @@ class Visualizer:
                 if self.options.cam_score:
                     self._score(batch, stacked, group)
                 self._explain(ref.path, batch, group, [results[position] for results in per_image])
+            if ref.path in self.transformers:
+                self._transformer(ref.path, stacked, group, [results[position] for results in per_image])
         return per_image
+
+    def _transformer(self, path: str, stacked: torch.Tensor, group: Sequence[PreparedImage],
+                     results: list[LayerResult]) -> None:
+        """Heads, rollout and relevance of the group at one block into its results (one capture
+        pass, one backward per target rank for relevance); ``--cam-score`` scores the maps."""
+        explained = self.transformers[path].explain(stacked)
+        if self.options.cam_score:
+            self._score(explained.cams, stacked, group)
+        self._explain(path, explained.cams, group, results)
+        if explained.heads is not None:
+            for result, heads in zip(results, explained.heads, strict=True):
+                result.heads, result.heads_layout = heads, explained.layout
 
     def settings(self, ref: LayerRef) -> dict[str, Any]:
         """What decides this layer's results (recorded in each summary; ``--skip-existing``
@@ -326,7 +375,7 @@ class Visualizer:
             raise ImageError(f"{name}: layer {path}: {message}",
                              hint="the model overflows on this photo; check its preprocessing or weights")
         for result, cams in zip(results, explained.per_image, strict=True):
-            result.cams = cams
+            result.cams = [*result.cams, *cams]
 
     def _attention(self, ref: LayerRef, acts: torch.Tensor, captured: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """(spatial (N,H,W), channel statistic (N,C), w (N,C), sum_c w_c A_c (N,H,W), SE input

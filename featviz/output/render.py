@@ -183,13 +183,14 @@ def _draw_labels(picture: Image.Image, labels: Sequence[str], columns: int, size
 
 
 def heat_overlay(photo: Image.Image, heat: torch.Tensor, box: CropBox, cmap: str = "jet",
-                 alpha: float = 0.5, dim: float = 0.35) -> Image.Image:
+                 alpha: float = 0.5, dim: float = 0.35, mode: str = "bilinear") -> Image.Image:
     """Blend a heat map over the original photo where the network saw it.
 
     ``heat``: float (h, w) in [0, 1], the map over the network's input. It is stretched
     (bilinear, ``align_corners=False``: each cell covers its own area) onto ``box``, the part of
     the photo that resize and crop kept; there the photo is blended with the colormapped heat,
-    elsewhere it is dimmed by ``dim`` so the eye sees what the network did not.
+    elsewhere it is dimmed by ``dim`` so the eye sees what the network did not. ``mode``
+    ``"nearest"`` keeps each cell a flat block instead (a vision transformer's patches).
     Returns an RGB image of the photo's own size.
     """
     width, height = photo.size
@@ -209,8 +210,11 @@ def heat_overlay(photo: Image.Image, heat: torch.Tensor, box: CropBox, cmap: str
     out[y1:] = outside[base[y1:]]
     out[y0:y1, :x0] = outside[base[y0:y1, :x0]]
     out[y0:y1, x1:] = outside[base[y0:y1, x1:]]
-    stretched = F.interpolate(heat.float()[None, None], size=(box_h, box_w), mode="bilinear",
-                              align_corners=False)[0, 0, y0 - top:y1 - top, x0 - left:x1 - left]
+    if mode == "nearest":
+        stretched = F.interpolate(heat.float()[None, None], size=(box_h, box_w), mode="nearest-exact")
+    else:
+        stretched = F.interpolate(heat.float()[None, None], size=(box_h, box_w), mode="bilinear", align_corners=False)
+    stretched = stretched[0, 0, y0 - top:y1 - top, x0 - left:x1 - left]
     heat_bytes = (stretched.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     out[y0:y1, x0:x1] = _blend(base[y0:y1, x0:x1], colorize(heat_bytes, cmap), alpha, inside)
     return Image.fromarray(out)

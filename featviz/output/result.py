@@ -28,6 +28,7 @@ from featviz.errors import LayerError, UsageError
 from featviz.maps.attention import (
     normalized_map,
 )
+from featviz.output.heads import heads_pictures, heads_record, mean_picture
 from featviz.output.layout import (
     SUMMARY,
     atomic_write,
@@ -54,6 +55,7 @@ from featviz.output.render import (
 
 if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
+    from featviz.capture.tokens import TokenLayout
     from featviz.maps.explain import CamMap
     from featviz.models.preprocess import CropBox
 
@@ -91,6 +93,8 @@ class LayerResult:
     # learned gates for --save-raw, e.g. gate_3d (C, H, W)
     raw_gates: dict[str, torch.Tensor] = field(default_factory=dict)
     cams: list[CamMap] = field(default_factory=list)  # --cam: class activation maps (featviz.maps.explain)
+    heads: torch.Tensor | None = None  # --heads: float32 (heads, rows, cols), the block's class-token attention
+    heads_layout: TokenLayout | None = None  # --heads: the token layout the maps were read with
 
     @property
     def num_channels(self) -> int:
@@ -241,8 +245,16 @@ class LayerResult:
         box = self.box
         crop = (max(0, math.floor(box.left)), max(0, math.floor(box.top)),
                 min(self.photo.width, math.ceil(box.right)), min(self.photo.height, math.ceil(box.bottom)))
-        overlay = self.cam_overlay(self.cams[0]) if self.cams else self.spatial_overlay()
+        overlay = (self.cam_overlay(self.cams[0]) if self.cams else self.heads_overlay() if self.heads is not None
+                   else self.spatial_overlay())
         return overlay.crop(crop)
+
+    def heads_overlay(self) -> Image.Image:
+        """With ``heads``: the heads' mean attention over the photo (``heads/mean.png``)."""
+        if self.heads is None or self.heads_layout is None:
+            raise UsageError("heads_overlay needs heads=True and a vision transformer block")
+        return mean_picture(self.photo, self.heads, self.box, self.input_size, self.heads_layout,
+                            upsample=self.options.heads_upsample, cmap=self.options.heat_cmap, alpha=self.options.alpha)
 
     def stn_grid(self) -> Image.Image:
         """With ``stn``: the photo with the sampling grid of the model's first ``affine_grid``."""
@@ -324,6 +336,8 @@ class LayerResult:
             **self.extra,
             **({"options": self.settings} if self.settings is not None else {}),
             **({"cams": self.cam_records()} if self.cams else {}),
+            **({"heads": heads_record(self.heads, self.layer.path, self.options.heads_threshold,
+                                      self.options.heads_upsample)} if self.heads is not None else {}),
             "files": list(files),
         }
 
@@ -369,6 +383,15 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
     for cam in result.cams:
         files.append((f"cam/{cam.name}.png", partial(_cam_png, result, cam, level)))
+    if result.heads is not None and result.heads_layout is not None:
+        heads, layout, options = result.heads, result.heads_layout, result.options
+        pictures = heads_pictures(result.photo, heads, result.box, result.input_size, layout,
+                                  threshold=options.heads_threshold, upsample=options.heads_upsample,
+                                  cmap=options.heat_cmap, alpha=options.alpha)
+        files.extend((name, partial(png_bytes, picture, level)) for name, picture in pictures)
+        if options.save_raw:
+            raw_heads = heads.float().cpu().numpy()
+            files.append(("attention_heads.npy", lambda: npy_bytes(raw_heads)))
     if result.options.save_raw and result.cams:
         raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
                for cam in result.cams}

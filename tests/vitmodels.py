@@ -1,0 +1,72 @@
+"""Tiny vision transformers and slow, hook-free references of their attention for the tests.
+
+The references run the blocks one by one and compute each block's softmax(q·kᵀ·scale) from the
+module's own weights, in plain loops: nothing of featviz.capture is used, so a capture that
+records the wrong tensor, the wrong block order or a stale flag disagrees with them.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+
+def tiny_timm_vit(img_size: int | tuple[int, int] = 32, num_classes: int = 5, seed: int = 0,
+                  **kwargs: object) -> nn.Module:
+    """timm VisionTransformer: 8-px patches, 2 blocks of 2 heads, width 32, fused attention on (timm's default)."""
+    torch.manual_seed(seed)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=num_classes, **kwargs)
+    return model.eval()
+
+
+def tiny_torchvision_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
+    """torchvision VisionTransformer at 32 px, 8-px patches, 2 layers of 2 heads; its zero-initialised
+    head is given random weights so that gradients are not all zero."""
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=num_classes)
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model.eval()
+
+
+def timm_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits, [A_b (N, heads, T, T)]) of a timm VisionTransformer, each block computed by hand
+    with A on the autograd path (so d logit / d A_b is the true gradient)."""
+    t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    attentions = []
+    for block in model.blocks:
+        a = block.attn
+        h = block.norm1(t)
+        n, tokens, width = h.shape
+        qkv = a.qkv(h).reshape(n, tokens, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = a.q_norm(qkv[0]), a.k_norm(qkv[1]), qkv[2]
+        attention = ((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attentions.append(attention)
+        mixed = a.proj(a.norm((attention @ v).transpose(1, 2).reshape(n, tokens, width)))
+        t = t + block.ls1(mixed)
+        t = t + block.ls2(block.mlp(block.norm2(t)))
+    return model.forward_head(model.norm(t)), attentions
+
+
+def torchvision_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The same for torchvision's VisionTransformer, from each MultiheadAttention's in_proj/out_proj."""
+    t = model._process_input(x)
+    t = torch.cat([model.class_token.expand(t.shape[0], -1, -1), t], dim=1)
+    t = t + model.encoder.pos_embedding
+    attentions = []
+    for layer in model.encoder.layers:
+        mha = layer.self_attention
+        h = layer.ln_1(t)
+        n, tokens, width = h.shape
+        heads = mha.num_heads
+        q, k, v = nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (z.reshape(n, tokens, heads, width // heads).transpose(1, 2) for z in (q, k, v))
+        attention = ((q / (width // heads) ** 0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attentions.append(attention)
+        t = t + mha.out_proj((attention @ v).transpose(1, 2).reshape(n, tokens, width))
+        t = t + layer.mlp(layer.ln_2(t))
+    t = model.encoder.ln(t)
+    return model.heads(t[:, 0]), attentions
