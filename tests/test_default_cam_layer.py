@@ -132,3 +132,24 @@ def test_cli_with_layer_or_without_cam_says_nothing(cat_photo: Path, tmp_path: P
         assert result.exit_code == 0, result.output
         assert "note:" not in result.stderr
         assert (out / "chelsea" / folder / "summary.json").is_file()
+
+
+VIT = ["--model", "timm:vit_tiny_patch16_224", "--weights", "none", "--resize", "32", "--crop", "32",
+       "--model-kwargs", '{"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}']
+
+
+def test_transformer_maps_without_layer_use_the_last_block(cat_photo: Path, tmp_path: Path) -> None:
+    """Rollout and relevance end at the last block; a ViT's patch embedding (its one (N, C, H, W)
+    output) would be refused as no transformer block."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["show", str(cat_photo), *VIT, "--cam", "rollout", "--size", "8", "--top-k", "1",
+                                       "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "drawing class maps at blocks.1 (layer 1, the last transformer block)" in result.stderr
+    assert (out / "chelsea" / "blocks.1" / "summary.json").is_file()
+
+
+def test_default_cam_layer_takes_the_last_block_when_given_blocks() -> None:
+    model = _plain_cnn()
+    ref = default_cam_layer(model, ["0"], "plain", blocks=["0", "2"])
+    assert (ref.path, ref.index) == ("2", 2) and ref.module is model[2]

@@ -342,8 +342,10 @@ def show_default_layer(visualizer: Any) -> None:
     ref = visualizer.default_layer
     if ref is not None:
         where = f"layer {ref.index}, " if ref.index is not None else ""
-        click.echo(f"note: --cam without --layer: drawing class maps at {ref.path} ({where}the last feature map "
-                   "before global pooling); name another with --layer", err=True)
+        what = "the last transformer block" if visualizer.default_layer_is_block else \
+            "the last feature map before global pooling"
+        click.echo(f"note: --cam without --layer: drawing class maps at {ref.path} ({where}{what}); name another "
+                   "with --layer", err=True)
 
 
 def show_notes(loaded: Any) -> None:
