@@ -17,15 +17,12 @@ from featviz.capture.selfattention import (
 from featviz.capture.tokens import token_layout
 from featviz.errors import UsageError
 from vitmodels import (
+    noise_photos,
     timm_reference,
     tiny_timm_vit,
     tiny_torchvision_vit,
     torchvision_reference,
 )
-
-
-def _photos(n: int = 2, size: tuple[int, int] = (32, 32), seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -36,7 +33,7 @@ def _no_hooks(model: nn.Module) -> bool:
                                               (tiny_torchvision_vit, torchvision_reference)])
 def test_attention_equals_a_hand_computed_softmax_and_logits_are_unchanged(build, reference) -> None:
     model = build()
-    x = _photos()
+    x = noise_photos()
     with torch.no_grad():
         plain = model(x)
         expected_logits, expected = reference(model, x)
@@ -57,14 +54,14 @@ def test_fused_attention_is_turned_off_for_the_pass_only() -> None:
     seen: list[bool] = []
     with SelfAttentionCapture(model) as capture:
         seen = [b.module.fused_attn for b in capture.blocks]
-        capture.run(_photos())
+        capture.run(noise_photos())
     assert seen == [False, False]
     assert all(b.module.fused_attn for b in attention_blocks(model))
     fused_off = tiny_timm_vit()
     for block in attention_blocks(fused_off):
         block.module.fused_attn = False
-    torch.testing.assert_close(self_attention(fused_off, _photos()).attentions[1],
-                               self_attention(model, _photos()).attentions[1])
+    torch.testing.assert_close(self_attention(fused_off, noise_photos()).attentions[1],
+                               self_attention(model, noise_photos()).attentions[1])
     assert not any(b.module.fused_attn for b in attention_blocks(fused_off))
 
 
@@ -73,14 +70,14 @@ def test_model_is_left_as_found_also_when_the_pass_raises() -> None:
     model.head.weight.requires_grad_(False)
     flags = [p.requires_grad for p in model.parameters()]
     with pytest.raises(Exception), SelfAttentionCapture(model) as capture:  # noqa: B017 - timm asserts the size
-        capture.run(_photos(size=(40, 40)))
+        capture.run(noise_photos(size=(40, 40)))
     assert _no_hooks(model)
     assert all(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(b.module.fused_attn for b in attention_blocks(model))
     vit = tiny_torchvision_vit()
     with pytest.raises(Exception), SelfAttentionCapture(vit) as capture:  # noqa: B017 - torchvision asserts the size
-        capture.run(_photos(size=(40, 40)))
+        capture.run(noise_photos(size=(40, 40)))
     assert _no_hooks(vit) and not vit.training
 
 
@@ -88,7 +85,7 @@ def test_model_is_left_as_found_also_when_the_pass_raises() -> None:
                                               (tiny_torchvision_vit, torchvision_reference)])
 def test_gradients_are_those_of_each_blocks_own_attention(build, reference) -> None:
     model = build()
-    x = _photos()
+    x = noise_photos()
     classes = torch.tensor([3, 1])
     logits, attentions = reference(model, x)
     expected = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), attentions)
@@ -109,7 +106,7 @@ def test_gradients_are_those_of_each_blocks_own_attention(build, reference) -> N
 def test_timm_families_keep_their_prefix_tokens(name: str, kwargs: dict[str, object], prefix: int, tokens: int) -> None:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    x = _photos(1, (224, 224))
+    x = noise_photos(1, (224, 224))
     with torch.no_grad():
         plain = model(x)
     captured = self_attention(model, x)
@@ -123,10 +120,10 @@ def test_vit_b_16_configuration_and_a_non_square_timm_input() -> None:
     torch.manual_seed(0)
     vit_b = torchvision.models.VisionTransformer(image_size=224, patch_size=16, num_layers=1, num_heads=12,
                                                  hidden_dim=768, mlp_dim=3072).eval()  # vit_b_16, one layer
-    captured = self_attention(vit_b, _photos(1, (224, 224)))
+    captured = self_attention(vit_b, noise_photos(1, (224, 224)))
     assert captured.attentions[0].shape == (1, 12, 197, 197)
     wide = tiny_timm_vit(img_size=(32, 48))
-    x = _photos(1, (32, 48))
+    x = noise_photos(1, (32, 48))
     with torch.no_grad():
         _, expected = timm_reference(wide, x)
     got = self_attention(wide, x).attentions
@@ -177,7 +174,7 @@ def test_blocks_upto_names_the_blocks() -> None:
 def test_eva_style_attention_with_rope_is_captured_too() -> None:
     torch.manual_seed(0)
     model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1).eval()
-    x = _photos(1, (224, 224))
+    x = noise_photos(1, (224, 224))
     with torch.no_grad():
         plain = model(x)
     captured = self_attention(model, x)

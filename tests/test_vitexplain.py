@@ -14,6 +14,7 @@ from featviz.errors import UsageError
 from featviz.maps.camscore import score_cams
 from featviz.maps.vitexplain import build_transformer_explainers
 from vitmodels import (
+    noise_photos,
     timm_reference,
     tiny_timm_vit,
     tiny_torchvision_vit,
@@ -21,12 +22,8 @@ from vitmodels import (
 )
 
 
-def _photos(n: int = 2, size: tuple[int, int] = (32, 32), seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
-
-
 def _example(size: tuple[int, int] = (32, 32)) -> torch.Tensor:
-    return _photos(1, size, seed=0)
+    return noise_photos(1, size, seed=0)
 
 
 def _relevance(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
@@ -52,7 +49,7 @@ def _rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
 def test_maps_equal_the_references_at_the_chosen_block(build, reference, upto: int) -> None:
     model = build()
     block = [b.name for b in attention_blocks(model)][upto - 1]
-    x = _photos()
+    x = noise_photos()
     explainer = build_transformer_explainers(model, [block], ["rollout", "relevance"], ["top", "3"], None,
                                              _example(), heads=True)[block]
     got = explainer.explain(x)
@@ -79,7 +76,7 @@ def test_fused_and_unfused_models_give_the_same_logits_and_maps() -> None:
     unfused = copy.deepcopy(fused)
     for block in attention_blocks(unfused):
         block.module.fused_attn = False
-    x = _photos()
+    x = noise_photos()
     with torch.no_grad():
         torch.testing.assert_close(fused(x), unfused(x), atol=1e-5, rtol=1e-4)
     results = [build_transformer_explainers(m, ["blocks.1"], ["rollout", "relevance"], ["top"], None, _example(),
@@ -98,15 +95,15 @@ def test_distillation_and_register_tokens_are_not_patches() -> None:
                               num_classes=4).eval()
     explainer = build_transformer_explainers(model, ["blocks.0"], ["rollout"], ["top"], None, _example((56, 56)),
                                              heads=True)["blocks.0"]
-    got = explainer.explain(_photos(1, (56, 56)))
-    _, attentions = timm_reference(model, _photos(1, (56, 56)))
+    got = explainer.explain(noise_photos(1, (56, 56)))
+    _, attentions = timm_reference(model, noise_photos(1, (56, 56)))
     assert got.layout.prefix == 5 and got.heads is not None and got.heads.shape == (1, 6, 4, 4)
     torch.testing.assert_close(got.heads, attentions[0].detach()[:, :, 0, 5:].reshape(1, 6, 4, 4), atol=1e-5, rtol=1e-4)
 
 
 def test_a_wide_input_keeps_rows_and_columns_apart() -> None:
     model = tiny_timm_vit(img_size=(32, 48))
-    x = _photos(1, (32, 48))
+    x = noise_photos(1, (32, 48))
     got = build_transformer_explainers(model, ["blocks.1"], ["rollout"], ["top"], None, _example((32, 48)),
                                        heads=True)["blocks.1"].explain(x)
     _, attentions = timm_reference(model, x)
@@ -119,7 +116,7 @@ def test_a_wide_input_keeps_rows_and_columns_apart() -> None:
 
 def test_cam_score_scores_transformer_maps() -> None:
     model = tiny_timm_vit()
-    x = _photos()
+    x = noise_photos()
     batch = build_transformer_explainers(model, ["blocks.1"], ["rollout", "relevance"], ["top"], None,
                                          _example())["blocks.1"].explain(x)
     failed = score_cams(model, x, batch.cams, steps=2, batch_size=8, names=["a", "b"])
@@ -156,7 +153,7 @@ def test_a_torchvision_model_with_relevance_leaves_no_trace() -> None:
     flags = [p.requires_grad for p in model.parameters()]
     explainer = build_transformer_explainers(model, ["encoder.layers.encoder_layer_1"], ["relevance"], ["top2"], None,
                                              _example())["encoder.layers.encoder_layer_1"]
-    batch = explainer.explain(_photos())
+    batch = explainer.explain(noise_photos())
     assert [len(cams) for cams in batch.cams.per_image] == [2, 2]
     assert all(m.training for m in model.modules()) and [p.requires_grad for p in model.parameters()] == flags
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -13,6 +13,11 @@ import torchvision
 from torch import nn
 
 
+def noise_photos(n: int = 2, size: tuple[int, int] = (32, 32), seed: int = 1) -> torch.Tensor:
+    """n seeded noise photos, float32 (n, 3, *size): inputs for the tiny ViTs below."""
+    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
 def tiny_timm_vit(img_size: int | tuple[int, int] = 32, num_classes: int = 5, seed: int = 0,
                   **kwargs: object) -> nn.Module:
     """timm VisionTransformer: 8-px patches, 2 blocks of 2 heads, width 32, fused attention on (timm's default)."""
