@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 # first). "errors" is the one leaf module at the top of the package; "__main__" sits above all.
 STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
-    ("inputs", [{"images", "discover"}]),
+    ("inputs", [{"names"}, {"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
     ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),

@@ -18,6 +18,8 @@ from typing import TextIO
 
 from PIL import Image
 
+from featviz.inputs.names import safe_component as _utf8_component
+
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -227,8 +229,9 @@ def _strip_suffix(name: str) -> str:
 
 
 def _safe_component(part: str) -> str:
-    """No component may climb out of OUT or vanish, nor split into folders on another OS."""
-    part = part.replace("/", "_").replace("\\", "_")
+    """No component may climb out of OUT or vanish, nor split into folders on another OS, nor
+    carry bytes that are not UTF-8 (they become ``%FF``: JSON and manifests must hold the key)."""
+    part = _utf8_component(part).replace("/", "_").replace("\\", "_")
     if part in ("", ".", ".."):
         return "_" * max(len(part), 1)
     return part

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import ImageError
+from featviz.inputs.names import display_name
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Same as PIL's default: bigger images are refused as possible decompression bombs."""
@@ -52,8 +53,9 @@ def load_image(
 
 
 def _shown(path: str | os.PathLike[str]) -> str:
-    """The path as the user wrote it, kept on one line so every message stays one line."""
-    text = os.fsdecode(os.fspath(path))
+    """The path as the user wrote it, kept on one line so every message stays one line, and
+    valid UTF-8 (a byte that is not shows as ``\\xff``: the message goes into JSON)."""
+    text = display_name(path)
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
