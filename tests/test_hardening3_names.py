@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import oddimages
 import pytest
 from click.testing import CliRunner, Result
 
-import oddimages
 from featviz.cli.main import main
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that stores raw bytes")
