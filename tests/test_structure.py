@@ -21,7 +21,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"names"}, {"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn"}, {"gates"}]),
+    ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn", "calls"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
