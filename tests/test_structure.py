@@ -25,7 +25,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
-    ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
+    ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}]),
     ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
