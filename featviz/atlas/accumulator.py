@@ -219,7 +219,7 @@ class Atlas:
     def from_json(cls, data: dict[str, Any], source: str = "the state") -> Atlas:
         """The atlas a state describes; the whole state is checked first (featviz.atlas.schema):
         an edited or damaged file is one :class:`UsageError` naming ``source`` and the field."""
-        validate_state(data, source)
+        validate_state(data, source, full_settings=False)
         return cls(settings=data["settings"], shard=(int(data["shard"][0]), int(data["shard"][1])),
                    tables={p: ChannelTable.from_json(t) for p, t in data["layers"].items()},
                    images=dict(data["images"]), done=int(data["done"]), failed=int(data["failed"]),

@@ -30,6 +30,7 @@ from PIL import Image
 
 from featviz.atlas.accumulator import Atlas, merge, new_atlas, settings_difference
 from featviz.atlas.page import write_page
+from featviz.atlas.schema import validate_state
 from featviz.atlas.pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
 from featviz.capture.hooks import capture
 from featviz.errors import FeatvizError, UsageError
@@ -117,6 +118,7 @@ def read_state(folder: Path) -> Atlas:
         raise UsageError(f"{folder} has no {STATE}", hint="give folders written by `featviz atlas --shard I/N`") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} cannot be read ({exc})") from None
+    validate_state(data, str(path))  # the whole schema, settings included: --merge builds the model from them
     return Atlas.from_json(data, str(path))
 
 

@@ -40,36 +40,48 @@ class _Bad(Exception):
         self.problem = problem
 
 
-def validate_state(data: Any, source: str) -> None:
+def validate_state(data: Any, source: str, full_settings: bool = True) -> None:
     """Raise :class:`UsageError` naming ``source`` (the file) and the first bad field of ``data``
-    (a parsed atlas state); return None when the whole state is as featviz writes it."""
+    (a parsed atlas state); return None when the whole state is as featviz writes it.
+
+    ``full_settings=False`` (an atlas built through the library, whose settings may hold only
+    ``top`` and ``by``, and which may fold images without noting them): the other settings are
+    checked only where present, and the lists' keys and image counts need not match ``images``
+    and ``done``. Types, ranges and lengths are checked all the same."""
     if not isinstance(data, dict) or data.get("featviz_atlas_state") != STATE_VERSION:
         raise UsageError(f"{source} is not a featviz atlas state (version {STATE_VERSION})",
                          hint="give folders written by `featviz atlas --shard I/N`")
     try:
-        _check(data)
+        _check(data, full_settings)
     except _Bad as bad:
         raise UsageError(f"{source} is not a valid atlas state: field {bad.field} {bad.problem}",
                          hint="the file was edited or damaged; run its `featviz atlas --shard I/N` command again "
                               "into a new --out") from None
 
 
-def _check(data: dict[str, Any]) -> None:
+def _check(data: dict[str, Any], full_settings: bool) -> None:
     _keys("(top level)", data, _TOP_KEYS, required=_TOP_KEYS)
     settings = _dict("settings", data["settings"])
+    if full_settings:
+        missing = sorted({"layers", "model_option", "weights_option", "weights_digest", "seed", "resize", "crop",
+                          "input_count"} - set(settings))
+        if missing:
+            raise _Bad(f"settings.{missing[0]}", "is missing")
     top = _int("settings.top", settings.get("top"), 1, MAX_TOP)
     if settings.get("by") not in BY:
         raise _Bad("settings.by", f"must be one of {', '.join(BY)}")
-    layers = settings.get("layers")
+    layers = settings.get("layers", list(_dict("layers", data["layers"])))
     if not isinstance(layers, list) or not layers or not all(isinstance(p, str) for p in layers):
         raise _Bad("settings.layers", "must be a non-empty list of layer paths")
     for name in ("model_option", "weights_option", "weights_digest"):
-        _str(f"settings.{name}", settings.get(name))
-    _int("settings.seed", settings.get("seed"), -(1 << 63), (1 << 64) - 1)
+        if name in settings:
+            _str(f"settings.{name}", settings[name])
+    if "seed" in settings:
+        _int("settings.seed", settings["seed"], -(1 << 63), (1 << 64) - 1)
     for name in ("resize", "crop"):
         if settings.get(name) is not None:
             _int(f"settings.{name}", settings.get(name), 1, MAX_SIDE)
-    count = _int("settings.input_count", settings.get("input_count"), 0, 1 << 62)
+    count = _int("settings.input_count", settings.get("input_count", 1 << 62), 0, 1 << 62)
     shard = data["shard"]
     if not isinstance(shard, list) or len(shard) != 2:
         raise _Bad("shard", "must be [I, N]")
@@ -87,7 +99,8 @@ def _check(data: dict[str, Any]) -> None:
     if set(tables) != set(layers):
         raise _Bad("layers", f"must hold exactly the layers of settings.layers ({', '.join(layers)})")
     for path, table in tables.items():
-        _check_table(f"layers.{path}", table, top, done, images)
+        _check_table(f"layers.{path}", table, top, done if full_settings else 1 << 62,
+                     images if full_settings else None)
 
 
 def _check_images(images: dict[str, Any]) -> set[str]:
@@ -111,7 +124,7 @@ def _check_images(images: dict[str, Any]) -> set[str]:
     return set(images)
 
 
-def _check_table(where: str, table: Any, top: int, done: int, images: set[str]) -> None:
+def _check_table(where: str, table: Any, top: int, done: int, images: set[str] | None) -> None:
     _keys(where, _dict(where, table), _TABLE_KEYS, required=_TABLE_KEYS)
     channels = _int(f"{where}.channels", table["channels"], 1, MAX_CHANNELS)
     if table["top"] != top or isinstance(table["top"], bool):
@@ -136,7 +149,7 @@ def _check_table(where: str, table: Any, top: int, done: int, images: set[str]) 
             score = _float(f"{field}[0]", entry[0])
             if peak is None or score > peak:
                 raise _Bad(f"{field}[0]", f"is {score!r}, above the channel's maximum {where}.max[{c}]")
-            if not isinstance(entry[1], str) or entry[1] not in images:
+            if not isinstance(entry[1], str) or (images is not None and entry[1] not in images):
                 raise _Bad(f"{field}[1]", "must be the key of a photo recorded in images")
             _int(f"{field}[2]", entry[2], 0, MAX_SIDE)
             _int(f"{field}[3]", entry[3], 0, MAX_SIDE)
