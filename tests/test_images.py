@@ -389,7 +389,8 @@ def test_permission_error_is_an_image_error(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(featviz.inputs.images, "open", refuse, raising=False)
+    # featviz opens with os.open (O_NONBLOCK, so that a FIFO cannot block it: issue 20 item 3)
+    monkeypatch.setattr(featviz.inputs.images.os, "open", refuse)
     with pytest.raises(ImageError, match=r"locked\.png: permission denied$"):
         load_image(tmp_path / "locked.png")
 

@@ -19,14 +19,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featviz"
 # first). "errors" is the one leaf module at the top of the package; "__main__" sits above all.
 STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
-    ("inputs", [{"images", "discover"}]),
+    ("inputs", [{"names"}, {"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"gatetrace", "stn"}, {"hooks", "selfattention"}, {"gates"}]),
+    ("capture", [{"layers", "tokens"}, {"gatetrace", "stn"}, {"hooks", "selfattention", "calls"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
-    ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
+    ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}]),
     ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]

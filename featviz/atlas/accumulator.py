@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from featviz.atlas.schema import BY, STATE_VERSION, validate_state
 from featviz.errors import UsageError
 
-BY = ("max", "mean")
 _FRACTION_BITS = 1127  # 1074 (float64's smallest subnormal exponent) + 53 mantissa bits
-STATE_VERSION = 1
 
 
 def _exact(values: np.ndarray) -> np.ndarray:
@@ -220,9 +219,9 @@ class Atlas:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "the state") -> Atlas:
-        if not isinstance(data, dict) or data.get("featviz_atlas_state") != STATE_VERSION:
-            raise UsageError(f"{source} is not a featviz atlas state (version {STATE_VERSION})",
-                             hint="give folders written by `featviz atlas --shard I/N`")
+        """The atlas a state describes; the whole state is checked first (featviz.atlas.schema):
+        an edited or damaged file is one :class:`UsageError` naming ``source`` and the field."""
+        validate_state(data, source, full_settings=False)
         return cls(settings=data["settings"], shard=(int(data["shard"][0]), int(data["shard"][1])),
                    tables={p: ChannelTable.from_json(t) for p, t in data["layers"].items()},
                    images=dict(data["images"]), done=int(data["done"]), failed=int(data["failed"]),
@@ -261,6 +260,11 @@ def merge(states: Sequence[Atlas], sources: Sequence[str] | None = None) -> Atla
         if difference:
             raise UsageError(f"cannot merge {names[0]} and {name}: they differ in {difference}",
                              hint="merge only shards of one `featviz atlas` command that differ in --shard alone")
+        for path, table in state.tables.items():
+            if table.channels != first.tables[path].channels:
+                raise UsageError(f"cannot merge {names[0]} and {name}: layer {path} has {first.tables[path].channels} "
+                                 f"channels in one and {table.channels} in the other",
+                                 hint="merge only shards of one `featviz atlas` command that differ in --shard alone")
     counts = {state.shard[1] for state in states}
     if len(counts) != 1:
         raise UsageError(f"cannot merge shards of different splits: {sorted(counts)}")

@@ -31,11 +31,13 @@ from PIL import Image
 from featviz.atlas.accumulator import Atlas, merge, new_atlas, settings_difference
 from featviz.atlas.page import write_page
 from featviz.atlas.pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
+from featviz.atlas.schema import validate_state
 from featviz.capture.hooks import capture
 from featviz.capture.layers import is_script
 from featviz.errors import FeatvizError, UsageError
 from featviz.inputs.discover import InputImage
 from featviz.inputs.images import load_image
+from featviz.inputs.names import display_name, name_fields, path_from_fields
 from featviz.maps.receptive import ReceptiveFields, photo_box
 from featviz.output.export import chunks, default_batch_size
 from featviz.output.layout import (
@@ -117,6 +119,7 @@ def read_state(folder: Path) -> Atlas:
                          hint="give folders written by `featviz atlas --shard I/N`") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} cannot be read ({exc})") from None
+    validate_state(data, str(path))  # the whole schema, settings included: --merge builds the model from them
     return Atlas.from_json(data, str(path))
 
 
@@ -130,6 +133,11 @@ def merge_folders(folders: Sequence[Path]) -> Atlas:
 
 
 # --- the pass -----------------------------------------------------------------------------
+
+def _source(item: PreparedImage) -> str | Path:
+    """Where a photo came from, for messages and records: its path, or its key when it has none."""
+    return item.path if item.path is not None else item.key
+
 
 class AtlasRun:
     """One collection through one model: :meth:`collect` folds every photo into an atlas."""
@@ -212,7 +220,7 @@ class AtlasRun:
             except FeatvizError as exc:
                 self._error(str(exc), atlas)
             except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-                self._error(f"{image.path}: {type(exc).__name__}: {exc}", atlas)
+                self._error(f"{display_name(image.path)}: {type(exc).__name__}: {exc}", atlas)
         return prepared
 
     def _fold(self, atlas: Atlas, prepared: list[PreparedImage]) -> None:
@@ -221,7 +229,8 @@ class AtlasRun:
                 captured = self._forward(group)
             except RuntimeError as exc:
                 if len(group) == 1:
-                    self._error(f"{group[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})", atlas)
+                    self._error(f"{display_name(_source(group[0]))}: the model failed on it "
+                                f"({str(exc).splitlines()[0][:200]})", atlas)
                 else:  # find the photo the batch failed on; the others go on
                     for item in group:
                         self._fold(atlas, [item])
@@ -230,7 +239,7 @@ class AtlasRun:
             for path, activations in captured.items():
                 atlas.update(path, keys, activations)
             for item in group:
-                atlas.note_image(item.key, {"input": str(item.path), "photo": list(item.photo.size),
+                atlas.note_image(item.key, {**name_fields(_source(item)), "photo": list(item.photo.size),
                                             "input_size": list(item.tensor.shape[1:])})
             if len(atlas.images) > 4 * sum(t.channels * t.top for t in atlas.tables.values()) + 1000:
                 atlas.forget_unkept()
@@ -260,7 +269,7 @@ def atlas_document(atlas: Atlas, layer: str, shape: list[int | None], visualizer
             size = (int(info["input_size"][0]), int(info["input_size"][1]))
             width, height = info["photo"]
             crop = visualizer.preprocess.crop_box(width, height)
-            rows.append({"input": info["input"], "key": key, "score": score, "y": y, "x": x,
+            rows.append({**name_fields(path_from_fields(info)), "key": key, "score": score, "y": y, "x": x,
                          "box": photo_box(found[size][(y, x)], size, crop, (width, height))})
         channels.append(rows)
     statistics = table.statistics()
@@ -364,7 +373,7 @@ def _kept_maps(channels: list[list[dict[str, Any]]], layer: str, visualizer: Vis
     keys = sorted(wanted)
 
     def submit(key: str) -> Future[PreparedImage]:
-        return pool.submit(visualizer.prepare, wanted[key][0][2]["input"], key)
+        return pool.submit(visualizer.prepare, path_from_fields(wanted[key][0][2]), key)
 
     for key, future in _ahead(keys, ahead, submit):
         try:
@@ -387,7 +396,7 @@ def _group_patches(channels: list[list[dict[str, Any]]], group: range, maps: dic
     patches: dict[tuple[int, int], np.ndarray] = {}
 
     def submit(key: str) -> Future[Image.Image]:
-        return pool.submit(load_image, wanted[key][0][2]["input"])
+        return pool.submit(load_image, path_from_fields(wanted[key][0][2]))
 
     for key, future in _ahead(keys, ahead, submit):
         try:

@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import quote
 
 from featviz import __version__
+from featviz.inputs.names import path_from_fields
 from featviz.output.layout import atomic_write
 
 PAGE = "index.html"
 
 
 def _url(relative: str) -> str:
-    return "/".join(quote(part) for part in relative.split("/"))
+    return "/".join(quote(part, errors="surrogateescape") for part in relative.split("/"))  # raw bytes: %FF
 
 
 def _photo_url(out: Path, photo: str) -> str:
@@ -55,7 +56,7 @@ def page_data(out: Path, documents: Sequence[tuple[str, dict[str, Any]]]) -> dic
                 "dead": c in dead, "mean": stats["mean"][c], "max": stats["max"][c],
                 "positive": stats["positive_fraction"][c],
                 "top": [{"key": e["key"], "score": e["score"], "y": e["y"], "x": e["x"], "box": e["box"],
-                         "photo": _photo_url(out, e["input"])} for e in entries],
+                         "photo": _photo_url(out, path_from_fields(e))} for e in entries],
             })
         layers.append({"layer": document["layer"], "dir": _url(folder) + "/", "shape": document["shape"],
                        "images": document["images"], "by": document["by"], "top": document["top"],

@@ -298,6 +298,7 @@ class GradientCapture:
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[Any, bool]] = []
+        self._calls = 0  # calls of the layer in the current pass
 
     def __enter__(self) -> GradientCapture:
         if is_script(self.model):
@@ -329,10 +330,12 @@ class GradientCapture:
         if not isinstance(output, torch.Tensor):
             raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
                              hint="class attention needs a layer whose output is one feature map")
+        self._calls += 1
+        if self._calls > 1:  # never mix calls (featviz.capture.calls): a replacement would hit both
+            raise LayerError(f"layer {self.layer.path} runs more than once in one forward pass",
+                             hint="choose a module that runs once, such as the block around it")
         if self.replace is not None:
             return self.replace(output.detach())
-        if self.activations is not None:  # a module called twice: the first call is the one explained
-            return None
         self.activations = output.detach().clone()
         if not self.with_grad:
             return None
@@ -342,7 +345,7 @@ class GradientCapture:
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
         differentiable with respect to :attr:`leaf` when ``with_grad``."""
-        self.activations, self.leaf = None, None
+        self.activations, self.leaf, self._calls = None, None, 0
         with torch.enable_grad() if self.with_grad else torch.no_grad():
             output = _as_tensor(self.model(batch), "output")
         if self.activations is None and self.replace is None:

@@ -20,6 +20,7 @@ from featviz.cli.common import (
     parse_shard,
     preprocess_options,
     progress_enabled,
+    report_found,
     reports_errors,
 )
 from featviz.errors import UsageError
@@ -81,7 +82,10 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
     if not inputs:
         raise click.UsageError("give INPUTS (with --merge: the shard folders)")
 
-    def on_error(message: str) -> None:
+    picture_errors: list[str] = []
+
+    def on_error(message: str) -> None:  # a kept photo that cannot be read again for the pictures
+        picture_errors.append(message)
         click.echo(f"error: {message}", err=True)
 
     if merge:
@@ -97,10 +101,9 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                                 device=params["device"], resize=params["resize"], crop=params["crop"],
                                 no_crop=params["no_crop"])
-        found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
+        found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None, out=out)
         missing = found.missing
-        for name in missing:
-            click.echo(f"error: {name}: no such file, folder or matching glob", err=True)
+        report_found(found, params["quiet"])
         images = take_shard(found.images, *shard_index) if shard_index else found.images
         settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
                                   model=params["model"], weights=params["weights"], seed=params["seed"])
@@ -120,14 +123,18 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
             progress.close()
         if shard_index:
             if not params["quiet"]:
-                click.echo(f"shard {shard}: {state.done - state.failed} images folded, {state.failed} failed -> "
+                click.echo(f"shard {shard}: {state.done - state.failed} images folded, "
+                           f"{state.failed + len(missing)} failed -> "
                            f"{out / 'atlas-state.json'}; combine the shards with --merge", err=True)
             sys.exit(1 if state.failed or missing else 0)
     written = write_atlas(state, visualizer, out, workers=params["workers"], on_error=on_error)
     if not params["quiet"]:
         images_done = next(iter(state.tables.values())).images if state.tables else 0
-        click.echo(f"atlas of {images_done} images ({state.failed} failed): {len(written)} files -> {out}", err=True)
-    sys.exit(1 if state.failed or missing else 0)
+        failed = state.failed + len(missing)
+        unread = f", {len(picture_errors)} kept photo(s) unreadable for the pictures" if picture_errors else ""
+        click.echo(f"atlas of {images_done} images ({failed} failed{unread}): {len(written)} files -> {out}", err=True)
+    # every `error:` line printed is counted above and makes the exit code 1
+    sys.exit(1 if state.failed or missing or picture_errors else 0)
 
 
 def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:

@@ -354,6 +354,21 @@ def show_notes(loaded: Any) -> None:
         click.echo(f"warning: {note}", err=True)
 
 
+def report_found(found: Any, quiet: bool) -> None:
+    """What input discovery left out, on stderr: an ``error:`` line per missing input (each one
+    counts as failed in the summary and the exit code), and once, the files and featviz output
+    folders that were not taken as inputs."""
+    for missing in found.missing:
+        click.echo(f"error: {missing}: no such file, folder or matching glob", err=True)
+    skipped = found.skipped_hidden + found.skipped_not_image
+    if skipped and not quiet:
+        click.echo(f"skipped {found.skipped_hidden} hidden and {found.skipped_not_image} non-image file(s)", err=True)
+    if found.output_folders and not quiet:
+        files = f" ({found.skipped_output} named file(s))" if found.skipped_output else ""
+        click.echo(f"skipped featviz output folder(s){files}, never read as input: "
+                   f"{', '.join(found.output_folders[:3])}{' ...' if len(found.output_folders) > 3 else ''}", err=True)
+
+
 def progress_enabled(params: dict[str, Any]) -> bool:
     if params["quiet"]:
         return False

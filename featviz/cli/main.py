@@ -36,6 +36,7 @@ from featviz.cli.common import (
     preprocess_options,
     progress_enabled,
     render_options,
+    report_found,
     reports_errors,
     run_options,
     show_default_layer,
@@ -276,20 +277,18 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     from featviz.output.export import shard as take_shard
 
     shard_index = parse_shard(shard)
-    found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
-    for missing in found.missing:
-        click.echo(f"error: {missing}: no such file, folder or matching glob", err=True)
+    found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None,
+                        out=params["out"])
+    report_found(found, params["quiet"])
     images = take_shard(found.images, *shard_index) if shard_index else found.images
-    skipped = found.skipped_hidden + found.skipped_not_image
-    if skipped and not params["quiet"]:
-        click.echo(f"skipped {found.skipped_hidden} hidden and {found.skipped_not_image} non-image file(s)", err=True)
     scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
                      skip_existing=skip_existing, scored=scored)
     if not params["quiet"]:
         page = _report_page(params["out"])
         where = f"; report: {page}" if page else ""
-        click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {report.failed} failed "
+        failed = report.failed + len(found.missing)  # a missing input is a failure too: the counts match the exit code
+        click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {failed} failed "
                    f"-> {params['out']}{where}", err=True)
         if scored is not None:
             click.echo(_auc_table(scored), err=True)

@@ -18,7 +18,13 @@ from typing import TextIO
 
 from PIL import Image
 
+from featviz.inputs.names import safe_component as _utf8_component
+
 _GLOB_CHARS = frozenset("*?[")
+#: Files whose presence marks a folder as featviz's own output (an export's or show's manifest,
+#: an atlas's state; the same names as featviz.output.layout.MANIFEST and featviz.atlas.export.STATE,
+#: which sit above this module): nothing in such a folder is ever taken as an input.
+OUTPUT_MARKERS = ("manifest.jsonl", "atlas-state.json")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class FoundImages:
     skipped_not_image: int = 0  # files in folders that PIL cannot identify
     missing: list[str] = field(default_factory=list)  # files/globs that matched nothing
     unreadable_folders: list[str] = field(default_factory=list)  # folders we could not list
+    output_folders: list[str] = field(default_factory=list)  # featviz output folders left out, once each
+    skipped_output: int = 0  # named files and glob matches left out because they lie in one
 
 
 @dataclass
@@ -49,24 +57,58 @@ class _Candidate:
 
 
 def find_images(
-    inputs: Sequence[str], recursive: bool = False, stdin: TextIO | None = None
+    inputs: Sequence[str], recursive: bool = False, stdin: TextIO | None = None, out: Path | None = None
 ) -> FoundImages:
     """Expand files, folders, globs and ``-`` into images with unique, stable output keys.
 
     Explicit files are taken as given (even hidden, even non-images) because the user named
     them; a non-image among them fails later, visibly, in the batch. Inside folders only
     what PIL can identify counts, whatever the extension says.
+
+    Nothing inside ``out`` (this run's output folder) nor inside any folder holding a featviz
+    manifest or atlas state (:data:`OUTPUT_MARKERS`) is an input: a run whose output lies inside
+    its input folder would otherwise take its own earlier pictures as photos. Such folders are
+    listed once in ``output_folders``.
     """
     found = FoundImages(images=[])
+    guard = _OutputGuard(out, found)
     candidates: list[_Candidate] = []
     for text in inputs:
         if text == "-":
             for line in _stdin_lines(stdin):
-                candidates.extend(_expand_path(line, recursive, found))
+                candidates.extend(_expand_path(line, recursive, found, guard))
         else:
-            candidates.extend(_expand_input(text, recursive, found))
+            candidates.extend(_expand_input(text, recursive, found, guard))
     found.images = _unique_keys(_dedupe(candidates))
     return found
+
+
+class _OutputGuard:
+    """Tells whether a folder is featviz output (``out`` itself, or one holding a marker), with
+    one ``stat`` per folder and marker, cached: a collection has far fewer folders than files."""
+
+    def __init__(self, out: Path | None, found: FoundImages) -> None:
+        self.out = _identity(Path(out)) if out is not None else None
+        self.found = found
+        self._known: dict[Path, bool] = {}
+
+    def is_output(self, folder: Path) -> bool:
+        """Whether ``folder`` (a folder) is an output folder; noted in ``found`` the first time."""
+        resolved = _identity(folder)
+        if resolved not in self._known:
+            marked = resolved == self.out or any(os.path.isfile(resolved / name) for name in OUTPUT_MARKERS)
+            self._known[resolved] = marked
+            if marked:
+                self.found.output_folders.append(str(folder))
+        return self._known[resolved]
+
+    def inside_output(self, file: Path) -> bool:
+        """Whether ``file`` lies in an output folder, at any depth (its pictures are 2-4 deep)."""
+        resolved = _identity(file)
+        if any(self.is_output(parent) for parent in resolved.parents):
+            self.found.skipped_output += 1
+            return True
+        return False
 
 
 def _stdin_lines(stdin: TextIO | None) -> Iterator[str]:
@@ -78,35 +120,38 @@ def _stdin_lines(stdin: TextIO | None) -> Iterator[str]:
             yield path
 
 
-def _expand_input(text: str, recursive: bool, found: FoundImages) -> list[_Candidate]:
+def _expand_input(text: str, recursive: bool, found: FoundImages, guard: _OutputGuard) -> list[_Candidate]:
     """An existing path wins over glob reading, so a file named ``a[1].png`` still works."""
     if os.path.exists(text) or not _GLOB_CHARS.intersection(text):
-        return _expand_path(text, recursive, found)
-    return _expand_glob(text, found)
+        return _expand_path(text, recursive, found, guard)
+    return _expand_glob(text, found, guard)
 
 
-def _expand_path(text: str, recursive: bool, found: FoundImages) -> list[_Candidate]:
+def _expand_path(text: str, recursive: bool, found: FoundImages, guard: _OutputGuard) -> list[_Candidate]:
     """A plain path: a folder is walked, a file is taken, anything else is missing."""
     path = Path(text)
     if path.is_dir():
-        return list(_walk_folder(path, recursive, found))
+        if guard.is_output(path) or guard.inside_output(path):
+            return []
+        return list(_walk_folder(path, recursive, found, guard))
     if os.path.exists(path):
-        return [_Candidate(path, _explicit_key(path))]
+        return [] if guard.inside_output(path) else [_Candidate(path, _explicit_key(path))]
     found.missing.append(text)
     return []
 
 
-def _expand_glob(pattern: str, found: FoundImages) -> list[_Candidate]:
+def _expand_glob(pattern: str, found: FoundImages, guard: _OutputGuard) -> list[_Candidate]:
     """Matched files are treated as if typed one by one; matched folders are not walked."""
     matches = sorted(glob.glob(pattern, recursive=True))
     files = [Path(match) for match in matches if not os.path.isdir(match)]
     if not files:
         found.missing.append(pattern)
-    return [_Candidate(path, _explicit_key(path)) for path in files]
+    return [_Candidate(path, _explicit_key(path)) for path in files if not guard.inside_output(path)]
 
 
-def _walk_folder(root: Path, recursive: bool, found: FoundImages) -> Iterator[_Candidate]:
-    """Yield images under root in a stable order, following folder symlinks without looping."""
+def _walk_folder(root: Path, recursive: bool, found: FoundImages, guard: _OutputGuard) -> Iterator[_Candidate]:
+    """Yield images under root in a stable order, following folder symlinks without looping;
+    featviz output folders are not entered."""
     visited = {root.resolve()}
     pending = [PurePosixPath()]
     while pending:
@@ -118,7 +163,7 @@ def _walk_folder(root: Path, recursive: bool, found: FoundImages) -> Iterator[_C
             if entry.name.startswith("."):
                 found.skipped_hidden += _counts_as_hidden(entry, recursive)
             elif _is_dir(entry):
-                if recursive and _first_visit(Path(entry.path), visited):
+                if recursive and _first_visit(Path(entry.path), visited) and not guard.is_output(Path(entry.path)):
                     subfolders.append(child)
             elif _is_file(entry) and _is_image(Path(entry.path)):
                 yield _Candidate(root / child, _key_from(child))
@@ -227,8 +272,9 @@ def _strip_suffix(name: str) -> str:
 
 
 def _safe_component(part: str) -> str:
-    """No component may climb out of OUT or vanish, nor split into folders on another OS."""
-    part = part.replace("/", "_").replace("\\", "_")
+    """No component may climb out of OUT or vanish, nor split into folders on another OS, nor
+    carry bytes that are not UTF-8 (they become ``%FF``: JSON and manifests must hold the key)."""
+    part = _utf8_component(part).replace("/", "_").replace("\\", "_")
     if part in ("", ".", ".."):
         return "_" * max(len(part), 1)
     return part

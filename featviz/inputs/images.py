@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featviz.errors import ImageError
+from featviz.inputs.names import display_name
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Same as PIL's default: bigger images are refused as possible decompression bombs."""
@@ -52,8 +53,9 @@ def load_image(
 
 
 def _shown(path: str | os.PathLike[str]) -> str:
-    """The path as the user wrote it, kept on one line so every message stays one line."""
-    text = os.fsdecode(os.fspath(path))
+    """The path as the user wrote it, kept on one line so every message stays one line, and
+    valid UTF-8 (a byte that is not shows as ``\\xff``: the message goes into JSON)."""
+    text = display_name(path)
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -63,9 +65,24 @@ def _one_line(text: str) -> str:
 
 
 def _open_file(path: str | os.PathLike[str], shown: str) -> BinaryIO:
-    """Open the file ourselves so that missing files, folders and permissions get plain words."""
+    """Open the file ourselves so that missing files, folders and permissions get plain words.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor: a FIFO (or a
+    device, a socket) is refused as this input's error instead of blocking forever on its first
+    read, and no race between a check and the open can swap one in."""
     try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            kind = _non_regular_kind(os.fstat(fd).st_mode)
+            if kind == "a folder":
+                raise IsADirectoryError
+            if kind:
+                raise ImageError(f"{shown}: is {kind}, not a regular file; featviz reads images only from "
+                                 "regular files (a pipe could block forever)")
+            fp = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
     except FileNotFoundError:
         raise ImageError(f"{shown}: no such file") from None
     except IsADirectoryError:
@@ -78,6 +95,15 @@ def _open_file(path: str | os.PathLike[str], shown: str) -> BinaryIO:
         fp.close()
         raise ImageError(f"{shown}: empty file, not an image")
     return fp
+
+
+def _non_regular_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _is_empty(fp: BinaryIO) -> bool:

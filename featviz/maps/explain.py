@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from featviz.capture.calls import check_single_call, count_calls
 from featviz.capture.hooks import GradientCapture
 from featviz.capture.layers import LayerRef, is_script
 from featviz.errors import UsageError
@@ -305,7 +306,9 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
                          + "use " + ", ".join(formulas.METHODS))
     parse_targets(target_specs, categories)  # names and syntax, before the model runs
     explainers: dict[str, ClassExplainer] = {}
+    calls = count_calls(model, example)
     for ref in layers:
+        check_single_call(calls, ref)  # a module that runs twice: refused, never mixed
         with GradientCapture(model, ref, with_grad=False) as recorder:
             logits = recorder.run(example)
         activations = recorder.activations

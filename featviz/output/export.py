@@ -11,7 +11,6 @@ the main thread decodes and runs the next batch through the model.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featviz.errors import FeatvizError, ImageError, OutputError, UsageError
+from featviz.inputs.names import display_name, name_fields
 from featviz.output.layout import (
     MANIFEST,
     SUMMARY,
@@ -35,6 +35,7 @@ from featviz.output.layout import (
     is_complete,
     is_fatal_write_error,
     json_bytes,
+    json_line,
     layer_dir,
     remove_stale_temporaries,
 )
@@ -133,10 +134,12 @@ class Exporter:
 
     # Records ----------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
-        """Append a manifest line and pass the record on; serialised by the caller's lock."""
+        """Append a manifest line and pass the record on; serialised by the caller's lock.
+        Text quoting a file name that is not UTF-8 is escaped in both (layout.json_line)."""
+        line, record = json_line(record)
         if self.write_manifest and self._fatal is None:
             try:  # one write per line; a failed append leaves no torn line (layout.append_line)
-                append_line(self.out / MANIFEST, json.dumps(record, ensure_ascii=False, allow_nan=False))
+                append_line(self.out / MANIFEST, line)
             except OSError as exc:  # full, read-only, or a link planted there during the run
                 self._stop(self.out / MANIFEST, exc)
             else:
@@ -162,7 +165,7 @@ class Exporter:
             self._redo_reason.pop(str(image.key), None)
             if len(self.report.errors) < 1000:
                 self.report.errors.append(message)
-            self._emit({"input": str(image.path), "key": str(image.key), "layer": None, "output": None,
+            self._emit({**name_fields(image.path), "key": str(image.key), "layer": None, "output": None,
                         "status": "error", "error": message, "shape": None, "top_channels": None,
                         "seconds": round(seconds, 4)})
             if self.on_image_done:
@@ -186,7 +189,7 @@ class Exporter:
                 if len(self.report.errors) < 1000:
                     self.report.errors.append(error)
             self._emit({
-                "input": str(result.image_path), "key": key, "layer": result.layer.path,
+                **name_fields(result.image_path or ""), "key": key, "layer": result.layer.path,
                 "output": pending.directory.relative_to(self.out).as_posix(),
                 "status": "error" if error else "ok", "error": error,
                 "shape": list(result.activations.shape),
@@ -236,7 +239,7 @@ class Exporter:
         with self._lock:
             self.report.skipped += 1
             for ref, directory in zip(self.visualizer.layers, self._directories(image), strict=True):
-                self._emit({"input": str(image.path), "key": str(image.key), "layer": ref.path,
+                self._emit({**name_fields(image.path), "key": str(image.key), "layer": ref.path,
                             "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
                             "error": None, "shape": None, "top_channels": None, "seconds": 0.0})
             if self.on_image_done:
@@ -315,7 +318,8 @@ class Exporter:
             except FeatvizError as exc:
                 self._fail_image(image, str(exc), time.perf_counter() - started)
             except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-                self._fail_image(image, f"{image.path}: {type(exc).__name__}: {exc}", time.perf_counter() - started)
+                self._fail_image(image, f"{display_name(image.path)}: {type(exc).__name__}: {exc}",
+                                 time.perf_counter() - started)
         return prepared
 
     def _forward_and_submit(self, pool: ThreadPoolExecutor,
@@ -331,8 +335,8 @@ class Exporter:
                 try:
                     outputs.append((item, self.visualizer.forward([item[1]])[0]))
                 except RuntimeError as exc:
-                    self._fail_image(item[0],
-                                     f"{item[0].path}: the model failed on it ({str(exc).splitlines()[0][:200]})")
+                    self._fail_image(item[0], f"{display_name(item[0].path)}: the model failed on it "
+                                     f"({str(exc).splitlines()[0][:200]})")
                 except ImageError as exc:  # e.g. --cam: gradients that are not finite for this photo
                     self._fail_image(item[0], str(exc))
         share = (time.perf_counter() - started) / max(1, len(outputs))
@@ -340,10 +344,10 @@ class Exporter:
             try:  # a folder that leads out of OUT (a planted symlink) or cannot be made fails this photo
                 directories = [self._result_dir(result) for result in results]
             except UsageError as exc:
-                self._fail_image(image, f"{image.path}: {exc}")
+                self._fail_image(image, f"{display_name(image.path)}: {exc}")
                 continue
             except OSError as exc:
-                self._fail_image(image, f"{image.path}: cannot create its output folder ({exc})")
+                self._fail_image(image, f"{display_name(image.path)}: cannot create its output folder ({exc})")
                 if is_fatal_write_error(exc):
                     self._stop(self.out / str(image.key), exc)
                     return

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from featviz.errors import UsageError
+from featviz.inputs.names import json_safe, safe_component
 from featviz.output.png import encode_png
 
 SUMMARY = "summary.json"
@@ -35,7 +36,7 @@ TMP_MARK = ".featviz-tmp"
 # --- layout -------------------------------------------------------------------------------
 
 def _clean_component(part: str) -> str:
-    cleaned = part.replace("\x00", "").replace("/", "_").replace("\\", "_")
+    cleaned = safe_component(part).replace("\x00", "").replace("/", "_").replace("\\", "_")
     return "_" if cleaned in {"", ".", ".."} else cleaned
 
 
@@ -220,8 +221,24 @@ def npz_bytes(**arrays: Any) -> bytes:
 
 def json_bytes(document: Any) -> bytes:
     """Indented JSON; ``allow_nan=False``: a NaN or infinity that reached a document is a bug
-    (a bare ``NaN`` is not JSON), raised here instead of written."""
-    return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    (a bare ``NaN`` is not JSON), raised here instead of written. Text that quotes a file name
+    which is not UTF-8 is escaped (:func:`featviz.inputs.names.json_safe`), never a crash."""
+    try:
+        return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(json_safe(document), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def json_line(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One JSON Lines record (no newline) and the record as written: the same dict, or a copy
+    whose text was escaped because it quoted a file name that is not UTF-8."""
+    line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        record = json_safe(record)
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return line, record
 
 
 def is_complete(directory: Path) -> bool:

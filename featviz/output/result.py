@@ -25,6 +25,7 @@ from PIL import Image
 
 from featviz.capture.stn import draw_sampling_grid
 from featviz.errors import LayerError, UsageError
+from featviz.inputs.names import name_fields
 from featviz.maps.attention import (
     normalized_map,
 )
@@ -315,7 +316,7 @@ class LayerResult:
         maxes = acts.amax(dim=(1, 2)).cpu().tolist()
         weights = self.channel_weights.cpu().tolist()
         return {
-            "image": str(self.image_path) if self.image_path is not None else None,
+            **(name_fields(self.image_path, "image") if self.image_path is not None else {"image": None}),
             "image_size": list(self.photo.size),
             "model": self.model_name,
             "weights": self.weights,
