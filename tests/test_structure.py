@@ -27,7 +27,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
     ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
-    ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

@@ -67,6 +67,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
     from featviz.inputs.discover import find_images
     from featviz.output.pipeline import Visualizer
     from featviz.cli.progress import progress_bar
+    from featviz.cli.signals import exit_code, stop_on_signals
 
     out: Path = params["out"]
     if merge and (shard or resume):
@@ -98,19 +99,24 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
                                   model=params["model"], weights=params["weights"], seed=params["seed"])
         progress = progress_bar(len(images), progress_enabled(params))
-        run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
-                       checkpoint_seconds=checkpoint_every,
-                       on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
-                       on_image_done=progress.update)
-        state = run.start(settings, shard_index or (1, 1), resume)
-        try:
-            state = run.collect(state, images)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
-                       f"in {out / 'atlas-state.json'}", err=True)
-            sys.exit(130)
-        finally:
-            progress.close()
+        with stop_on_signals() as stop:
+            run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
+                           checkpoint_seconds=checkpoint_every,
+                           on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
+                           on_image_done=progress.update, stop=stop)
+            state = run.start(settings, shard_index or (1, 1), resume)
+            try:
+                state = run.collect(state, images)
+            except KeyboardInterrupt:  # a second Ctrl-C: no state written since the last checkpoint
+                click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last "
+                           f"checkpoint in {out / 'atlas-state.json'}", err=True)
+                sys.exit(130)
+            finally:
+                progress.close()
+        if run.stopped:
+            click.echo(f"stopped by {stop.name}: {state.done} of {len(images)} inputs folded, state saved in "
+                       f"{out / 'atlas-state.json'}; rerun the same command with --resume to continue", err=True)
+            sys.exit(exit_code(stop))
         if shard_index:
             if not params["quiet"]:
                 click.echo(f"shard {shard}: {state.done - state.failed} images folded, {state.failed} failed -> "

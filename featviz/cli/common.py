@@ -28,7 +28,9 @@ Exit codes:
      the output folder filled up: the run stopped; --skip-existing resumes
   2  usage error: bad option, unknown model or weights, layer out of range,
      an --out that cannot be written
-  130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
+  130 interrupted (Ctrl-C), 143 stopped by SIGTERM (scancel, a time limit):
+     the photo in flight was finished; rerun export with --skip-existing
+     to continue
 """
 
 

@@ -137,13 +137,21 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
-    exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
-                        skip_existing=skip_existing, manifest=manifest, on_record=on_record,
-                        on_image_done=progress.update)
-    try:
-        report = exporter.run(images)
-    finally:
-        progress.close()
+    from featviz.cli.signals import exit_code, stop_on_signals
+
+    with stop_on_signals() as stop:
+        exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
+                            skip_existing=skip_existing, manifest=manifest, on_record=on_record,
+                            on_image_done=progress.update, stop=stop)
+        try:
+            report = exporter.run(images)
+        finally:
+            progress.close()
+    if report.stopped:
+        click.echo(f"stopped by {stop.name}: {report.ok} done, {report.skipped} skipped, {report.failed} failed; every "
+                   f"file written is whole and in {params['out'] / 'manifest.jsonl'}; rerun the same command with "
+                   "--skip-existing to continue", err=True)
+        sys.exit(exit_code(stop))
     # Records arrive as the encoding threads finish; show lists them in input and layer order.
     image_order = {str(image.key): i for i, image in enumerate(images)}
     layer_order = {ref.path: i for i, ref in enumerate(visualizer.layers)}

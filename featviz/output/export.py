@@ -64,6 +64,9 @@ class ExportReport:
     # --skip-existing: images that were complete but made with other settings, and why (a count
     # per reason, e.g. {"--cmap changed (gray -> viridis)": 5}); they are also counted in ok/failed
     redone: dict[str, int] = field(default_factory=dict)
+    # the run's ``stop`` callable asked it to stop (SIGTERM, Ctrl-C): photos not begun are not
+    # counted anywhere; --skip-existing does them
+    stopped: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -102,13 +105,16 @@ class Exporter:
     ``layout(image)`` gives the folder key for an input (by default its ``key``). ``on_record``
     receives each manifest record (one per photo and layer, or one per failed photo) as it is
     made; ``on_image_done`` is called once per input photo. Both may be called from worker
-    threads, never at the same time.
+    threads, never at the same time. ``stop`` is asked before each batch: once it returns True
+    the run starts no new photo, finishes the ones in flight (files, summaries and manifest
+    lines written whole) and returns with ``report.stopped`` set (the CLI's SIGTERM handling).
     """
 
     def __init__(self, visualizer: Visualizer, out: Path, *, batch_size: int | None = None, workers: int | None = None,
                  skip_existing: bool = False, manifest: bool = True,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 on_image_done: Callable[[], None] | None = None) -> None:
+                 on_image_done: Callable[[], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         if batch_size is None:
             batch_size = default_batch_size(visualizer.device)
         if batch_size < 1:
@@ -123,6 +129,7 @@ class Exporter:
         self.write_manifest = manifest
         self.on_record = on_record
         self.on_image_done = on_image_done
+        self.stop = stop
         self.report = ExportReport()
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}
@@ -282,6 +289,9 @@ class Exporter:
             batches = chunks(todo, self.batch_size)
             decoding = self._decode_async(pool, next(batches, []))
             while decoding and self._fatal is None:
+                if self.stop is not None and self.stop():
+                    self.report.stopped = True  # the decoded batch is dropped: a resume does it
+                    break
                 current = decoding
                 decoding = self._decode_async(pool, next(batches, []))  # overlaps the forward pass
                 prepared = self._collect(current)
