@@ -25,7 +25,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},
-                {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
+                {"estimate", "settings", "resume"}, {"pipeline"}, {"report"}, {"export"}]),
     ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
     ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas"}, {"main"}]),
     ("__main__", [{"__main__"}]),

@@ -120,6 +120,7 @@ def read_state(folder: Path) -> Atlas:
 
 
 def write_state(out: Path, atlas: Atlas) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / STATE, json_bytes(atlas.to_json()))
 
 

@@ -62,6 +62,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         atlas_settings,
         merge_folders,
         write_atlas,
+        write_state,
     )
     from featviz.output.export import shard as take_shard
     from featviz.inputs.discover import find_images
@@ -80,6 +81,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
 
     if merge:
         state = merge_folders([Path(folder) for folder in inputs])
+        write_state(out, state)  # the merged folder has its state too, as the manual lists
         settings = state.settings
         visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
                                 seed=settings["seed"], device=params["device"], resize=settings["resize"],

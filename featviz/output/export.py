@@ -40,6 +40,7 @@ from featviz.output.layout import (
 )
 from featviz.output.report import REPORT, ReportWriter
 from featviz.output.result import Producer, result_files
+from featviz.output.resume import FINGERPRINT, changed_photo, photo_fingerprint, skipped_fields
 from featviz.output.settings import changed_settings
 
 if TYPE_CHECKING:
@@ -135,6 +136,8 @@ class Exporter:
         self._layers_left: dict[str, int] = {}
         self._image_failed: dict[str, bool] = {}
         self._redo_reason: dict[str, str] = {}  # key -> why a complete folder is done again
+        self._done_summaries: dict[str, list[dict[str, Any]]] = {}  # key -> its layers' summaries, to skip
+        self._fingerprints: dict[str, dict[str, int] | None] = {}  # key -> the photo as read (resume.py)
         self._report_writer: Any = None  # featviz.output.report.ReportWriter while run() writes a manifest
         self._fatal: OutputError | None = None  # set when OUT stops taking files: the run stops
 
@@ -167,6 +170,7 @@ class Exporter:
         with self._lock:
             self.report.failed += 1
             self._redo_reason.pop(str(image.key), None)
+            self._fingerprints.pop(str(image.key), None)
             if len(self.report.errors) < 1000:
                 self.report.errors.append(message)
             self._emit({"input": str(image.path), "key": str(image.key), "layer": None, "output": None,
@@ -180,7 +184,10 @@ class Exporter:
         error = pending.error
         if error is None:
             try:
-                atomic_write(pending.directory / SUMMARY, json_bytes(result.summary(pending.names)))
+                summary = result.summary(pending.names)
+                with self._lock:
+                    summary[FINGERPRINT] = self._fingerprints.get(result.key)
+                atomic_write(pending.directory / SUMMARY, json_bytes(summary))
             except OSError as exc:
                 error = f"{pending.directory}: cannot write summary ({exc})"
                 if is_fatal_write_error(exc):
@@ -204,6 +211,7 @@ class Exporter:
             })
             if self._layers_left[key] == 0:
                 del self._layers_left[key]
+                self._fingerprints.pop(key, None)
                 reason = self._redo_reason.pop(key, None)
                 if reason:
                     self.report.redone[reason] = self.report.redone.get(reason, 0) + 1
@@ -229,27 +237,37 @@ class Exporter:
         except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
             return False
         reason = None
+        summaries = []
+        current = photo_fingerprint(image.path)
         for ref, directory in zip(self.visualizer.layers, directories):
             summary = complete_summary(directory)
             if summary is None:
                 return False  # unfinished: done now, a resume rather than a redo
-            reason = reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+            reason = (reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+                      or changed_photo(summary.get(FINGERPRINT), current))
+            summaries.append(summary)
         if reason:
             self._redo_reason[str(image.key)] = reason
             return False
+        self._done_summaries[str(image.key)] = summaries
         return True
 
     def _skip(self, image: InputImage) -> None:
         with self._lock:
             self.report.skipped += 1
-            for ref, directory in zip(self.visualizer.layers, self._directories(image)):
+            summaries = self._done_summaries.pop(str(image.key))
+            for ref, directory, summary in zip(self.visualizer.layers, self._directories(image), summaries, strict=True):
+                # the finished record again (the last line per key and layer wins): no stub
                 self._emit({"input": str(image.path), "key": str(image.key), "layer": ref.path,
                             "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
-                            "error": None, "shape": None, "top_channels": None, "seconds": 0.0})
+                            "error": None, "seconds": 0.0, **skipped_fields(summary)})
             if self.on_image_done:
                 self.on_image_done()
 
     def _prepare(self, image: InputImage) -> PreparedImage:
+        fingerprint = photo_fingerprint(image.path)  # before the read: a change during it shows next time
+        with self._lock:
+            self._fingerprints[str(image.key)] = fingerprint
         return self.visualizer.prepare(image.path, key=str(image.key))
 
     def run(self, images: Sequence[InputImage]) -> ExportReport:
