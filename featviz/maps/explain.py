@@ -33,7 +33,7 @@ from featviz.capture.layers import LayerRef, is_script
 from featviz.errors import UsageError
 from featviz.maps import cam as formulas
 from featviz.maps.faithfulness import FaithfulnessScore
-from featviz.maps.targets import Target, class_indices, label, parse_targets
+from featviz.maps.targets import Target, class_indices, class_probabilities, label, parse_targets
 
 DEFAULT_CAM_BATCH = 32
 
@@ -124,7 +124,7 @@ class ClassExplainer:
         logits = logits.detach().float()
         errors = _non_finite(activations, logits, grads)
         columns = {m: self._method(m, batch, activations, logits, classes, grads) for m in self.methods}
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = class_probabilities(logits)
         per_image: list[list[CamMap]] = []
         for n in range(batch.shape[0]):
             maps: list[CamMap] = []
@@ -201,7 +201,7 @@ class ClassExplainer:
                 stop = min(c, start + self.cam_batch)
                 masks = formulas.scorecam_masks(activations[i:i + 1, start:stop], tuple(batch.shape[2:]))[0]
                 with torch.no_grad():
-                    probabilities = torch.softmax(self._forward(batch[i][None] * masks[:, None]).float(), dim=1)
+                    probabilities = class_probabilities(self._forward(batch[i][None] * masks[:, None]))
                 weights = probabilities[:, classes[i]]  # (k, T)
                 blank = masks.flatten(1).amax(dim=1) == 0
                 out[i, start:stop] = torch.where(blank[:, None], torch.zeros_like(weights), weights)

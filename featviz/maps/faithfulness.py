@@ -48,6 +48,7 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from featviz.errors import ImageError, UsageError
+from featviz.maps.targets import class_probabilities
 
 BASELINES: tuple[str, ...] = ("zero", "black", "blur")
 DEFAULT_STEPS = 16
@@ -372,7 +373,7 @@ def _probabilities(output: Any, rows: int, targets: list[int]) -> torch.Tensor:
     if outside:
         raise UsageError(f"target class {outside[0]} is out of range: the model has {classes} classes "
                          f"(0..{classes - 1})")
-    return torch.softmax(output.float(), dim=1)
+    return class_probabilities(output)
 
 
 def _score(row: int, curves: np.ndarray, fractions: list[float], target: int, steps: int,

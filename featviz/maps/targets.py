@@ -118,3 +118,16 @@ def class_indices(targets: Sequence[Target], logits: torch.Tensor) -> torch.Tens
 def label(index: int, categories: Sequence[str] | None) -> str:
     """The class's name from the weights' categories, else ``class K``."""
     return categories[index] if categories and index < len(categories) else f"class {index}"
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of a classifier's logits float (N, K) -> float32 (N, K) in [0, 1].
+
+    K > 1: the softmax over the classes. K == 1 (a binary classifier with one output, trained
+    with ``BCEWithLogitsLoss``): the softmax of one logit is 1.0 whatever the photo, which made
+    probabilities, Score-CAM weights and deletion/insertion areas all 1.0; the sigmoid is the
+    probability that logit stands for (its positive class), and what featviz uses then."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)

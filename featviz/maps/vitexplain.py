@@ -32,7 +32,7 @@ from featviz.capture.tokens import TokenLayout, token_layout
 from featviz.errors import UsageError
 from featviz.maps import transformer as formulas
 from featviz.maps.explain import CamBatch, CamMap
-from featviz.maps.targets import Target, class_indices, label, parse_targets
+from featviz.maps.targets import Target, class_indices, class_probabilities, label, parse_targets
 
 __all__ = ["METHODS", "TransformerBatch", "TransformerExplainer", "build_transformer_explainers", "is_transformer_method"]
 
@@ -112,7 +112,7 @@ class TransformerExplainer:
         if relevant:
             columns["relevance"] = [formulas.patch_values(formulas.relevance_row(attentions, grads), self.layout)
                                     for grads in gradients]
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = class_probabilities(logits)
         per_image: list[list[CamMap]] = []
         for n in range(batch.shape[0]):
             maps: list[CamMap] = []

@@ -36,6 +36,7 @@ from featviz.capture.hooks import capture, feature_map_paths
 from featviz.errors import ImageError, LayerError, UsageError
 from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.maps.explain import build_explainers
+from featviz.maps.targets import class_probabilities
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.capture.gates import (
     CHANNEL_KINDS,
@@ -402,7 +403,7 @@ class Visualizer:
         if output is None or output.dim() != 2 or output.shape[0] != count:
             shape = None if output is None else tuple(output.shape)
             raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
-        probabilities = torch.softmax(output.float(), dim=1)
+        probabilities = class_probabilities(output)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories
         return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
