@@ -221,7 +221,10 @@ cam_score_options = _compose(
 
 
 def cam_methods(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
+    methods = tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
+    if text is not None and not methods:  # --cam "": a usage error, not "no class maps"
+        raise UsageError("--cam names no method", hint="e.g. --cam gradcam, or leave --cam out for no class maps")
+    return methods
 
 
 run_options = _compose(

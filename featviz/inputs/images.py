@@ -67,6 +67,8 @@ def _open_file(path: str | os.PathLike[str], shown: str) -> BinaryIO:
     try:
         fp = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
     except FileNotFoundError:
+        if os.path.islink(path):  # the name is there, its target is not
+            raise ImageError(f"{shown}: a symbolic link to {os.readlink(path)}, which does not exist") from None
         raise ImageError(f"{shown}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{shown}: is a folder, not an image file") from None

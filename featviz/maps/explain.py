@@ -33,7 +33,14 @@ from featviz.capture.layers import LayerRef, is_script
 from featviz.errors import UsageError
 from featviz.maps import cam as formulas
 from featviz.maps.faithfulness import FaithfulnessScore
-from featviz.maps.targets import Target, class_indices, class_probabilities, label, parse_targets
+from featviz.maps.targets import (
+    LOGITS_HINT,
+    Target,
+    class_indices,
+    class_probabilities,
+    label,
+    parse_targets,
+)
 
 DEFAULT_CAM_BATCH = 32
 
@@ -116,7 +123,7 @@ class ClassExplainer:
             logits = recorder.run(batch)
             if logits.dim() != 2 or logits.shape[0] != batch.shape[0]:
                 raise UsageError(f"class attention needs a model that returns class logits (N, classes); "
-                                 f"it returned {tuple(logits.shape)}")
+                                 f"it returned {tuple(logits.shape)}", hint=LOGITS_HINT)
             activations = recorder.activations
             assert activations is not None  # run() raises when the layer was never reached
             classes = class_indices(self.targets, logits.detach())
@@ -307,7 +314,8 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
             logits = recorder.run(example)
         activations = recorder.activations
         if logits.dim() != 2:
-            raise UsageError(f"--cam needs a model that returns class logits (N, classes); it returned {tuple(logits.shape)}")
+            raise UsageError(f"--cam needs a model that returns class logits (N, classes); it returned {tuple(logits.shape)}",
+                             hint=LOGITS_HINT)
         if activations is None or activations.dim() != 4:
             raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W)",
                              hint="choose a convolutional layer")

@@ -40,7 +40,12 @@ from featviz.output.layout import (
 )
 from featviz.output.report import REPORT, ReportWriter
 from featviz.output.result import Producer, result_files
-from featviz.output.resume import FINGERPRINT, changed_photo, photo_fingerprint, skipped_fields
+from featviz.output.resume import (
+    FINGERPRINT,
+    changed_photo,
+    photo_fingerprint,
+    skipped_fields,
+)
 from featviz.output.settings import changed_settings
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from featviz.capture.hooks import capture, feature_map_paths
 from featviz.errors import ImageError, LayerError, UsageError
 from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.maps.explain import build_explainers
-from featviz.maps.targets import class_probabilities
+from featviz.maps.targets import LOGITS_HINT, class_probabilities
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.capture.gates import (
     CHANNEL_KINDS,
@@ -97,7 +97,8 @@ class Visualizer:
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be a positive number of pixels, got {value}")
+                raise UsageError(f"{name} must be a positive number of pixels, got {value}",
+                                 hint=f"e.g. {name} 224, or leave it out for the weights' own")
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
                                      feature_maps=self._feature_maps(layers))
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
@@ -402,7 +403,8 @@ class Visualizer:
         ``meta["categories"]``, else "class K"), index and softmax probability."""
         if output is None or output.dim() != 2 or output.shape[0] != count:
             shape = None if output is None else tuple(output.shape)
-            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}")
+            raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} returned {shape}",
+                             hint=LOGITS_HINT)
         probabilities = class_probabilities(output)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories

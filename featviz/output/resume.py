@@ -52,7 +52,9 @@ def skipped_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
     top channel files, predictions, non-finite counts, class maps with their brief scores)."""
     top = list(summary.get("top_channels") or [])
     drawn = set(summary.get("drawn_channels") or [])
-    layer = summary.get("layer") if isinstance(summary.get("layer"), Mapping) else {}
+    layer = summary.get("layer")
+    if not isinstance(layer, Mapping):
+        layer = {}
     fields: dict[str, Any] = {
         "shape": summary.get("activation_shape"),
         "top_channels": top,
