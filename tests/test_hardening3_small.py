@@ -101,3 +101,34 @@ def test_a_shard_given_twice_has_a_hint() -> None:
     with pytest.raises(UsageError) as caught:
         merge(states, ["s1", "again"])
     assert "given twice" in str(caught.value) and caught.value.hint == "give each shard's folder once"
+
+
+def test_photos_named_like_the_run_files_get_their_own_folders(tmp_path: Path) -> None:
+    from featviz.output.layout import MANIFEST
+    from featviz.output.report import REPORT
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(3)
+    for name in (f"{REPORT}.png", f"{MANIFEST}.png", "plain.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(inputs / name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(inputs), "--out", str(out), *TINY[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "3 done, 0 skipped, 0 failed" in result.stderr
+    assert (out / REPORT).is_file() and (out / MANIFEST).is_file()  # the run's own files, untouched
+    for key in (f"{REPORT}~2", f"{MANIFEST}~2", "plain"):
+        assert (out / key / "features.0" / "summary.json").is_file(), key
+
+
+def test_the_scores_table_of_a_fully_skipped_run_covers_the_skipped_photos(photo: Path, tmp_path: Path) -> None:
+    args = ["export", str(photo.parent), "--out", str(tmp_path / "out"), *TINY[:-1], "--cam", "gradcam", "--cam-score",
+            "--cam-score-steps", "4"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    table = first.stderr.split("faithfulness over 1 map(s), mean AUC per method:", 1)[1]
+    again = CliRunner().invoke(main, [*args, "--skip-existing"])
+    assert again.exit_code == 0, again.output
+    assert "0 done, 1 skipped" in again.stderr and "over 0 map(s)" not in again.stderr
+    assert "faithfulness over 1 map(s) (1 from photos skipped as already done), mean AUC per method:" + table \
+        in again.stderr

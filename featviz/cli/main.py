@@ -129,9 +129,11 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
             progress.write(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
                            "infinite activations; they are left out of the statistics (see summary.json)",
                            file=sys.stderr)
-        if scored is not None and record["status"] == "ok" and record.get("cams"):
-            scored.append({"status": "ok", "cams": [{"method": c["method"], "target": c["target"],
-                                                     "scores": c.get("scores")} for c in record["cams"]]})
+        if scored is not None and record["status"] in ("ok", "skipped") and record.get("cams"):
+            # a skipped line repeats the finished record's areas: the table covers the whole collection
+            scored.append({"status": "ok", "skipped": record["status"] == "skipped",
+                           "cams": [{"method": c["method"], "target": c["target"],
+                                     "scores": c.get("scores")} for c in record["cams"]]})
         if stream_records:
             stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
@@ -304,7 +306,11 @@ def _auc_table(scored: list[dict[str, Any]]) -> str:
 
     rows = auc_rows_from_records(scored)
     count = sum(row.count for row in rows)
-    return f"faithfulness over {count} map(s), mean AUC per method:\n{format_auc_table(rows)}"
+    if not count:
+        return "faithfulness: no class map was scored (every photo failed, or none has scores)"
+    earlier = sum(row.count for row in auc_rows_from_records([r for r in scored if r.get("skipped")]))
+    note = f" ({earlier} from photos skipped as already done)" if earlier else ""
+    return f"faithfulness over {count} map(s){note}, mean AUC per method:\n{format_auc_table(rows)}"
 
 
 def _redone_note(redone: dict[str, int]) -> str:
