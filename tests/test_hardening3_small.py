@@ -132,3 +132,15 @@ def test_the_scores_table_of_a_fully_skipped_run_covers_the_skipped_photos(photo
     assert "0 done, 1 skipped" in again.stderr and "over 0 map(s)" not in again.stderr
     assert "faithfulness over 1 map(s) (1 from photos skipped as already done), mean AUC per method:" + table \
         in again.stderr
+
+
+def test_the_timm_offline_reason_is_cut_at_a_word() -> None:
+    pytest.importorskip("timm")
+    from featviz.models.timm_models import _missing_weights
+
+    words = "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in " \
+            "the cached files. Check your internet connection or see how to run the library in offline mode"
+    error = _missing_weights("resnet18.a1_in1k", OSError(words))
+    reason = str(error).split("downloaded (", 1)[1].split("); timm looks", 1)[0]
+    assert reason.endswith("\u2026") and len(reason) <= 160
+    assert words.startswith(reason[:-1]) and words[len(reason) - 1] == " "  # cut before a space, not in a word
