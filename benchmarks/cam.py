@@ -14,8 +14,9 @@ pytorch-grad-cam ``GradCAM(model, [layer4])(batch, targets)`` / ``ScoreCAM`` (``
                  the same cam batch); returns maps at input size.
 torch-cam        ``model(batch)`` inside the extractor + ``extractor(class_idx, scores)``.
 
-Grad-CAM runs ``--rounds`` interleaved rounds (the order rotated each round) and keeps each
-library's best, the run least disturbed by other processes; Score-CAM runs once.
+Grad-CAM and Score-CAM run ``--rounds`` interleaved rounds (the order of the three libraries
+rotated each round), print every round and keep each library's best, the run least disturbed by
+other processes. ``--methods scorecam --no-export`` times Score-CAM alone.
 
 Before timing, the Grad-CAM maps of the first batch are compared at the layer's resolution
 after min-max scaling (featviz vs torch-cam's raw maps and vs pytorch-grad-cam's own
@@ -172,8 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 photos for Grad-CAM, 1 small photo for Score-CAM")
     parser.add_argument("--cam-batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=None, help="Grad-CAM rounds, best kept [default: 3, --quick 2]")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="Interleaved rounds, best kept [default: 3, --quick 2]")
+    parser.add_argument("--methods", default="gradcam,scorecam", help="Which class maps to time (comma-separated)")
+    parser.add_argument("--no-export", action="store_true", help="Skip the cost of --cam in an export")
     args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rounds = args.rounds or (2 if args.quick else 3)
 
     from featviz.output.pipeline import Visualizer
@@ -188,13 +193,14 @@ def main() -> None:
         tensors = torch.stack([visualizer.prepare(p).tensor for p in paths])
         print(f"ResNet-50 (weights none) layer4, target {TARGET}, {count} photos {tuple(tensors.shape[2:])}, "
               f"torch threads {torch.get_num_threads()}")
-        print(f"Grad-CAM maps agree: max |featviz - peer| after min-max = {check_gradcam(model, tensors[:2]):.2e}")
+        if "gradcam" in methods:
+            print(f"Grad-CAM maps agree: max |featviz - peer| after min-max = {check_gradcam(model, tensors[:2]):.2e}")
         cases = [("gradcam", tensors, (1, 8) if not args.quick else (1, 4))]
         small = torch.nn.functional.interpolate(tensors[:1], size=(64, 64), mode="bilinear", align_corners=False)
         cases.append(("scorecam", small if args.quick else tensors, (1,) if args.quick else (1, 8)))
         print(f"{'method':<9} {'batch':>5}  {'featviz':>9} {'pytorch-grad-cam':>17} {'torch-cam':>10}  "
               f"{'featviz / faster peer':>22}  (images/s)")
-        for method, data, batches in cases:
+        for method, data, batches in [case for case in cases if case[0] in methods]:
             run = runners(model, method, args.cam_batch)
             if method == "gradcam":  # warm-up on one photo (Score-CAM's thousands of passes need none)
                 for name in run:
@@ -202,12 +208,18 @@ def main() -> None:
             for batch_size in batches:
                 rates = dict.fromkeys(run, 0.0)
                 names = list(run)
-                for round_ in range(rounds if method == "gradcam" else 1):  # best of interleaved rounds
+                every: dict[str, list[float]] = {name: [] for name in run}
+                for round_ in range(rounds):  # interleaved rounds, the order rotated; the best is kept
                     for name in names[round_ % 3:] + names[:round_ % 3]:
-                        rates[name] = max(rates[name], images_per_second(run[name], data, batch_size))
+                        every[name].append(images_per_second(run[name], data, batch_size))
+                        rates[name] = max(every[name])
+                print(f"{method} batch {batch_size}, images/s per round: "
+                      + ", ".join(f"{name} {[round(r, 4) for r in values]}" for name, values in every.items()))
                 faster = max(rates["pytorch-grad-cam"], rates["torch-cam"])
                 print(f"{method:<9} {batch_size:>5}  {rates['featviz']:>9.2f} {rates['pytorch-grad-cam']:>17.2f} "
                       f"{rates['torch-cam']:>10.2f}  {rates['featviz'] / faster:>21.2f}x")
+        if args.no_export:
+            return
         rates = export_overhead(paths[: (2 if args.quick else 4)], folder, rounds=2 if args.quick else 4)
         best = {name: max(values) for name, values in rates.items()}
         median = {name: statistics.median(values) for name, values in rates.items()}

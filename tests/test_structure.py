@@ -22,12 +22,12 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("inputs", [{"names"}, {"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
     ("capture", [{"layers", "tokens"}, {"gatetrace", "stn"}, {"hooks", "selfattention", "calls"}, {"gates"}]),
-    ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
+    ("maps", [{"targets"}, {"attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},
-                {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
+                {"estimate", "settings", "resume"}, {"pipeline"}, {"report"}, {"export"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}]),
-    ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

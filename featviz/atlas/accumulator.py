@@ -272,7 +272,8 @@ def merge(states: Sequence[Atlas], sources: Sequence[str] | None = None) -> Atla
     seen: dict[int, str] = {}
     for state, name in zip(states, names, strict=True):
         if state.shard[0] in seen:
-            raise UsageError(f"shard {state.shard[0]}/{count} is given twice: {seen[state.shard[0]]} and {name}")
+            raise UsageError(f"shard {state.shard[0]}/{count} is given twice: {seen[state.shard[0]]} and {name}",
+                             hint="give each shard's folder once")
         seen[state.shard[0]] = name
         if not state.complete:
             raise UsageError(f"{name} (shard {state.shard[0]}/{count}) is unfinished",

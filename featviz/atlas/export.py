@@ -124,6 +124,7 @@ def read_state(folder: Path) -> Atlas:
 
 
 def write_state(out: Path, atlas: Atlas) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / STATE, json_bytes(atlas.to_json()))
 
 
@@ -144,7 +145,8 @@ class AtlasRun:
 
     def __init__(self, visualizer: Visualizer, out: Path, *, batch_size: int | None = None,
                  workers: int | None = None, checkpoint_seconds: float = 30.0,
-                 on_error: ErrorCallback | None = None, on_image_done: Callable[[], None] | None = None) -> None:
+                 on_error: ErrorCallback | None = None, on_image_done: Callable[[], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.visualizer = visualizer
         self.out = Path(out)
         self.batch_size = batch_size or default_batch_size(visualizer.device)
@@ -152,6 +154,8 @@ class AtlasRun:
         self.checkpoint_seconds = checkpoint_seconds
         self.on_error = on_error
         self.on_image_done = on_image_done
+        self.stop = stop  # asked before each batch (the CLI's SIGTERM handling)
+        self.stopped = False
 
     def start(self, settings: dict[str, Any], shard: tuple[int, int], resume: bool) -> Atlas:
         """A fresh atlas, or with ``resume`` the one in OUT (refused if its settings differ).
@@ -176,7 +180,11 @@ class AtlasRun:
 
     def collect(self, atlas: Atlas, images: Sequence[InputImage]) -> Atlas:
         """Fold ``images`` (this shard's slice, in order) into ``atlas``, skipping the first
-        ``atlas.done`` of them (already folded before an interruption)."""
+        ``atlas.done`` of them (already folded before an interruption).
+
+        When ``stop()`` turns True the batch being folded is finished, the state is written
+        (``complete`` false, so ``--resume`` continues after the last folded photo and ``--merge``
+        refuses it) and the atlas is returned with :attr:`stopped` set."""
         self.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out)
         for _ in range(min(atlas.done, len(images))):
@@ -189,6 +197,9 @@ class AtlasRun:
             decoding = [(image, pool.submit(self.visualizer.prepare, image.path, str(image.key)))
                         for image in next(batches, [])]
             while decoding:
+                if self.stop is not None and self.stop():
+                    self.stopped = True  # the decoded batch is dropped: --resume folds it
+                    break
                 current = decoding
                 decoding = [(image, pool.submit(self.visualizer.prepare, image.path, str(image.key)))
                             for image in next(batches, [])]  # overlaps the forward pass
@@ -201,7 +212,7 @@ class AtlasRun:
                 if time.monotonic() - last >= self.checkpoint_seconds:
                     write_state(self.out, atlas)
                     last = time.monotonic()
-        atlas.complete = True
+        atlas.complete = not self.stopped
         write_state(self.out, atlas)
         return atlas
 

@@ -70,8 +70,10 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         atlas_settings,
         merge_folders,
         write_atlas,
+        write_state,
     )
     from featviz.cli.progress import progress_bar
+    from featviz.cli.signals import exit_code, stop_on_signals
     from featviz.inputs.discover import find_images
     from featviz.output.export import shard as take_shard
     from featviz.output.pipeline import Visualizer
@@ -90,6 +92,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
 
     if merge:
         state = merge_folders([Path(folder) for folder in inputs])
+        write_state(out, state)  # the merged folder has its state too, as the manual lists
         settings = state.settings
         visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
                                 seed=settings["seed"], device=params["device"], resize=settings["resize"],
@@ -108,19 +111,24 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
                                   model=params["model"], weights=params["weights"], seed=params["seed"])
         progress = progress_bar(len(images), progress_enabled(params))
-        run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
-                       checkpoint_seconds=checkpoint_every,
-                       on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
-                       on_image_done=progress.update)
-        state = run.start(settings, shard_index or (1, 1), resume)
-        try:
-            state = run.collect(state, images)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last checkpoint "
-                       f"in {out / 'atlas-state.json'}", err=True)
-            sys.exit(130)
-        finally:
-            progress.close()
+        with stop_on_signals() as stop:
+            run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
+                           checkpoint_seconds=checkpoint_every,
+                           on_error=lambda message: progress.write(f"error: {message}", file=sys.stderr),
+                           on_image_done=progress.update, stop=stop)
+            state = run.start(settings, shard_index or (1, 1), resume)
+            try:
+                state = run.collect(state, images)
+            except KeyboardInterrupt:  # a second Ctrl-C: no state written since the last checkpoint
+                click.echo(f"\ninterrupted: rerun the same command with --resume to continue from the last "
+                           f"checkpoint in {out / 'atlas-state.json'}", err=True)
+                sys.exit(130)
+            finally:
+                progress.close()
+        if run.stopped:
+            click.echo(f"stopped by {stop.name}: {state.done} of {len(images)} inputs folded, state saved in "
+                       f"{out / 'atlas-state.json'}; rerun the same command with --resume to continue", err=True)
+            sys.exit(exit_code(stop))
         if shard_index:
             if not params["quiet"]:
                 click.echo(f"shard {shard}: {state.done - state.failed} images folded, "

@@ -29,7 +29,9 @@ Exit codes:
      the output folder filled up: the run stopped; --skip-existing resumes
   2  usage error: bad option, unknown model or weights, layer out of range,
      an --out that cannot be written
-  130 interrupted (Ctrl-C); rerun export with --skip-existing to resume
+  130 interrupted (Ctrl-C), 143 stopped by SIGTERM (scancel, a time limit):
+     the photo in flight was finished; rerun export with --skip-existing
+     to continue
 """
 
 
@@ -316,7 +318,10 @@ cam_score_options = in_section("Class attention",
 
 
 def cam_methods(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
+    methods = tuple(p.strip().lower() for p in (text or "").split(",") if p.strip())
+    if text is not None and not methods:  # --cam "": a usage error, not "no class maps"
+        raise UsageError("--cam names no method", hint="e.g. --cam gradcam, or leave --cam out for no class maps")
+    return methods
 
 
 run_options = _compose(

@@ -134,21 +134,31 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
             progress.write(f"warning: {record['input']}: layer {record['layer']} has {record['nonfinite']} NaN or "
                            "infinite activations; they are left out of the statistics (see summary.json)",
                            file=sys.stderr)
-        if scored is not None and record["status"] == "ok" and record.get("cams"):
-            scored.append({"status": "ok", "cams": [{"method": c["method"], "target": c["target"],
-                                                     "scores": c.get("scores")} for c in record["cams"]]})
+        if scored is not None and record["status"] in ("ok", "skipped") and record.get("cams"):
+            # a skipped line repeats the finished record's areas: the table covers the whole collection
+            scored.append({"status": "ok", "skipped": record["status"] == "skipped",
+                           "cams": [{"method": c["method"], "target": c["target"],
+                                     "scores": c.get("scores")} for c in record["cams"]]})
         if stream_records:
             stdout.echo(json.dumps(record, ensure_ascii=False))
         elif collect:  # show lists what it wrote; export's record is the manifest (memory stays flat)
             records.append(record)
 
-    exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
-                        skip_existing=skip_existing, manifest=manifest, on_record=on_record,
-                        on_image_done=progress.update)
-    try:
-        report = exporter.run(images)
-    finally:
-        progress.close()
+    from featviz.cli.signals import exit_code, stop_on_signals
+
+    with stop_on_signals() as stop:
+        exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
+                            skip_existing=skip_existing, manifest=manifest, on_record=on_record,
+                            on_image_done=progress.update, stop=stop)
+        try:
+            report = exporter.run(images)
+        finally:
+            progress.close()
+    if report.stopped:
+        click.echo(f"stopped by {stop.name}: {report.ok} done, {report.skipped} skipped, {report.failed} failed; every "
+                   f"file written is whole and in {params['out'] / 'manifest.jsonl'}; rerun the same command with "
+                   "--skip-existing to continue", err=True)
+        sys.exit(exit_code(stop))
     # Records arrive as the encoding threads finish; show lists them in input and layer order.
     image_order = {str(image.key): i for i, image in enumerate(images)}
     layer_order = {ref.path: i for i, ref in enumerate(visualizer.layers)}
@@ -302,7 +312,11 @@ def _auc_table(scored: list[dict[str, Any]]) -> str:
 
     rows = auc_rows_from_records(scored)
     count = sum(row.count for row in rows)
-    return f"faithfulness over {count} map(s), mean AUC per method:\n{format_auc_table(rows)}"
+    if not count:
+        return "faithfulness: no class map was scored (every photo failed, or none has scores)"
+    earlier = sum(row.count for row in auc_rows_from_records([r for r in scored if r.get("skipped")]))
+    note = f" ({earlier} from photos skipped as already done)" if earlier else ""
+    return f"faithfulness over {count} map(s){note}, mean AUC per method:\n{format_auc_table(rows)}"
 
 
 def _redone_note(redone: dict[str, int]) -> str:

@@ -299,6 +299,12 @@ def _identity(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
+#: Names of the files a batch run writes at the top of OUT (featviz.output.layout.MANIFEST,
+#: featviz.output.report.REPORT): a photo named ``index.html.png`` gets ``index.html~2``, not a
+#: folder that would collide with the page.
+RESERVED_KEYS = frozenset({PurePosixPath("index.html"), PurePosixPath("manifest.jsonl")})
+
+
 def _unique_keys(candidates: list[_Candidate]) -> list[InputImage]:
     """Give clashing keys ``~2``, ``~3``... in (key, path) order, then sort by key.
 
@@ -307,8 +313,8 @@ def _unique_keys(candidates: list[_Candidate]) -> list[InputImage]:
     order in which the inputs were given.
     """
     ordered = sorted(candidates, key=lambda c: (c.key.parts, str(c.path)))
-    taken = {c.key for c in ordered}
-    assigned: set[PurePosixPath] = set()
+    taken = {c.key for c in ordered} | RESERVED_KEYS
+    assigned: set[PurePosixPath] = set(RESERVED_KEYS)
     images: list[InputImage] = []
     for candidate in ordered:
         key = candidate.key

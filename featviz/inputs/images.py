@@ -84,6 +84,8 @@ def _open_file(path: str | os.PathLike[str], shown: str) -> BinaryIO:
             os.close(fd)
             raise
     except FileNotFoundError:
+        if os.path.islink(path):  # the name is there, its target is not
+            raise ImageError(f"{shown}: a symbolic link to {os.readlink(path)}, which does not exist") from None
         raise ImageError(f"{shown}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{shown}: is a folder, not an image file") from None

@@ -106,12 +106,18 @@ def eigencam_map(activations: torch.Tensor) -> torch.Tensor:
 def scorecam_masks(activations: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
     """Score-CAM's masks H_k: each channel upsampled to the input size (bilinear,
     ``align_corners=False``, as the authors' code) and min-max scaled to [0, 1] on its own (a
-    constant channel gives an all-zero mask). activations (N, C, h, w) -> float32 (N, C, H, W)."""
+    constant channel gives an all-zero mask). activations (N, C, h, w) -> float32 (N, C, H, W).
+
+    Constancy is decided on the channel at the layer's resolution: upsampling a constant channel
+    (always, at a 1x1 layer) leaves rounding noise of ~1e-7 that min-max scaling would stretch
+    to a full 0..1 mask."""
+    flat = activations.float().flatten(2)
+    varies = (flat.amax(dim=2) > flat.amin(dim=2))[:, :, None, None]  # (N, C, 1, 1)
     up = F.interpolate(activations.float(), size=input_hw, mode="bilinear", align_corners=False)
     low = up.amin(dim=(2, 3), keepdim=True)
     span = up.amax(dim=(2, 3), keepdim=True) - low
-    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(up))
+    varies = varies & (span > 0)
+    return torch.where(varies, (up - low) / torch.where(varies, span, torch.ones_like(span)), torch.zeros_like(up))
 
 
 def ablationcam_weights(logit: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
@@ -127,9 +133,12 @@ def cam_at_input(maps: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
     """Layer-resolution maps float (N, h, w) -> float32 (N, H_in, W_in) in [0, 1]: bilinear
     upsampling (``align_corners=False``, each cell covers its own area, as the overlays) to the
     network input's size, then min-max scaling per map (a constant map becomes all 0). This is
-    the map a faithfulness score should order the input's pixels by."""
+    the map a faithfulness score should order the input's pixels by. Constancy is decided at the
+    layer's resolution (see :func:`scorecam_masks`)."""
+    flat = maps.float().flatten(1)
+    varies = (flat.amax(dim=1) > flat.amin(dim=1))[:, None, None]  # (N, 1, 1)
     up = F.interpolate(maps.float()[:, None], size=input_hw, mode="bilinear", align_corners=False)[:, 0]
     low = up.amin(dim=(1, 2), keepdim=True)
     span = up.amax(dim=(1, 2), keepdim=True) - low
-    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(up))
+    varies = varies & (span > 0)
+    return torch.where(varies, (up - low) / torch.where(varies, span, torch.ones_like(span)), torch.zeros_like(up))

@@ -34,7 +34,14 @@ from featviz.capture.layers import LayerRef, is_script
 from featviz.errors import UsageError
 from featviz.maps import cam as formulas
 from featviz.maps.faithfulness import FaithfulnessScore
-from featviz.maps.targets import Target, class_indices, label, parse_targets
+from featviz.maps.targets import (
+    LOGITS_HINT,
+    Target,
+    class_indices,
+    class_probabilities,
+    label,
+    parse_targets,
+)
 
 DEFAULT_CAM_BATCH = 32
 
@@ -117,7 +124,7 @@ class ClassExplainer:
             logits = recorder.run(batch)
             if logits.dim() != 2 or logits.shape[0] != batch.shape[0]:
                 raise UsageError(f"class attention needs a model that returns class logits (N, classes); "
-                                 f"it returned {tuple(logits.shape)}")
+                                 f"it returned {tuple(logits.shape)}", hint=LOGITS_HINT)
             activations = recorder.activations
             if activations is None:  # run() raises when the layer was never reached
                 raise RuntimeError(f"layer {self.layer.path} recorded no activations")
@@ -126,7 +133,7 @@ class ClassExplainer:
         logits = logits.detach().float()
         errors = _non_finite(activations, logits, grads)
         columns = {m: self._method(m, batch, activations, logits, classes, grads) for m in self.methods}
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = class_probabilities(logits)
         per_image: list[list[CamMap]] = []
         for n in range(batch.shape[0]):
             maps: list[CamMap] = []
@@ -204,7 +211,7 @@ class ClassExplainer:
                 stop = min(c, start + self.cam_batch)
                 masks = formulas.scorecam_masks(activations[i:i + 1, start:stop], (batch.shape[2], batch.shape[3]))[0]
                 with torch.no_grad():
-                    probabilities = torch.softmax(self._forward(batch[i][None] * masks[:, None]).float(), dim=1)
+                    probabilities = class_probabilities(self._forward(batch[i][None] * masks[:, None]))
                 weights = probabilities[:, classes[i]]  # (k, T)
                 blank = masks.flatten(1).amax(dim=1) == 0
                 out[i, start:stop] = torch.where(blank[:, None], torch.zeros_like(weights), weights)
@@ -314,7 +321,8 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
         activations = recorder.activations
         if logits.dim() != 2:
             raise UsageError("--cam needs a model that returns class logits (N, classes); it returned "
-                             f"{tuple(logits.shape)}")
+                             f"{tuple(logits.shape)}",
+                             hint=LOGITS_HINT)
         if activations is None or activations.dim() != 4:
             raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W)",
                              hint="choose a convolutional layer")

@@ -48,6 +48,7 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from featviz.errors import ImageError, UsageError
+from featviz.maps.targets import LOGITS_HINT, class_probabilities
 
 BASELINES: tuple[str, ...] = ("zero", "black", "blur")
 DEFAULT_STEPS = 16
@@ -366,13 +367,14 @@ def _probabilities(output: Any, rows: int, targets: list[int]) -> torch.Tensor:
     """Softmax over the classes of a (B, K) output: float32 (B, K) in [0, 1]."""
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != rows:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise UsageError(f"deletion/insertion needs a classifier's (N, classes) logits, the model returned {shape}")
+        raise UsageError(f"deletion/insertion needs a classifier's (N, classes) logits, the model returned {shape}",
+                         hint=LOGITS_HINT)
     classes = output.shape[1]
     outside = sorted({t for t in targets if not 0 <= t < classes})
     if outside:
         raise UsageError(f"target class {outside[0]} is out of range: the model has {classes} classes "
                          f"(0..{classes - 1})")
-    return torch.softmax(output.float(), dim=1)
+    return class_probabilities(output)
 
 
 def _score(row: int, curves: np.ndarray, fractions: list[float], target: int, steps: int,

@@ -18,6 +18,10 @@ import torch
 
 from featviz.errors import UsageError
 
+# The hint of every "needs class logits (N, classes)" error: how a user's model gets there.
+LOGITS_HINT = ("make the model's forward return (N, classes): flatten (N, C, 1, 1) with torch.flatten(x, 1), "
+               "turn one output per photo (N,) into (N, 1) with x[:, None]")
+
 _TOP = re.compile(r"^top(\d*)$", re.IGNORECASE)
 _INDEX = re.compile(r"^\d+$")
 
@@ -46,6 +50,10 @@ def parse_targets(specs: Iterable[str | int], categories: Sequence[str] | None,
     """Targets from ``--target`` values. ``categories``: the weights' class names, or None for
     a model without them (only indices and top/topN then). ``num_classes``: the width of the
     model's output, when known, to refuse an index out of range."""
+    specs = list(specs)
+    if any(not str(spec).replace(",", "").strip() for spec in specs):  # --target "": not silently top
+        raise UsageError("--target names no class",
+                         hint="give a class index, a class name, top or topN, e.g. --target top")
     parts = split_targets(specs) or ["top"]
     targets: list[Target] = []
     for part in parts:
@@ -119,3 +127,16 @@ def class_indices(targets: Sequence[Target], logits: torch.Tensor) -> torch.Tens
 def label(index: int, categories: Sequence[str] | None) -> str:
     """The class's name from the weights' categories, else ``class K``."""
     return categories[index] if categories and index < len(categories) else f"class {index}"
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of a classifier's logits float (N, K) -> float32 (N, K) in [0, 1].
+
+    K > 1: the softmax over the classes. K == 1 (a binary classifier with one output, trained
+    with ``BCEWithLogitsLoss``): the softmax of one logit is 1.0 whatever the photo, which made
+    probabilities, Score-CAM weights and deletion/insertion areas all 1.0; the sigmoid is the
+    probability that logit stands for (its positive class), and what featviz uses then."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)

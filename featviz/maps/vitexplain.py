@@ -32,7 +32,14 @@ from featviz.capture.tokens import TokenLayout, token_layout
 from featviz.errors import UsageError
 from featviz.maps import transformer as formulas
 from featviz.maps.explain import CamBatch, CamMap
-from featviz.maps.targets import Target, class_indices, label, parse_targets
+from featviz.maps.targets import (
+    LOGITS_HINT,
+    Target,
+    class_indices,
+    class_probabilities,
+    label,
+    parse_targets,
+)
 
 __all__ = ["METHODS", "TransformerBatch", "TransformerExplainer", "build_transformer_explainers",
            "is_transformer_method"]
@@ -98,7 +105,7 @@ class TransformerExplainer:
             logits = capture.run(batch)
             if logits.dim() != 2 or logits.shape[0] != batch.shape[0]:
                 raise UsageError(f"relevance and rollout need a model that returns class logits (N, classes); "
-                                 f"it returned {tuple(logits.shape)}")
+                                 f"it returned {tuple(logits.shape)}", hint=LOGITS_HINT)
             classes = class_indices(self.targets, logits.detach())
             attentions = capture.attentions[:self.upto]
             gradients: list[list[torch.Tensor]] = []
@@ -115,7 +122,7 @@ class TransformerExplainer:
         if relevant:
             columns["relevance"] = [formulas.patch_values(formulas.relevance_row(attentions, grads), self.layout)
                                     for grads in gradients]
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = class_probabilities(logits)
         per_image: list[list[CamMap]] = []
         for n in range(batch.shape[0]):
             maps: list[CamMap] = []
@@ -178,7 +185,7 @@ def build_transformer_explainers(model: nn.Module, blocks: Sequence[str], method
         logits = capture.run(example)
     if logits.dim() != 2:
         raise UsageError(f"relevance and rollout need a model that returns class logits (N, classes); "
-                         f"it returned {tuple(logits.shape)}")
+                         f"it returned {tuple(logits.shape)}", hint=LOGITS_HINT)
     formulas.patch_row(capture.attentions[0], layout)  # the layout fits the attention, or a usage error
     targets = parse_targets(target_specs, categories, num_classes=int(logits.shape[1]))
     explainers = {}

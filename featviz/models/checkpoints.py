@@ -121,6 +121,9 @@ def load_state_dict_file(module: torch.nn.Module, path: str, trust_pickle: bool 
 def read_state_dict_file(path: str, trust_pickle: bool = False) -> dict[str, Any]:
     """The state dict in a file, read safely: ``.safetensors`` holds only tensors, any other file
     is read with ``torch.load(weights_only=True)`` unless ``trust_pickle``."""
+    if Path(path).is_dir():
+        raise WeightsError(f"--weights {path} is a folder, not a weights file",
+                           hint="give the state-dict file inside it (.pth, .pt, .bin, .safetensors), or --weights none")
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} does not exist", hint="check the path, or use --weights none")
     if str(path).endswith(".safetensors"):

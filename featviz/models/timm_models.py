@@ -119,12 +119,22 @@ def _missing_weights(name: str, exc: BaseException) -> WeightsError:
 
     cfg = timm.models.get_pretrained_cfg(name) if hasattr(timm.models, "get_pretrained_cfg") else None
     hub_id = getattr(cfg, "hf_hub_id", None) or name
-    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    reason = _shorten(str(exc).strip().splitlines()[0], 160) if str(exc).strip() else type(exc).__name__
     return WeightsError(
         f"timm's pretrained weights for {name} are not in the Hugging Face cache and could not be "
         f"downloaded ({reason}); timm looks for {hub_id} in {HF_HUB_CACHE} (set HF_HOME to move it)",
         hint="download them once while online, pass --weights PATH to a state dict, or --weights none",
     )
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "…" when cut (an
+    offline error's first line runs long; cut mid-word it read as a typo)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "\u2026"
 
 
 def _pretrained_label(module: nn.Module, loaded: bool) -> str:

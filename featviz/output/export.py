@@ -41,6 +41,12 @@ from featviz.output.layout import (
 )
 from featviz.output.report import REPORT, ReportWriter
 from featviz.output.result import Producer, result_files
+from featviz.output.resume import (
+    FINGERPRINT,
+    changed_photo,
+    photo_fingerprint,
+    skipped_fields,
+)
 from featviz.output.settings import changed_settings
 
 if TYPE_CHECKING:
@@ -65,6 +71,9 @@ class ExportReport:
     # --skip-existing: images that were complete but made with other settings, and why (a count
     # per reason, e.g. {"--cmap changed (gray -> viridis)": 5}); they are also counted in ok/failed
     redone: dict[str, int] = field(default_factory=dict)
+    # the run's ``stop`` callable asked it to stop (SIGTERM, Ctrl-C): photos not begun are not
+    # counted anywhere; --skip-existing does them
+    stopped: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -103,13 +112,16 @@ class Exporter:
     ``layout(image)`` gives the folder key for an input (by default its ``key``). ``on_record``
     receives each manifest record (one per photo and layer, or one per failed photo) as it is
     made; ``on_image_done`` is called once per input photo. Both may be called from worker
-    threads, never at the same time.
+    threads, never at the same time. ``stop`` is asked before each batch: once it returns True
+    the run starts no new photo, finishes the ones in flight (files, summaries and manifest
+    lines written whole) and returns with ``report.stopped`` set (the CLI's SIGTERM handling).
     """
 
     def __init__(self, visualizer: Visualizer, out: Path, *, batch_size: int | None = None, workers: int | None = None,
                  skip_existing: bool = False, manifest: bool = True,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 on_image_done: Callable[[], None] | None = None) -> None:
+                 on_image_done: Callable[[], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         if batch_size is None:
             batch_size = default_batch_size(visualizer.device)
         if batch_size < 1:
@@ -124,11 +136,14 @@ class Exporter:
         self.write_manifest = manifest
         self.on_record = on_record
         self.on_image_done = on_image_done
+        self.stop = stop
         self.report = ExportReport()
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}
         self._image_failed: dict[str, bool] = {}
         self._redo_reason: dict[str, str] = {}  # key -> why a complete folder is done again
+        self._done_summaries: dict[str, list[dict[str, Any]]] = {}  # key -> its layers' summaries, to skip
+        self._fingerprints: dict[str, dict[str, int] | None] = {}  # key -> the photo as read (resume.py)
         self._report_writer: Any = None  # featviz.output.report.ReportWriter while run() writes a manifest
         self._fatal: OutputError | None = None  # set when OUT stops taking files: the run stops
 
@@ -163,6 +178,7 @@ class Exporter:
         with self._lock:
             self.report.failed += 1
             self._redo_reason.pop(str(image.key), None)
+            self._fingerprints.pop(str(image.key), None)
             if len(self.report.errors) < 1000:
                 self.report.errors.append(message)
             self._emit({**name_fields(image.path), "key": str(image.key), "layer": None, "output": None,
@@ -176,7 +192,10 @@ class Exporter:
         error = pending.error
         if error is None:
             try:
-                atomic_write(pending.directory / SUMMARY, json_bytes(result.summary(pending.names)))
+                summary = result.summary(pending.names)
+                with self._lock:
+                    summary[FINGERPRINT] = self._fingerprints.get(result.key)
+                atomic_write(pending.directory / SUMMARY, json_bytes(summary))
             except OSError as exc:
                 error = f"{pending.directory}: cannot write summary ({exc})"
                 if is_fatal_write_error(exc):
@@ -200,6 +219,7 @@ class Exporter:
             })
             if self._layers_left[key] == 0:
                 del self._layers_left[key]
+                self._fingerprints.pop(key, None)
                 reason = self._redo_reason.pop(key, None)
                 if reason:
                     self.report.redone[reason] = self.report.redone.get(reason, 0) + 1
@@ -225,27 +245,38 @@ class Exporter:
         except UsageError:  # its folder leads out of OUT: not done; writing it fails the photo
             return False
         reason = None
+        summaries = []
+        current = photo_fingerprint(image.path)
         for ref, directory in zip(self.visualizer.layers, directories, strict=True):
             summary = complete_summary(directory)
             if summary is None:
                 return False  # unfinished: done now, a resume rather than a redo
-            reason = reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+            reason = (reason or changed_settings(summary.get("options"), self.visualizer.settings(ref))
+                      or changed_photo(summary.get(FINGERPRINT), current))
+            summaries.append(summary)
         if reason:
             self._redo_reason[str(image.key)] = reason
             return False
+        self._done_summaries[str(image.key)] = summaries
         return True
 
     def _skip(self, image: InputImage) -> None:
         with self._lock:
             self.report.skipped += 1
-            for ref, directory in zip(self.visualizer.layers, self._directories(image), strict=True):
+            summaries = self._done_summaries.pop(str(image.key))
+            layers = zip(self.visualizer.layers, self._directories(image), summaries, strict=True)
+            for ref, directory, summary in layers:
+                # the finished record again (the last line per key and layer wins): no stub
                 self._emit({**name_fields(image.path), "key": str(image.key), "layer": ref.path,
                             "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
-                            "error": None, "shape": None, "top_channels": None, "seconds": 0.0})
+                            "error": None, "seconds": 0.0, **skipped_fields(summary)})
             if self.on_image_done:
                 self.on_image_done()
 
     def _prepare(self, image: InputImage) -> PreparedImage:
+        fingerprint = photo_fingerprint(image.path)  # before the read: a change during it shows next time
+        with self._lock:
+            self._fingerprints[str(image.key)] = fingerprint
         return self.visualizer.prepare(image.path, key=str(image.key))
 
     def run(self, images: Sequence[InputImage]) -> ExportReport:
@@ -290,6 +321,9 @@ class Exporter:
             batches = chunks(todo, self.batch_size)
             decoding = self._decode_async(pool, next(batches, []))
             while decoding and self._fatal is None:
+                if self.stop is not None and self.stop():
+                    self.report.stopped = True  # the decoded batch is dropped: a resume does it
+                    break
                 current = decoding
                 decoding = self._decode_async(pool, next(batches, []))  # overlaps the forward pass
                 prepared = self._collect(current)

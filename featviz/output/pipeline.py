@@ -49,6 +49,7 @@ from featviz.maps.attention import (
 )
 from featviz.maps.camscore import score_cams
 from featviz.maps.explain import build_explainers
+from featviz.maps.targets import LOGITS_HINT, class_probabilities
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.models.build import load_model
 from featviz.output.estimate import OutputEstimate, estimate_output
@@ -102,7 +103,8 @@ class Visualizer:
         self.preprocess = self.loaded.preprocess.with_overrides(resize, crop, no_crop)
         for name, value in (("--resize", self.preprocess.resize), ("--crop", self.preprocess.crop)):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be a positive number of pixels, got {value}")
+                raise UsageError(f"{name} must be a positive number of pixels, got {value}",
+                                 hint=f"e.g. {name} 224, or leave it out for the weights' own")
         vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
         # the layer featviz chose because none was named (class maps: the last feature map; transformer
         # maps: the last block), for the CLI to say
@@ -424,8 +426,9 @@ class Visualizer:
         if output is None or output.dim() != 2 or output.shape[0] != count:
             shape = None if output is None else tuple(output.shape)
             raise UsageError(f"--predict needs a model that returns class logits (N, classes); {self.loaded.name} "
-                             f"returned {shape}")
-        probabilities = torch.softmax(output.float(), dim=1)
+                             f"returned {shape}",
+                             hint=LOGITS_HINT)
+        probabilities = class_probabilities(output)
         top = probabilities.topk(min(TOP_PREDICTIONS, probabilities.shape[1]), dim=1)
         names = self.loaded.categories
         return [[{"label": names[k] if names and k < len(names) else f"class {k}", "index": k,
