@@ -21,7 +21,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"gatetrace", "learned", "stn"}, {"hooks", "selfattention"}, {"gates"}]),
+    ("capture", [{"layers", "tokens"}, {"gatetrace", "layouts", "learned", "stn"}, {"hooks", "selfattention"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive", "transformer"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook", "heads"}, {"options"}, {"result"},

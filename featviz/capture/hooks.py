@@ -17,6 +17,7 @@ import torch
 from featviz.errors import LayerError
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
+from featviz.capture.layouts import PLAIN, MapLayout, map_layout
 
 if TYPE_CHECKING:
     from torch import nn
@@ -284,6 +285,12 @@ class GradientCapture:
 
     ``replace``: with it the layer's output is not kept but replaced by ``replace(output)``
     (Ablation-CAM's ablated copies, float32 (K, C, H, W)); no leaf is made then.
+
+    Token and channels-last layers (:mod:`featviz.capture.layouts`): :attr:`activations` is the
+    output as a feature map (N, C, H, W) and :attr:`layout` says how it was made; the leaf keeps
+    the layer's own shape (the model continues from it), so a gradient with respect to the leaf
+    becomes a map by ``layout.to_map`` (what pytorch-grad-cam's ``reshape_transform`` does to
+    activations and gradients alike); ``replace`` gets and returns maps.
     """
 
     def __init__(self, model: nn.Module, layer: LayerRef, with_grad: bool = True,
@@ -294,6 +301,9 @@ class GradientCapture:
         self.replace = replace
         self.activations: torch.Tensor | None = None
         self.leaf: torch.Tensor | None = None
+        self.layout: MapLayout | None = None  # how the output became a map; None: it is no feature map
+        self.output_shape: tuple[int, ...] | None = None  # the layer's own output shape
+        self._input_size: tuple[int, int] = (0, 0)
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[Any, bool]] = []
@@ -328,11 +338,15 @@ class GradientCapture:
         if not isinstance(output, torch.Tensor):
             raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
                              hint="class attention needs a layer whose output is one feature map")
+        if self.layout is None or self.activations is None:
+            self.output_shape = tuple(output.shape)
+            self.layout = map_layout(self.model, self.layer, self.output_shape, self._input_size)
+        layout = self.layout or PLAIN
         if self.replace is not None:
-            return self.replace(output.detach())
+            return layout.from_map(self.replace(layout.to_map(output.detach())), output.detach())
         if self.activations is not None:  # a module called twice: the first call is the one explained
             return None
-        self.activations = output.detach().clone()
+        self.activations = layout.to_map(output.detach()).clone()
         if not self.with_grad:
             return None
         self.leaf = output.detach().clone().requires_grad_(True)
@@ -341,7 +355,8 @@ class GradientCapture:
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
         differentiable with respect to :attr:`leaf` when ``with_grad``."""
-        self.activations, self.leaf = None, None
+        self.activations, self.leaf, self.layout = None, None, None
+        self._input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
         with torch.enable_grad() if self.with_grad else torch.no_grad():
             output = _as_tensor(self.model(batch), "output")
         if self.activations is None and self.replace is None:
