@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featviz.errors import LayerError
+from featviz.errors import FeatvizError, LayerError
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
 from featviz.capture.layouts import PLAIN, MapLayout, map_layout
@@ -232,7 +232,10 @@ def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.T
 def describe_layers(
     model: nn.Module, example: torch.Tensor, include_all: bool = False
 ) -> list[dict[str, Any]]:
-    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
+    """Rows for ``featviz layers``: index, path, type and output shape for ``example``, and the
+    feature map each output is drawn as (:mod:`featviz.capture.layouts`): ``map_shape`` [C, H, W]
+    (None: no feature map) and ``layout`` (``"tokens"``, ``"channels_last"``, ``"nchw"``, or None;
+    ``tokens``: prefix and grid, ``layout_error``: why featviz cannot tell).
 
     ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
     with hooks on every listed module; a module the forward pass never reaches has shape None.
@@ -244,27 +247,48 @@ def describe_layers(
     else:
         listed = stack
     shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    size = (int(example.shape[-2]), int(example.shape[-1]))
     rows = []
     for path, module in listed:
         ref = LayerRef(path, index_of.get(path), module)
-        rows.append({
+        row: dict[str, Any] = {
             "index": index_of.get(path),
             "path": path,
             "type": ref.type_name,
             "output_shape": shapes.get(path),
-        })
+            "map_shape": None,
+            "layout": None,
+        }
+        if shapes.get(path) is not None:
+            row.update(_map_facts(model, ref, shapes[path], size))
+        rows.append(row)
     return rows
+
+
+def _map_facts(model: nn.Module, ref: LayerRef, shape: list[int], size: tuple[int, int]) -> dict[str, Any]:
+    """``map_shape``, ``layout`` (and ``tokens`` or ``layout_error``) of one output shape."""
+    try:
+        layout = map_layout(model, ref, [1, *shape], size)
+    except FeatvizError as exc:
+        return {"layout_error": str(exc)}
+    if layout is None:
+        return {}
+    mapped = list(layout.to_map(torch.empty(1, *shape, device="meta")).shape[1:])
+    facts: dict[str, Any] = {"map_shape": mapped, "layout": layout.kind}
+    if layout.tokens is not None:
+        facts["tokens"] = {"prefix": layout.tokens.prefix, "grid": list(layout.tokens.grid)}
+    return facts
 
 
 def feature_map_paths(model: nn.Module, example: torch.Tensor) -> list[str]:
     """The feature-stack entries whose output for ``example`` (float32 (1, 3, H, W)) is a
-    feature map (N, C, H, W) larger than 1x1: what ``--layer all`` means. A global pool's 1x1
-    output and a classifier's (N, classes) are not."""
-    stack = feature_stack(model)
-    index_of = {path: i for i, (path, _) in enumerate(stack)}
-    shapes = output_shapes(model, [LayerRef(p, index_of[p], m) for p, m in stack], example)
-    return [path for path, _ in stack
-            if len(shapes.get(path, [])) == 3 and shapes[path][1] * shapes[path][2] > 1]
+    feature map larger than 1x1 (N, C, H, W, or tokens / channels-last made one by
+    :mod:`featviz.capture.layouts`): what ``--layer all`` means. A global pool's 1x1
+    output and a classifier's (N, classes) are not; nor is a layer whose layout featviz
+    cannot tell."""
+    rows = describe_layers(model, example)
+    return [row["path"] for row in rows
+            if row["map_shape"] is not None and row["map_shape"][1] * row["map_shape"][2] > 1]
 
 
 class GradientCapture:

@@ -109,7 +109,7 @@ def _after_permute(model: nn.Module, path: str) -> str | None:
     parent_path, _, name = path.rpartition(".")
     try:
         parent = model.get_submodule(parent_path) if parent_path else model
-    except AttributeError:
+    except (AttributeError, RuntimeError):  # RuntimeError: a TorchScript module (no get_submodule)
         return None
     if not isinstance(parent, nn.Sequential):
         return None
