@@ -22,7 +22,7 @@ from pytorch_grad_cam import GradCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.ops.misc import Permute
-from vitmodels import tiny_timm_vit, tiny_torchvision_vit
+from vitmodels import tiny_swin, tiny_timm_vit, tiny_torchvision_vit
 
 from featviz.capture.hooks import describe_layers, feature_map_paths
 from featviz.capture.layers import LayerRef
@@ -123,7 +123,7 @@ def test_show_export_on_a_deit_block(tmp_path: Path) -> None:
 
 
 SWIN_CASES = [
-    ("torchvision swin_t", lambda: _seeded(torchvision.models.swin_t), ["features.7", "norm", "features.0.2",
+    ("torchvision swin", tiny_swin, ["features.7", "norm", "features.0.2",
                                                                          "features.1.0.norm1"]),
     ("timm swin", lambda: _timm_swin(), ["layers.3", "norm", "patch_embed", "layers.1.blocks.0.norm1"]),
 ]
@@ -160,9 +160,9 @@ def test_channels_last_layers_are_permuted(name, factory, paths) -> None:
 
 
 def test_swin_through_the_pipeline_records_the_layout() -> None:
-    vis = Visualizer("swin_t", "none", ["features.7", "features.5"], resize=64, crop=64)
+    vis = Visualizer("vitmodels:tiny_swin", "none", ["features.7", "features.5"], resize=64, crop=64)
     results = vis.run(_photo(64, 64))
-    assert [tuple(r.activations.shape) for r in results] == [(768, 2, 2), (384, 4, 4)]
+    assert [tuple(r.activations.shape) for r in results] == [(128, 2, 2), (64, 4, 4)]
     assert all(r.summary()["layout"] == "channels_last" for r in results)
     x = vis.prepare(_photo(64, 64)).tensor[None]
     torch.testing.assert_close(results[0].activations, _output(vis.loaded.module, "features.7", x)[0].permute(2, 0, 1))
@@ -170,9 +170,9 @@ def test_swin_through_the_pipeline_records_the_layout() -> None:
 
 def test_undecidable_layouts_are_errors() -> None:
     """A 4-D output outside Swin's channels-last trunk, and one after an unknown Permute: refused."""
-    model = _seeded(torchvision.models.swin_t)
+    model = tiny_swin()
     with pytest.raises(LayerError, match="cannot tell which axis holds the channels"):
-        map_layout(model, LayerRef("avgpool", None, model.avgpool), (1, 768, 1, 1), (64, 64))
+        map_layout(model, LayerRef("avgpool", None, model.avgpool), (1, 128, 1, 1), (64, 64))
     odd = nn.Sequential(nn.Conv2d(3, 4, 3), Permute([0, 2, 1, 3]), nn.Identity())
     with pytest.raises(LayerError, match="neither NCHW->NHWC nor back"):
         map_layout(odd, LayerRef("2", None, odd[2]), (1, 4, 4, 4), (6, 6))
@@ -199,13 +199,13 @@ def test_layers_listing_and_layer_all_include_transformer_blocks() -> None:
     rows = {row["path"]: row for row in describe_layers(model, example)}
     assert rows["blocks.1"]["map_shape"] == [32, 4, 4] and rows["blocks.1"]["tokens"] == {"prefix": 1, "grid": [4, 4]}
     assert feature_map_paths(model, example) == ["blocks.0", "blocks.1"]
-    swin = _seeded(torchvision.models.swin_t)
+    swin = tiny_swin()
     paths = feature_map_paths(swin, torch.zeros(1, 3, 64, 64))
     assert paths == [f"features.{k}" for k in range(8)]
-    listing = CliRunner().invoke(main, ["layers", "--model", "swin_t", "--weights", "none", "--crop", "64",
-                                        "--resize", "64"])
+    listing = CliRunner().invoke(main, ["layers", "--model", "vitmodels:tiny_swin", "--weights", "none", "--crop",
+                                        "64", "--resize", "64"])
     assert listing.exit_code == 0, listing.output
-    assert "features.7  Sequential    2x2x768 -> 768x2x2 (channels-last)" in listing.output
+    assert "features.7  Sequential    2x2x128 -> 128x2x2 (channels-last)" in listing.output
 
 
 def _reshape(prefix: int, rows: int, cols: int):
@@ -276,3 +276,21 @@ def test_ablation_cam_on_tokens_keeps_the_prefix_tokens() -> None:
                 handle.remove()
             expected.append((base - ablated) / base)
     np.testing.assert_allclose(weights[[0, 5, 31]].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_show_layer_all_with_gradcam_on_a_vit(tmp_path: Path) -> None:
+    """--layer all takes every block; --cam gradcam runs on each token layer; the maps are 4×4."""
+    photo = tmp_path / "p.png"
+    _photo(32, 32).save(photo)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["show", str(photo), "--model", "timm:vit_tiny_patch16_224", "--weights", "none",
+                                       "--resize", "32", "--crop", "32", "--model-kwargs",
+                                       '{"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}',
+                                       "--layer", "all", "--cam", "gradcam", "--save-raw", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for block in ("blocks.0", "blocks.1"):
+        folder = out / "p" / block
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["tokens"]["grid"] == [4, 4] and summary["cams"][0]["method"] == "gradcam"
+        with np.load(folder / "cam.npz") as npz:
+            assert all(npz[name].shape == (4, 4) for name in npz.files)

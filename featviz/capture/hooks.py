@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featviz.errors import FeatvizError, LayerError
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
 from featviz.capture.layouts import PLAIN, MapLayout, map_layout
+from featviz.errors import FeatvizError, LayerError
 
 if TYPE_CHECKING:
     from torch import nn

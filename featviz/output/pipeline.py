@@ -141,6 +141,17 @@ class Visualizer:
         self.layouts.update(layouts)
         return captured
 
+    def feature_maps(self, batch: torch.Tensor, layers: Sequence[LayerRef] | None = None) -> dict[str, torch.Tensor]:
+        """One capture pass of ``batch`` (float32 (N, 3, H, W) on the model's device): each layer's
+        output as a feature map float (N, C, H, W), token and channels-last layers rearranged
+        (:mod:`featviz.capture.layouts`). ``layers``: a subset of this visualizer's (default all).
+        What the atlas accumulates."""
+        refs = list(self.layers if layers is None else layers)
+        captured = capture(self.loaded.module, refs, batch)
+        maps, _ = as_feature_maps(self.loaded.module, refs, captured, (int(batch.shape[-2]), int(batch.shape[-1])),
+                                  self.loaded.name)
+        return {ref.path: maps[ref.path] for ref in refs}
+
     def _use_gates(self, every_gate: bool = False) -> None:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
         :mod:`featviz.capture.gates`); a layer with a learned channel gate becomes the module that applies
