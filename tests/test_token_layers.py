@@ -294,3 +294,29 @@ def test_show_layer_all_with_gradcam_on_a_vit(tmp_path: Path) -> None:
         assert summary["tokens"]["grid"] == [4, 4] and summary["cams"][0]["method"] == "gradcam"
         with np.load(folder / "cam.npz") as npz:
             assert all(npz[name].shape == (4, 4) for name in npz.files)
+
+
+def test_atlas_of_a_vit_block_ranks_patches(tmp_path: Path) -> None:
+    """The atlas of a token layer: per embedding channel the photos whose patch token peaks
+    highest, with the patch's grid cell, equal to a brute-force pass over the photos."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["atlas", str(folder), "--out", str(out), "--model", "vitmodels:tiny_timm_vit",
+                                       "--weights", "none", "--resize", "32", "--crop", "32", "--layer", "blocks.1",
+                                       "--top", "2", "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "blocks.1" / "atlas.json").read_text())
+    assert document["shape"] == [32, 4, 4]
+    vis = Visualizer("vitmodels:tiny_timm_vit", "none", ["blocks.1"], resize=32, crop=32)
+    grids = {p.stem: _grid(_output(vis.loaded.module, "blocks.1", vis.prepare(p).tensor[None]), 1, 4, 4)[0]
+             for p in sorted(folder.iterdir())}
+    for c in (0, 7, 31):
+        ranked = sorted(((float(g[c].max()), key, int(g[c].argmax())) for key, g in grids.items()),
+                        key=lambda e: (-e[0], e[1]))[:2]
+        kept = document["channels"][c]
+        assert [(e["key"], e["y"] * 4 + e["x"]) for e in kept] == [(key, flat) for _, key, flat in ranked]
+        assert [e["score"] for e in kept] == pytest.approx([s for s, _, _ in ranked], rel=1e-5)

@@ -197,12 +197,16 @@ def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
 
 def capture_with_graph(model: nn.Module, layer: LayerRef, batch: torch.Tensor) -> torch.Tensor:
     """The output of ``layer`` for ``batch`` with its autograd graph kept, so that a gradient
-    with respect to ``batch`` can be taken (:mod:`featviz.maps.receptive`). The pass stops at the layer."""
+    with respect to ``batch`` can be taken (:mod:`featviz.maps.receptive`). The pass stops at the layer.
+    Token and channels-last outputs come as the feature map (N, C, H, W) the pictures show
+    (:mod:`featviz.capture.layouts`), so unit (y, x) is the same unit everywhere."""
     if is_script(model):
         raise LayerError("receptive fields need a Python module: a TorchScript model takes no hooks",
                          hint="load the model from torchvision or a package.module:factory")
     with ActivationCapture(model, [layer], copy=False, keep_graph=True) as recorder:
-        return recorder.run(batch)[layer.path]
+        output = recorder.run(batch)[layer.path]
+    layout = map_layout(model, layer, tuple(output.shape), (int(batch.shape[-2]), int(batch.shape[-1])))
+    return output if layout is None else layout.to_map(output)
 
 
 def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:
