@@ -320,3 +320,15 @@ def test_atlas_of_a_vit_block_ranks_patches(tmp_path: Path) -> None:
         kept = document["channels"][c]
         assert [(e["key"], e["y"] * 4 + e["x"]) for e in kept] == [(key, flat) for _, key, flat in ranked]
         assert [e["score"] for e in kept] == pytest.approx([s for s, _, _ in ranked], rel=1e-5)
+
+
+def test_torchvision_vit_blocks_are_the_feature_stack() -> None:
+    """torchvision ViT: indices, --layer all and sweep reach encoder.layers.encoder_layer_K."""
+    from featviz.capture.layers import resolve_layers, sweep_layers
+
+    model = tiny_torchvision_vit()
+    blocks = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert sweep_layers(model) == ["conv_proj", *blocks]
+    maps = feature_map_paths(model, torch.zeros(1, 3, 32, 32))
+    assert maps == ["conv_proj", *blocks, "encoder.ln"]
+    assert [r.path for r in resolve_layers(model, ["-2"], feature_maps=maps)] == [blocks[1]]
