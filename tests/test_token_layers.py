@@ -332,3 +332,17 @@ def test_torchvision_vit_blocks_are_the_feature_stack() -> None:
     maps = feature_map_paths(model, torch.zeros(1, 3, 32, 32))
     assert maps == ["conv_proj", *blocks, "encoder.ln"]
     assert [r.path for r in resolve_layers(model, ["-2"], feature_maps=maps)] == [blocks[1]]
+
+
+def test_dynamic_img_size_reads_the_grid_of_each_input() -> None:
+    """timm dynamic_img_size on a 40×24 input: patch_embed is NHWC by its own output_fmt, the block's
+    tokens sit on a 5×3 grid (rows 40/8, columns 24/8), not the 4×4 it was built with."""
+    model = tiny_timm_vit(img_size=32, dynamic_img_size=True)
+    x = torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(4))
+    embed = _output(model, "patch_embed", x)
+    layout = map_layout(model, LayerRef("patch_embed", None, model.patch_embed), tuple(embed.shape), (40, 24))
+    assert embed.shape == (1, 5, 3, 32) and layout.kind == "channels_last"
+    out = _output(model, "blocks.1", x)
+    layout = map_layout(model, LayerRef("blocks.1", None, model.blocks[1]), tuple(out.shape), (40, 24))
+    assert layout.tokens.grid == (5, 3)
+    torch.testing.assert_close(layout.to_map(out), _grid(out, 1, 5, 3), rtol=0, atol=0)
