@@ -75,3 +75,13 @@ def torchvision_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
         t = t + layer.mlp(layer.ln_2(t))
     t = model.encoder.ln(t)
     return model.heads(t[:, 0]), attentions
+
+
+def tiny_swin(num_classes: int = 5, seed: int = 0) -> nn.Module:
+    """torchvision SwinTransformer (channels-last inside ``features`` and ``norm``), shrunk: 4-px
+    patches, width 16, one block of one head per stage, 2×2 windows; for 64-px inputs."""
+    torch.manual_seed(seed)
+    model = torchvision.models.swin_transformer.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=[2, 2],
+        num_classes=num_classes)
+    return model.eval()

@@ -32,7 +32,6 @@ from featviz.atlas.accumulator import Atlas, merge, new_atlas, settings_differen
 from featviz.atlas.page import write_page
 from featviz.atlas.pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
 from featviz.atlas.schema import validate_state
-from featviz.capture.hooks import capture
 from featviz.capture.layers import is_script
 from featviz.errors import FeatvizError, UsageError
 from featviz.inputs.discover import InputImage
@@ -102,7 +101,7 @@ def layer_channels(visualizer: Visualizer) -> dict[str, list[int | None]]:
     pre = visualizer.preprocess
     side = pre.crop or 224
     blank = torch.zeros(1, 3, side, side, device=visualizer.device)
-    captured = capture(visualizer.loaded.module, visualizer.layers, blank)
+    captured = visualizer.feature_maps(blank)
     return {ref.path: [int(captured[ref.path].shape[1]),
                        *([int(v) for v in captured[ref.path].shape[2:]] if pre.crop else [None, None])]
             for ref in visualizer.layers}
@@ -257,7 +256,7 @@ class AtlasRun:
 
     def _forward(self, group: list[PreparedImage]) -> dict[str, torch.Tensor]:
         batch = torch.stack([p.tensor for p in group]).to(self.visualizer.device)
-        return capture(self.visualizer.loaded.module, self.visualizer.layers, batch)
+        return self.visualizer.feature_maps(batch)  # token and channels-last layers as (N, C, H, W)
 
 
 # --- the outputs --------------------------------------------------------------------------
@@ -393,7 +392,7 @@ def _kept_maps(channels: list[list[dict[str, Any]]], layer: str, visualizer: Vis
             if on_error:
                 on_error(f"{wanted[key][0][2]['input']}: cannot be read again for the pictures ({exc})")
             continue
-        acts = capture(visualizer.loaded.module, [ref], prepared.tensor[None].to(visualizer.device))[layer][0]
+        acts = visualizer.feature_maps(prepared.tensor[None].to(visualizer.device), [ref])[layer][0]
         for c, rank, _ in wanted[key]:
             maps[(c, rank)] = acts[c].float().cpu().clone()
     return maps

@@ -16,7 +16,8 @@ import torch
 
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
-from featviz.errors import LayerError
+from featviz.capture.layouts import PLAIN, MapLayout, map_layout
+from featviz.errors import FeatvizError, LayerError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -197,12 +198,16 @@ def capture(model: nn.Module, layers: Sequence[LayerRef], batch: torch.Tensor,
 
 def capture_with_graph(model: nn.Module, layer: LayerRef, batch: torch.Tensor) -> torch.Tensor:
     """The output of ``layer`` for ``batch`` with its autograd graph kept, so that a gradient
-    with respect to ``batch`` can be taken (:mod:`featviz.maps.receptive`). The pass stops at the layer."""
+    with respect to ``batch`` can be taken (:mod:`featviz.maps.receptive`). The pass stops at the layer.
+    Token and channels-last outputs come as the feature map (N, C, H, W) the pictures show
+    (:mod:`featviz.capture.layouts`), so unit (y, x) is the same unit everywhere."""
     if is_script(model):
         raise LayerError("receptive fields need a Python module: a TorchScript model takes no hooks",
                          hint="load the model from torchvision or a package.module:factory")
     with ActivationCapture(model, [layer], copy=False, keep_graph=True) as recorder:
-        return recorder.run(batch)[layer.path]
+        output = recorder.run(batch)[layer.path]
+    layout = map_layout(model, layer, tuple(output.shape), (int(batch.shape[-2]), int(batch.shape[-1])))
+    return output if layout is None else layout.to_map(output)
 
 
 def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.Tensor) -> dict[str, list[int]]:
@@ -232,7 +237,10 @@ def output_shapes(model: nn.Module, layers: Sequence[LayerRef], example: torch.T
 def describe_layers(
     model: nn.Module, example: torch.Tensor, include_all: bool = False
 ) -> list[dict[str, Any]]:
-    """Rows for ``featviz layers``: index, path, type and output shape for ``example``.
+    """Rows for ``featviz layers``: index, path, type and output shape for ``example``, and the
+    feature map each output is drawn as (:mod:`featviz.capture.layouts`): ``map_shape`` [C, H, W]
+    (None: no feature map) and ``layout`` (``"tokens"``, ``"channels_last"``, ``"nchw"``, or None;
+    ``tokens``: prefix and grid, ``layout_error``: why featviz cannot tell).
 
     ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
     with hooks on every listed module; a module the forward pass never reaches has shape None.
@@ -244,27 +252,48 @@ def describe_layers(
     else:
         listed = stack
     shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    size = (int(example.shape[-2]), int(example.shape[-1]))
     rows = []
     for path, module in listed:
         ref = LayerRef(path, index_of.get(path), module)
-        rows.append({
+        row: dict[str, Any] = {
             "index": index_of.get(path),
             "path": path,
             "type": ref.type_name,
             "output_shape": shapes.get(path),
-        })
+            "map_shape": None,
+            "layout": None,
+        }
+        if shapes.get(path) is not None:
+            row.update(_map_facts(model, ref, shapes[path], size))
+        rows.append(row)
     return rows
+
+
+def _map_facts(model: nn.Module, ref: LayerRef, shape: list[int], size: tuple[int, int]) -> dict[str, Any]:
+    """``map_shape``, ``layout`` (and ``tokens`` or ``layout_error``) of one output shape."""
+    try:
+        layout = map_layout(model, ref, [1, *shape], size)
+    except FeatvizError as exc:
+        return {"layout_error": str(exc)}
+    if layout is None:
+        return {}
+    mapped = list(layout.to_map(torch.empty(1, *shape, device="meta")).shape[1:])
+    facts: dict[str, Any] = {"map_shape": mapped, "layout": layout.kind}
+    if layout.tokens is not None:
+        facts["tokens"] = {"prefix": layout.tokens.prefix, "grid": list(layout.tokens.grid)}
+    return facts
 
 
 def feature_map_paths(model: nn.Module, example: torch.Tensor) -> list[str]:
     """The feature-stack entries whose output for ``example`` (float32 (1, 3, H, W)) is a
-    feature map (N, C, H, W) larger than 1x1: what ``--layer all`` means. A global pool's 1x1
-    output and a classifier's (N, classes) are not."""
-    stack = feature_stack(model)
-    index_of = {path: i for i, (path, _) in enumerate(stack)}
-    shapes = output_shapes(model, [LayerRef(p, index_of[p], m) for p, m in stack], example)
-    return [path for path, _ in stack
-            if len(shapes.get(path, [])) == 3 and shapes[path][1] * shapes[path][2] > 1]
+    feature map larger than 1x1 (N, C, H, W, or tokens / channels-last made one by
+    :mod:`featviz.capture.layouts`): what ``--layer all`` means. A global pool's 1x1
+    output and a classifier's (N, classes) are not; nor is a layer whose layout featviz
+    cannot tell."""
+    rows = describe_layers(model, example)
+    return [row["path"] for row in rows
+            if row["map_shape"] is not None and row["map_shape"][1] * row["map_shape"][2] > 1]
 
 
 class GradientCapture:
@@ -285,6 +314,12 @@ class GradientCapture:
 
     ``replace``: with it the layer's output is not kept but replaced by ``replace(output)``
     (Ablation-CAM's ablated copies, float32 (K, C, H, W)); no leaf is made then.
+
+    Token and channels-last layers (:mod:`featviz.capture.layouts`): :attr:`activations` is the
+    output as a feature map (N, C, H, W) and :attr:`layout` says how it was made; the leaf keeps
+    the layer's own shape (the model continues from it), so a gradient with respect to the leaf
+    becomes a map by ``layout.to_map`` (what pytorch-grad-cam's ``reshape_transform`` does to
+    activations and gradients alike); ``replace`` gets and returns maps.
     """
 
     def __init__(self, model: nn.Module, layer: LayerRef, with_grad: bool = True,
@@ -295,6 +330,9 @@ class GradientCapture:
         self.replace = replace
         self.activations: torch.Tensor | None = None
         self.leaf: torch.Tensor | None = None
+        self.layout: MapLayout | None = None  # how the output became a map; None: it is no feature map
+        self.output_shape: tuple[int, ...] | None = None  # the layer's own output shape
+        self._input_size: tuple[int, int] = (0, 0)
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[Any, bool]] = []
@@ -334,9 +372,12 @@ class GradientCapture:
         if self._calls > 1:  # never mix calls (featviz.capture.calls): a replacement would hit both
             raise LayerError(f"layer {self.layer.path} runs more than once in one forward pass",
                              hint="choose a module that runs once, such as the block around it")
+        self.output_shape = tuple(output.shape)
+        self.layout = map_layout(self.model, self.layer, self.output_shape, self._input_size)
+        layout = self.layout or PLAIN
         if self.replace is not None:
-            return self.replace(output.detach())
-        self.activations = output.detach().clone()
+            return layout.from_map(self.replace(layout.to_map(output.detach())), output.detach())
+        self.activations = layout.to_map(output.detach()).clone()
         if not self.with_grad:
             return None
         self.leaf = output.detach().clone().requires_grad_(True)
@@ -345,7 +386,8 @@ class GradientCapture:
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward ``batch`` (float32 (N, 3, H, W)); the model's output (its first tensor),
         differentiable with respect to :attr:`leaf` when ``with_grad``."""
-        self.activations, self.leaf, self._calls = None, None, 0
+        self.activations, self.leaf, self.layout, self._calls = None, None, None, 0
+        self._input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
         with torch.enable_grad() if self.with_grad else torch.no_grad():
             output = _as_tensor(self.model(batch), "output")
         if self.activations is None and self.replace is None:

@@ -44,6 +44,9 @@ def feature_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
     stages = feature_info_stages(model)
     if stages:
         return stages
+    blocks = torchvision_vit_blocks(model)
+    if blocks:
+        return blocks
     features = getattr(model, "features", None)
     if features is not None and hasattr(features, "named_children"):
         children = list(features.named_children())
@@ -70,6 +73,19 @@ def feature_info_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         except AttributeError:
             return []
     return stages
+
+
+def torchvision_vit_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """torchvision's VisionTransformer: its patch projection, each encoder block, and the final norm
+    (``conv_proj``, ``encoder.layers.encoder_layer_K``, ``encoder.ln``), so that indices, ``--layer
+    all`` and ``sweep`` reach the blocks; empty for any other model. Read by attribute (no import)."""
+    encoder = getattr(model, "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if type(model).__name__ != "VisionTransformer" or not hasattr(model, "conv_proj") or layers is None:
+        return []
+    blocks = [(f"encoder.layers.{name}", module) for name, module in layers.named_children()]
+    norm = getattr(encoder, "ln", None)
+    return [("conv_proj", model.conv_proj), *blocks, *([("encoder.ln", norm)] if norm is not None else [])]
 
 
 def split_specs(specs: Iterable[str | int]) -> list[str]:

@@ -461,6 +461,13 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
     for row in rows:
         index = "" if row["index"] is None else str(row["index"])
         shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
+        if row.get("layout") in ("tokens", "channels_last"):  # drawn as C x H x W: say so, and how
+            facts = row.get("tokens")
+            how = (f"tokens: {facts['prefix']} prefix + {facts['grid'][0]}x{facts['grid'][1]} patches" if facts
+                   else "channels-last")
+            shape += f" -> {'x'.join(map(str, row['map_shape']))} ({how})"
+        elif row.get("layout_error"):
+            shape += "  (layout unknown: not drawn)"
         mark = "".join(f"  [{kind} attention]" for kind in row["attention"] if kind != "channel")
         mark += "  [SE block]" if "channel" in row["attention"] else ""  # a learned channel gate
         click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")

@@ -31,6 +31,7 @@ from torch import nn
 from featviz.capture.calls import check_single_call, count_calls
 from featviz.capture.hooks import GradientCapture
 from featviz.capture.layers import LayerRef, is_script
+from featviz.capture.layouts import PLAIN, MapLayout
 from featviz.errors import UsageError
 from featviz.maps import cam as formulas
 from featviz.maps.faithfulness import FaithfulnessScore
@@ -86,6 +87,7 @@ class CamBatch:
     errors: dict[int, str] = field(default_factory=dict)
     activations: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    layout: MapLayout | None = None  # how the layer's output became (N, C, H, W) (featviz.capture.layouts)
 
 
 class ClassExplainer:
@@ -129,7 +131,8 @@ class ClassExplainer:
             if activations is None:  # run() raises when the layer was never reached
                 raise RuntimeError(f"layer {self.layer.path} recorded no activations")
             classes = class_indices(self.targets, logits.detach())
-            grads = self._gradients(logits, classes, recorder.leaf) if self.needs_gradients else []
+            layout = recorder.layout or PLAIN
+            grads = self._gradients(logits, classes, recorder.leaf, layout) if self.needs_gradients else []
         logits = logits.detach().float()
         errors = _non_finite(activations, logits, grads)
         columns = {m: self._method(m, batch, activations, logits, classes, grads) for m in self.methods}
@@ -153,10 +156,13 @@ class ClassExplainer:
             per_image.append(maps)
         for n in errors:
             per_image[n] = []
-        return CamBatch(per_image, errors, activations, logits)
+        return CamBatch(per_image, errors, activations, logits, layout)
 
-    def _gradients(self, logits: torch.Tensor, classes: torch.Tensor, leaf: torch.Tensor | None) -> list[torch.Tensor]:
-        """dY^c/dA for each target column: float32 (N, C, H, W) each, one backward per column."""
+    def _gradients(self, logits: torch.Tensor, classes: torch.Tensor, leaf: torch.Tensor | None,
+                   layout: MapLayout = PLAIN) -> list[torch.Tensor]:
+        """dY^c/dA for each target column: float32 (N, C, H, W) each, one backward per column
+        (taken in the layer's own layout, then made a map by ``layout``: a token layer's prefix
+        tokens drop out, as in pytorch-grad-cam's ``reshape_transform``)."""
         if leaf is None or not logits.requires_grad:
             raise UsageError(f"the class scores do not depend on layer {self.layer.path}",
                              hint="choose a layer the forward pass uses on the way to the logits")
@@ -167,7 +173,7 @@ class ClassExplainer:
             if grad is None:
                 raise UsageError(f"the class scores do not depend on layer {self.layer.path}",
                                  hint="choose a layer the forward pass uses on the way to the logits")
-            grads.append(grad.detach().float())
+            grads.append(layout.to_map(grad.detach()).float())
         return grads
 
     def _method(self, method: str, batch: torch.Tensor, activations: torch.Tensor, logits: torch.Tensor,
@@ -324,8 +330,9 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
                              f"{tuple(logits.shape)}",
                              hint=LOGITS_HINT)
         if activations is None or activations.dim() != 4:
-            raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W)",
-                             hint="choose a convolutional layer")
+            raise UsageError(f"--cam: layer {ref.path} does not output a feature map (N, C, H, W), "
+                             "vision-transformer tokens or a channels-last map",
+                             hint="choose a convolutional layer or a transformer block")
         if "eigencam" in methods and activations.shape[1] < 2:
             raise UsageError(f"--cam eigencam: layer {ref.path} has one channel, and a principal component of one "
                              "channel is the channel itself",

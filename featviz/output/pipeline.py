@@ -33,6 +33,7 @@ from featviz.capture.gates import (
 from featviz.capture.gates import every_gate as all_gates
 from featviz.capture.hooks import capture, feature_map_paths
 from featviz.capture.layers import LayerRef, default_cam_layer, resolve_layers, split_specs, sweep_layers
+from featviz.capture.layouts import MapLayout, as_feature_maps
 from featviz.capture.selfattention import attention_blocks
 from featviz.capture.stn import AffineGridRecorder
 from featviz.errors import ImageError, LayerError, UsageError
@@ -151,14 +152,25 @@ class Visualizer:
             self._example(), heads=options.heads, fusion=options.rollout_fusion, discard=options.rollout_discard,
             start=options.rollout_start, model_name=self.loaded.name)
 
-    def _token_maps(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """With transformer maps: the chosen blocks' token outputs (N, T, D) as feature maps
-        (N, D, rows, cols), the prefix tokens dropped (:meth:`TokenLayout.to_grid`)."""
-        for path, explainer in self.transformers.items():
-            tokens = captured.get(path)
-            if tokens is not None and tokens.dim() == 3 and tokens.shape[1] == explainer.layout.tokens:
-                captured[path] = explainer.layout.to_grid(tokens)
+    def _maps(self, captured: dict[str, torch.Tensor], batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The chosen layers' outputs as feature maps (N, C, H, W): token layers on their patch grid,
+        channels-last layers permuted (:func:`featviz.capture.layouts.as_feature_maps`, the one place
+        that decides); each layer's layout is kept for its summary."""
+        captured, layouts = as_feature_maps(self.loaded.module, self.layers, captured,
+                                            (int(batch.shape[-2]), int(batch.shape[-1])), self.loaded.name)
+        self.layouts.update(layouts)
         return captured
+
+    def feature_maps(self, batch: torch.Tensor, layers: Sequence[LayerRef] | None = None) -> dict[str, torch.Tensor]:
+        """One capture pass of ``batch`` (float32 (N, 3, H, W) on the model's device): each layer's
+        output as a feature map float (N, C, H, W), token and channels-last layers rearranged
+        (:mod:`featviz.capture.layouts`). ``layers``: a subset of this visualizer's (default all).
+        What the atlas accumulates."""
+        refs = list(self.layers if layers is None else layers)
+        captured = capture(self.loaded.module, refs, batch)
+        maps, _ = as_feature_maps(self.loaded.module, refs, captured, (int(batch.shape[-2]), int(batch.shape[-1])),
+                                  self.loaded.name)
+        return {ref.path: maps[ref.path] for ref in refs}
 
     def _use_gates(self, every_gate: bool = False) -> None:
         """``--channel learned`` / ``--spatial learned``: find the model's gates (one probe pass,
@@ -234,21 +246,18 @@ class Visualizer:
         blank = self._blank()
         height, width = blank.shape[2:]
         try:
-            captured = self._token_maps(self._capture(blank))
+            captured = self._capture(blank)
         except (RuntimeError, AssertionError, ValueError) as exc:  # ViT asserts its input size
             raise LayerError(
                 f"{self.loaded.name} cannot run on a {height}x{width} input "
                 f"({str(exc).splitlines()[0][:160]})",
                 hint="check --resize/--crop, or that the model takes 3-channel images",
             ) from exc
+        self.layouts: dict[str, MapLayout] = {}
+        captured = self._maps(captured, blank)
         self.layer_channels: dict[str, int] = {}
         for ref in self.layers:
             shape = tuple(captured[ref.path].shape)
-            if len(shape) != 4:
-                raise LayerError(
-                    f"layer {ref.path} ({ref.type_name}) outputs shape {shape}, not a feature map (N, C, H, W)",
-                    hint=f"choose a convolutional layer; run `featviz layers --model {self.loaded.name}`",
-                )
             self.layer_channels[ref.path] = shape[1]
             if self.options.channels is not None and max(self.options.channels) >= shape[1]:
                 raise LayerError(
@@ -292,11 +301,11 @@ class Visualizer:
             # the output), so that pass is skipped; its logits serve --predict. Learned gates and
             # spatial transformers are recorded by the plain pass, which then runs as well.
             explained = {ref.path: self.explainers[ref.path].explain(stacked) for ref in self.layers}
-            captured = {path: batch.activations for path, batch in explained.items()}
+            captured = {path: batch.activations for path, batch in explained.items()}  # maps already
             captured[":output"] = next(iter(explained.values())).logits
+            self.layouts.update({path: batch.layout for path, batch in explained.items() if batch.layout})
         else:
-            captured = self._capture(stacked)
-        captured = self._token_maps(captured)
+            captured = self._maps(self._capture(stacked), stacked)
         per_image: list[list[LayerResult]] = [[] for _ in group]
         predictions = self._predictions(captured.get(":output"), len(group)) if self.options.predict else None
         image_values = None
@@ -323,7 +332,8 @@ class Visualizer:
                     stn_theta=None if theta is None else theta[i],
                     image_values=None if image_values is None else image_values[i],
                     raw_gates={name: value[i] for name, value in raw_gates.items()},
-                    extra=_per_image(extra, i) | ({"predictions": predictions[i]} if predictions else {})
+                    extra=self.layouts[ref.path].record() | _per_image(extra, i)
+                    | ({"predictions": predictions[i]} if predictions else {})
                     | ({"nonfinite": int(nonfinite[i])} if int(nonfinite[i]) else {}),
                     nonfinite_mask=None if mask is None or not int(nonfinite[i]) else mask[i],
                     settings=self.settings(ref),
