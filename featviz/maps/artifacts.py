@@ -21,6 +21,8 @@ rule says, so it is kept and the JSON records the MAD so a reader can see it.
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ import torch
 from featviz.capture.tokens import TokenLayout
 from featviz.errors import FeatvizError, UsageError
 
-MAD_SCALE = 1.4826  # 1 / Φ⁻¹(3/4): the MAD of a normal distribution times this is its σ
+MAD_SCALE = 1 / NormalDist().inv_cdf(0.75)  # 1.482602...: the MAD of a normal distribution times this is its σ
 DEFAULT_K = 3.0
 
 
@@ -94,7 +96,7 @@ def artifact_tokens(tokens: torch.Tensor, layout: TokenLayout, k: float = DEFAUL
 
     tokens: float (N, T, D) with T == layout.tokens; k: how many robust σ above the median, ≥ 0.
     """
-    if not k >= 0 or k != k or k == float("inf"):
+    if not (math.isfinite(k) and k >= 0):
         raise UsageError(f"the outlier factor k must be a finite number ≥ 0, not {k}",
                          hint="k = 3 flags norms more than 3 robust standard deviations above the median")
     norms = token_norms(tokens, layout)
