@@ -61,8 +61,8 @@ def reference(attention: torch.Tensor, layout: TokenLayout) -> dict[str, list[li
                 m += sum(row[:p])
             for key, value in zip(("distance", "raw", "entropy", "prefix"), (d, r, e, m)):
                 rows[key].append(value / patches)
-        for key in out:
-            out[key].append(rows[key])
+        for key, values in out.items():
+            values.append(rows[key])
     return out
 
 

@@ -22,9 +22,9 @@ rule says, so it is kept and the JSON records the MAD so a reader can see it.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import torch
