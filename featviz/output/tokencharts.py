@@ -45,7 +45,7 @@ def statistics_chart(values: Mapping[str, torch.Tensor | Sequence[Sequence[float
                            hint="pass the statistics of one model")
     blocks, heads = next(iter(shapes))
     figure = Figure(figsize=(3.2 * len(arrays), 2.8), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(figure)
+    canvas = FigureCanvasAgg(figure)
     colours = [f"C{h % 10}" for h in range(heads)]  # a head keeps its colour in every panel
     x = np.arange(blocks)
     for index, (name, array) in enumerate(arrays.items()):
@@ -62,8 +62,6 @@ def statistics_chart(values: Mapping[str, torch.Tensor | Sequence[Sequence[float
         figure.legend(loc="outside right center", fontsize="small", frameon=False)
     if title:
         figure.suptitle(title)
-    canvas = figure.canvas
-    assert isinstance(canvas, FigureCanvasAgg)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
