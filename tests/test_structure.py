@@ -21,12 +21,13 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn"}, {"gates"}]),
+    ("capture", [{"layers", "tokens"}, {"hooks", "learned", "stn", "drive"}, {"gates"}]),
     ("maps", [{"targets", "attention", "cam", "faithfulness", "receptive"}, {"explain"}, {"camscore"}]),
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
+    ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
-    ("cli", [{"progress", "viewer"}, {"common"}, {"atlas"}, {"main"}]),
+    ("cli", [{"progress", "viewer"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

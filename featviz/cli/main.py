@@ -24,6 +24,7 @@ import click
 
 from featviz import __version__
 from featviz.cli.atlas import atlas
+from featviz.cli.optimize import optimize
 from featviz.cli.common import (
     EXIT_CODES,
     FeatvizGroup,
@@ -434,6 +435,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
 
 
 main.add_command(atlas)
+main.add_command(optimize)
 
 
 if __name__ == "__main__":  # pragma: no cover
