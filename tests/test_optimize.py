@@ -11,14 +11,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tinymodels import TinyFeatures
 
 from featviz.capture.drive import DrivenLayer, RedirectedReLU
 from featviz.capture.layers import resolve_layers
 from featviz.cli.main import main
 from featviz.errors import FeatvizError
 from featviz.optimize.engine import OptimizeSettings, optimize
-from featviz.optimize.param import COLOR, FFTImage, decorrelate, high_frequency_energy, recorrelate, spectrum_scale
-from tinymodels import TinyFeatures
+from featviz.optimize.param import (
+    COLOR,
+    FFTImage,
+    decorrelate,
+    high_frequency_energy,
+    recorrelate,
+    spectrum_scale,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -17,7 +17,7 @@ is passed through anyway except where it would push an already negative input lo
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 from torch.nn import functional
@@ -58,7 +58,8 @@ class _RedirectMode(TorchFunctionMode):
     """Every ``F.relu`` / ``torch.relu`` call (nn.ReLU included, in place or not) becomes
     :class:`RedirectedReLU`; an in-place call returns a new tensor instead."""
 
-    _RELUS = {functional.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+    _RELUS: ClassVar[frozenset[Any]] = frozenset(
+        {functional.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         if func in self._RELUS and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
@@ -88,7 +89,7 @@ class DrivenLayer:
         self._training: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[torch.nn.Parameter, bool]] = []
 
-    def __enter__(self) -> DrivenLayer:
+    def __enter__(self) -> Self:
         if is_script(self.model):
             raise LayerError("optimising an image needs Python hooks, which a TorchScript model does not take",
                              hint="load the model as a torchvision name or a package.module:factory")

@@ -24,7 +24,6 @@ import click
 
 from featviz import __version__
 from featviz.cli.atlas import atlas
-from featviz.cli.optimize import optimize
 from featviz.cli.common import (
     EXIT_CODES,
     FeatvizGroup,
@@ -40,6 +39,7 @@ from featviz.cli.common import (
     run_options,
     show_notes,
 )
+from featviz.cli.optimize import optimize
 from featviz.errors import UsageError
 
 

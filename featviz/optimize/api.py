@@ -16,7 +16,13 @@ from featviz.capture.layers import resolve_layers
 from featviz.errors import UsageError
 from featviz.maps.targets import parse_targets
 from featviz.models.build import load_model
-from featviz.optimize.engine import Optimized, OptimizeSettings, check_settings, check_units, optimize
+from featviz.optimize.engine import (
+    Optimized,
+    OptimizeSettings,
+    check_settings,
+    check_units,
+    optimize,
+)
 from featviz.optimize.export import write_optimized
 from featviz.output.options import parse_channels
 
@@ -43,7 +49,7 @@ def optimize_layer(model: str, weights: str, layer: str | None, channels: str | 
         if len(units) != len(targets):
             raise UsageError("the class objective needs fixed classes, not top/topN", hint="give class indices or names")
     else:
-        units = list(parse_channels(channels) if isinstance(channels, str) or channels is None else channels) or []
+        units = list((parse_channels(channels) if isinstance(channels, str) or channels is None else channels) or [])
     ref = resolve_layers(loaded.module, [layer], loaded.name)[0] if layer is not None else None
     check_units(loaded.module, ref, units, settings, loaded.device)
     result = optimize(loaded.module, ref, units, settings, pre.mean, pre.std, loaded.device, on_step)

@@ -52,6 +52,8 @@ class FFTImage(torch.nn.Module):
     ``decorrelate``/``fft`` False give the ablations (plain pixels under a sigmoid).
     """
 
+    scale: torch.Tensor
+
     def __init__(self, batch: int, size: int, generator: torch.Generator, sd: float = 0.01,
                  fft: bool = True, decorrelate: bool = True) -> None:
         super().__init__()
