@@ -26,7 +26,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("output", [{"png"}, {"layout"}, {"render"}, {"notebook"}, {"options"}, {"result"},
                 {"estimate", "settings"}, {"pipeline"}, {"report"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
-    ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}]),
+    ("atlas", [{"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
     ("cli", [{"progress", "viewer"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
 @click.option("--size", default=None, type=int, help="Image side [default: the model's input size].")
 @click.option("--out", "-o", "out", default="featviz-optimize", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--atlas", "atlas_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Add the images to this atlas (written by `featviz atlas` with the same model and weights): "
+                   "each beside the channel's top patches with r = activation(optimised) / activation(best photo).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
@@ -41,12 +45,20 @@ def optimize(**params: Any) -> None:
     Distill 2017). Writes OUT/<layer>/optimized/NNNN.png, optimized/grid.png and optimize.json."""
     from tqdm import tqdm
 
-    from featviz.optimize.api import optimize_layer
+    from featviz.atlas.optimized import add_to_atlas, check_atlas
+    from featviz.optimize.api import extra_settings, layer_name, prepare, run_prepared
+    from featviz.optimize.export import write_optimized
 
     class_objective = params["objective"] == "class"
     units = params["target"] if class_objective else params["channels"]
     if class_objective and not units:
         raise click.UsageError("--objective class needs --target")
+    prepared = prepare(params["model"], params["weights"], None if class_objective else (params["layer"] or "0"),
+                       units, seed=params["seed"], device=params["device"], objective=params["objective"],
+                       steps=params["steps"], lr=params["lr"], size=params["size"], negative=params["negative"],
+                       diversity=params["diversity"], param=params["param"])
+    if params["atlas_dir"] is not None:
+        check_atlas(params["atlas_dir"], prepared)
     bar = tqdm(total=max(0, params["steps"]), desc="optimize", unit="step", file=sys.stderr,
                disable=not progress_enabled(params))
 
@@ -55,14 +67,18 @@ def optimize(**params: Any) -> None:
         bar.set_postfix(objective=f"{value:.4g}", refresh=False)
 
     try:
-        result, files = optimize_layer(
-            params["model"], params["weights"], None if class_objective else (params["layer"] or "0"), units,
-            out=params["out"], seed=params["seed"], device=params["device"], on_step=on_step,
-            objective=params["objective"], steps=params["steps"], lr=params["lr"], size=params["size"],
-            negative=params["negative"], diversity=params["diversity"], param=params["param"])
+        if params["atlas_dir"] is not None:
+            files = add_to_atlas(params["atlas_dir"], prepared, on_step)
+            activation = json.loads((files[-2]).read_text(encoding="utf-8"))["images"]
+            reached = [entry["activation"] for entry in activation]
+        else:
+            result = run_prepared(prepared, on_step)
+            files = write_optimized(params["out"], layer_name(prepared), result, prepared.settings,
+                                    extra_settings(prepared))
+            reached = result.activation
     finally:
         bar.close()
     if not params["quiet"]:
-        mean = sum(result.activation) / max(1, len(result.activation))
-        click.echo(f"{len(result.units)} images, mean activation reached {mean:.4g}: {len(files)} files -> "
-                   f"{params['out']}", err=True)
+        mean = sum(reached) / max(1, len(reached))
+        click.echo(f"{len(reached)} images, mean activation reached {mean:.4g}: {len(files)} files -> "
+                   f"{params['atlas_dir'] or params['out']}", err=True)
