@@ -4,6 +4,7 @@ the model left as found, bad input refused before any step, and the CLI's files.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,19 @@ def test_class_on_a_model_without_a_classifier_is_refused(user_module) -> None:
 
     with pytest.raises(FeatvizError, match="needs a classifier"):
         optimize_layer(f"{name}:build", "none", None, "0", objective="class", steps=2, size=16)
+
+
+def test_a_channel_dead_at_the_start_comes_alive_with_the_redirected_relu() -> None:
+    """Channel 0 of features.4 (after the ReLU) is 0 everywhere on the grey start image; plain
+    gradients leave it at 0, Lucid's redirected ReLU finds the way up."""
+    model = tiny()
+    grey = (torch.full((1, 3, 24, 24), 0.5) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        start = model.features[:4](grey)[0, 0].max()
+        model.features[3].bias[0] -= float(start) + 0.3  # negative everywhere near grey
+    ref = resolve_layers(model, ["features.4"])[0]
+    settings = OptimizeSettings(steps=30, size=24, lr=0.1, transforms=False)  # the start stays near grey
+    plain = optimize(model, ref, [0], replace(settings, redirect=False), MEAN, STD)
+    redirected = optimize(model, ref, [0], settings, MEAN, STD)
+    assert plain.activation[0] == 0.0
+    assert redirected.activation[0] > 0.0
