@@ -218,3 +218,15 @@ def test_a_channel_dead_at_the_start_comes_alive_with_the_redirected_relu() -> N
     redirected = optimize(model, ref, [0], settings, MEAN, STD)
     assert plain.activation[0] == 0.0
     assert redirected.activation[0] > 0.0
+
+
+def test_an_interpolation_moves_from_one_channel_to_the_other() -> None:
+    from featviz.optimize.engine import activation_of, interpolate
+
+    model = tiny()
+    ref = resolve_layers(model, ["features.3"])[0]
+    row = interpolate(model, ref, 0, 1, 3, OptimizeSettings(steps=15, size=24), MEAN, STD)
+    means = activation_of(model, ref, row.images, MEAN, STD)  # (3, C)
+    expected = [float(means[0, 0]), float(0.5 * means[1, 0] + 0.5 * means[1, 1]), float(means[2, 1])]
+    assert row.activation == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert means[0, 0] - means[0, 1] > means[2, 0] - means[2, 1]  # the first image leans to channel 0

@@ -168,11 +168,13 @@ def _values(acts: torch.Tensor | None, output: torch.Tensor | None, units: torch
 
 def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int], settings: OptimizeSettings,
              mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
-             on_step: Callable[[int, float], None] | None = None) -> Optimized:
+             on_step: Callable[[int, float], None] | None = None, mix: torch.Tensor | None = None) -> Optimized:
     """Optimise ``len(units) * settings.diversity`` images in one batch; see the module doc.
 
     ``mean``/``std``: the model's input normalisation (3 values each). ``on_step(step, mean
     objective)`` is called after every step (the CLI's progress bar). The model is left as found.
+    ``mix``: float (len(units), C), with the channel objective: image i maximises
+    sum_c mix[i, c] * mean_{y,x} A[i, c] instead (see :func:`interpolate`).
     """
     check_settings(settings)
     device = torch.device(device)
@@ -186,6 +188,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
     mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     sign = -1.0 if settings.negative else 1.0
+    mix_t = None if mix is None else mix.float().repeat_interleave(k, dim=0).to(device)
     every = max(1, settings.steps // max(1, settings.checkpoints))
     history: list[tuple[int, float]] = []
     per_image: list[list[float]] = []
@@ -196,7 +199,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
             rgb = image()
             seen = transforms.standard(rgb, generator) if settings.transforms else rgb
             acts = driven.run((seen - mean_t) / std_t)
-            values = _values(acts, driven.output, unit_t, settings.objective)
+            values = _mixed(acts, mix_t) if mix_t is not None else _values(acts, driven.output, unit_t, settings.objective)
             gain = sign * values
             if k > 1 and acts is not None:
                 gain = gain - settings.diversity_weight * _diversity(acts, k)
@@ -211,8 +214,31 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
                 per_image.append([float(v) for v in values.detach().cpu()])
         with torch.no_grad():
             final = image().detach()
-            reached = _values(driven.run((final - mean_t) / std_t), driven.output, unit_t, settings.objective)
+            last = driven.run((final - mean_t) / std_t)
+            reached = _mixed(last, mix_t) if mix_t is not None else _values(last, driven.output, unit_t, settings.objective)
     return Optimized(final.cpu(), unit_list, [float(v) for v in reached.double().cpu()], history, per_image)
+
+
+def _mixed(acts: torch.Tensor | None, mix: torch.Tensor) -> torch.Tensor:
+    """sum_c mix[i, c] * mean_{y,x} A[i, c]: float (B,)."""
+    assert acts is not None
+    return (acts.flatten(2).mean(dim=2) * mix).sum(dim=1)
+
+
+def interpolate(model: torch.nn.Module, layer: LayerRef, first: int, second: int, frames: int,
+                settings: OptimizeSettings, mean: Sequence[float], std: Sequence[float],
+                device: torch.device | str = "cpu") -> Optimized:
+    """A row of ``frames`` images from channel ``first`` to ``second`` (Lucid's
+    ``channel_interpolate`` without its alignment term): image i maximises
+    (1 - t_i) * mean A[first] + t_i * mean A[second], t_i = i / (frames - 1)."""
+    if frames < 2:
+        raise UsageError(f"--frames {frames}: an interpolation needs at least 2 images", hint="use 5, for example")
+    count = check_units(model, layer, [first, second], settings, torch.device(device))
+    t = torch.linspace(0, 1, frames)
+    mix = torch.zeros(frames, count)
+    mix[:, first] += 1 - t
+    mix[:, second] += t
+    return optimize(model, layer, [first] * frames, settings, mean, std, device, mix=mix)
 
 
 def activation_of(model: torch.nn.Module, layer: LayerRef, images: torch.Tensor, mean: Sequence[float],
