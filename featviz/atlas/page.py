@@ -50,6 +50,7 @@ def page_data(out: Path, documents: Sequence[tuple[str, dict[str, Any]]]) -> dic
     for folder, document in documents:
         stats = document["statistics"]
         dead = set(stats["dead"])
+        optimized = document.get("optimized", {})
         channels = []
         for c, entries in enumerate(document["channels"]):
             channels.append({
@@ -57,6 +58,8 @@ def page_data(out: Path, documents: Sequence[tuple[str, dict[str, Any]]]) -> dic
                 "positive": stats["positive_fraction"][c],
                 "top": [{"key": e["key"], "score": e["score"], "y": e["y"], "x": e["x"], "box": e["box"],
                          "photo": _photo_url(out, path_from_fields(e))} for e in entries],
+                **({"optimized": {"src": _url(optimized[str(c)]["file"]), "r": optimized[str(c)]["r"],
+                                  "activation": optimized[str(c)]["activation"]}} if str(c) in optimized else {}),
             })
         layers.append({"layer": document["layer"], "dir": _url(folder) + "/", "shape": document["shape"],
                        "images": document["images"], "by": document["by"], "top": document["top"],

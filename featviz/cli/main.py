@@ -43,6 +43,7 @@ from featviz.cli.common import (
     show_notes,
     transformer_options,
 )
+from featviz.cli.optimize import optimize
 from featviz.errors import UsageError
 
 
@@ -479,6 +480,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
 
 
 main.add_command(atlas)
+main.add_command(optimize)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,149 @@
+"""Differentiable capture for feature visualisation: one layer's output WITH its autograd graph
+back to the input, and Lucid's redirected ReLU gradient so that a dead channel still gets a push.
+
+:class:`DrivenLayer` is the optimiser's view of the model. On entry it puts the model in eval
+mode and turns every parameter's ``requires_grad`` off (only the image is optimised); on exit it
+removes its hook and restores every module's train/eval flag and every parameter's flag, also
+when the pass raised. Nothing on the model is changed in between: the redirected ReLU is a
+:class:`~torch.overrides.TorchFunctionMode` active only during :meth:`DrivenLayer.run`, not a
+module swap.
+
+**Redirected ReLU** (Lucid, ``lucid/misc/redirected_relu_grad.py``): a ReLU whose input is
+negative passes no gradient, so a channel that is 0 everywhere on the first random image would
+stay black. Per sample of the batch, where the ordinary ReLU gradient is all zero, the gradient
+is passed through anyway except where it would push an already negative input lower.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch.nn import functional
+from torch.overrides import TorchFunctionMode
+
+from featviz.capture.layers import LayerRef, is_script
+from featviz.errors import LayerError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class _Stop(Exception):
+    """Raised by the hook once the layer ran, when the rest of the network is not needed."""
+
+
+class RedirectedReLU(torch.autograd.Function):
+    """ReLU forward; Lucid's redirected gradient backward. ``x``: float (N, ...)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # grad is d(loss)/d(out); a positive one pushes x lower under gradient descent
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        if relu_grad.dim() < 2:
+            return relu_grad
+        alive = relu_grad.flatten(1).norm(dim=1) > 0
+        return torch.where(alive.view(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
+
+
+class _RedirectMode(TorchFunctionMode):
+    """Every ``F.relu`` / ``torch.relu`` call (nn.ReLU included, in place or not) becomes
+    :class:`RedirectedReLU`; an in-place call returns a new tensor instead."""
+
+    _RELUS: ClassVar[frozenset[Any]] = frozenset(
+        {functional.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if func in self._RELUS and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            return RedirectedReLU.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class DrivenLayer:
+    """Context manager: forward a batch and get ``layer``'s output with its graph.
+
+    >>> with DrivenLayer(model, ref, need_output=False) as driven:
+    ...     acts = driven.run(images)     # float32 (N, C, H, W), differentiable w.r.t. images
+
+    ``need_output``: run the whole network and keep its output in :attr:`output` (the class
+    objective); otherwise the pass stops once the layer ran. ``redirect``: redirected ReLU.
+    """
+
+    def __init__(self, model: nn.Module, layer: LayerRef | None, need_output: bool = False,
+                 redirect: bool = True) -> None:
+        self.model = model
+        self.layer = layer
+        self.need_output = need_output or layer is None
+        self.redirect = redirect
+        self.output: torch.Tensor | None = None
+        self._acts: torch.Tensor | None = None
+        self._stack: ExitStack | None = None
+        self._training: list[tuple[nn.Module, bool]] = []
+        self._flags: list[tuple[torch.nn.Parameter, bool]] = []
+
+    def __enter__(self) -> DrivenLayer:
+        if is_script(self.model):
+            raise LayerError("optimising an image needs Python hooks, which a TorchScript model does not take",
+                             hint="load the model as a torchvision name or a package.module:factory")
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self._stack = ExitStack()
+        try:
+            self.model.eval()
+            for parameter, _ in self._flags:
+                parameter.requires_grad_(False)
+            if self.layer is not None:
+                handle = self.layer.module.register_forward_hook(self._hook)
+                self._stack.callback(handle.remove)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._stack is not None:
+                self._stack.close()
+        finally:
+            for module, flag in self._training:
+                module.train(flag)
+            for parameter, flag in self._flags:
+                parameter.requires_grad_(flag)
+            self._stack = None
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if self._acts is not None:  # a module called twice: its first output counts
+            return
+        tensor = output if isinstance(output, torch.Tensor) else next(
+            (v for v in (output if isinstance(output, (tuple, list)) else ()) if isinstance(v, torch.Tensor)), None)
+        if tensor is None:
+            raise LayerError(f"layer {self.layer.path if self.layer else '?'} produced {type(output).__name__}, "
+                             "not a tensor", hint="choose a layer whose output is a feature map")
+        self._acts = tensor
+        if not self.need_output:
+            raise _Stop
+
+    def run(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Forward ``images`` (float32 (N, 3, H, W), normalised, requiring grad); the layer's
+        output (float (N, C, ...)) with its graph, or None without a layer."""
+        self._acts, self.output = None, None
+        with ExitStack() as stack:
+            if self.redirect:
+                stack.enter_context(_RedirectMode())
+            try:
+                result = self.model(images)
+                self.output = result if isinstance(result, torch.Tensor) else None
+            except _Stop:
+                pass
+        if self.layer is not None and self._acts is None:
+            raise LayerError(f"layer {self.layer.path} was never run by the model's forward pass",
+                             hint="choose a module that the forward pass calls (see `featviz layers`)")
+        return self._acts

@@ -1,0 +1,233 @@
+"""featviz optimize (issue 19): Lucid's parameterisation restated and compared, determinism,
+the model left as found, bad input refused before any step, and the CLI's files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from featviz.capture.drive import DrivenLayer, RedirectedReLU
+from featviz.capture.layers import resolve_layers
+from featviz.cli.main import main
+from featviz.errors import FeatvizError
+from featviz.optimize.engine import OptimizeSettings, optimize
+from featviz.optimize.param import (
+    COLOR,
+    FFTImage,
+    decorrelate,
+    high_frequency_energy,
+    recorrelate,
+    spectrum_scale,
+)
+from tinymodels import TinyFeatures
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions only lose time to threads on a busy machine (measured 20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# Lucid's definitions, restated from lucid/optvis/param/color.py and spatial.py (numpy)
+LUCID_SVD_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)
+
+
+def lucid_freqs(h: int, w: int) -> np.ndarray:
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[: w // 2 + (2 if w % 2 else 1)]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+def lucid_image(spectrum: np.ndarray, h: int, w: int) -> np.ndarray:
+    """fft_image's inner() then _linear_decorrelate_color then sigmoid, in numpy."""
+    scale = 1.0 / np.maximum(lucid_freqs(h, w), 1.0 / max(w, h))
+    complex_spectrum = (spectrum[..., 0] + 1j * spectrum[..., 1]) * scale
+    image = np.fft.irfftn(complex_spectrum, s=(h, w), axes=(-2, -1), norm="ortho")[..., :h, :w] / 4.0
+    normalized = LUCID_SVD_SQRT / np.max(np.linalg.norm(LUCID_SVD_SQRT, axis=0))
+    mixed = np.einsum("nchw,cr->nrhw", image, normalized.T)
+    return 1 / (1 + np.exp(-mixed))
+
+
+def test_the_colour_matrix_and_the_1_over_f_scale_are_lucids() -> None:
+    normalized = LUCID_SVD_SQRT / np.max(np.linalg.norm(LUCID_SVD_SQRT, axis=0))
+    np.testing.assert_allclose(COLOR.numpy(), normalized, rtol=1e-6)
+    for h, w in [(16, 16), (15, 15), (224, 224)]:
+        expected = 1.0 / np.maximum(lucid_freqs(h, w), 1.0 / max(w, h))
+        np.testing.assert_allclose(spectrum_scale(h, w).numpy(), expected, rtol=1e-6)
+        assert spectrum_scale(h, w)[0, 0] == max(h, w)  # the DC term is capped at max(H, W)
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_an_fft_image_is_lucids_image(size: int) -> None:
+    image = FFTImage(2, size, torch.Generator().manual_seed(3), sd=0.5)
+    ours = image().detach().double().numpy()
+    np.testing.assert_allclose(ours, lucid_image(image.spectrum.detach().double().numpy(), size, size), atol=1e-5)
+
+
+def test_against_torch_lucent_when_it_is_installed() -> None:
+    spatial = pytest.importorskip("lucent.optvis.param.spatial")
+    color = pytest.importorskip("lucent.optvis.param.color")
+    torch.manual_seed(0)
+    params, inner = spatial.fft_image((2, 3, 20, 20), sd=0.3)
+    lucent = torch.sigmoid(color._linear_decorrelate_color(inner())).detach()
+    ours = FFTImage(2, 20, torch.Generator())
+    with torch.no_grad():
+        ours.spectrum.copy_(params[0])
+    torch.testing.assert_close(ours().detach(), lucent, atol=1e-6, rtol=1e-5)
+
+
+def test_decorrelate_after_recorrelate_is_the_identity() -> None:
+    x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(decorrelate(recorrelate(x)), x, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(recorrelate(x)[0, :, 1, 2], COLOR @ x[0, :, 1, 2])
+
+
+def test_redirected_relu_follows_lucids_rule() -> None:
+    x = torch.tensor([[-1.0, -2.0, 3.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+    grad = torch.tensor([[-1.0, 1.0, 2.0], [-1.0, 1.0, 2.0]])
+    RedirectedReLU.apply(x).backward(grad)
+    # row 0: the ReLU passes gradient (x > 0 somewhere): ordinary ReLU gradient;
+    # row 1: nothing gets through: the gradient passes except where it would push x lower (grad > 0)
+    assert x.grad.tolist() == [[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]
+
+
+def tiny() -> TinyFeatures:
+    torch.manual_seed(0)
+    return TinyFeatures()
+
+
+def run(model: torch.nn.Module, seed: int = 0, **options: object) -> torch.Tensor:
+    ref = resolve_layers(model, ["features.3"])[0]
+    settings = OptimizeSettings(**{"steps": 6, "size": 24, "seed": seed, **options})  # type: ignore[arg-type]
+    return optimize(model, ref, [0, 1, 2], settings, MEAN, STD).images
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_others() -> None:
+    model = tiny()
+    first, again, other = run(model, 0), run(model, 0), run(model, 1)
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 0.01
+
+
+def test_the_model_is_left_as_found_also_when_the_pass_raises() -> None:
+    model = tiny()
+    model.train()
+    model.classifier.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    run(model, diversity=2)
+    assert all(not m._forward_hooks for m in model.modules())
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    ref = resolve_layers(model, ["features.3"])[0]
+
+    def boom(module: torch.nn.Module, inputs: object, output: object) -> None:
+        raise RuntimeError("boom")
+
+    handle = model.features[4].register_forward_hook(boom)
+    try:
+        layer = resolve_layers(model, ["features.4"])[0]
+        with pytest.raises(RuntimeError, match="boom"), DrivenLayer(model, layer) as driven:
+            driven.run(torch.zeros(1, 3, 16, 16, requires_grad=True))
+    finally:
+        handle.remove()
+    assert ref.module._forward_hooks == {} and all(not m._forward_hooks for m in model.modules())
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_fft_images_carry_less_high_frequency_energy_than_pixel_images() -> None:
+    model = tiny()
+    fft = run(model, steps=20, param="fft")
+    pixel = run(model, steps=20, param="pixel")
+    assert float(high_frequency_energy(fft).max()) < float(high_frequency_energy(pixel).min())
+
+
+def test_the_channel_objective_rises_and_negative_lowers_it() -> None:
+    model = tiny()
+    ref = resolve_layers(model, ["features.3"])[0]
+    up = optimize(model, ref, [0, 1], OptimizeSettings(steps=15, size=24), MEAN, STD)
+    down = optimize(model, ref, [0, 1], OptimizeSettings(steps=15, size=24, negative=True), MEAN, STD)
+    assert all(u > d for u, d in zip(up.activation, down.activation, strict=True))
+    assert up.history[-1][1] > up.history[0][1] or up.history[0][0] == up.history[-1][0]
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+def invoke(tmp_path: Path, *args: str) -> object:
+    return CliRunner().invoke(main, ["optimize", "--model", "tinymodels:tiny_features", "--weights", "none",
+                                     "--out", str(tmp_path / "out"), "--quiet", *args])
+
+
+def test_the_cli_writes_pictures_grid_and_json(tmp_path: Path) -> None:
+    result = invoke(tmp_path, "--layer", "features.3", "--channels", "0-2", "--steps", "4", "--size", "20")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "features.3"
+    document = json.loads((folder / "optimize.json").read_text())
+    assert [e["unit"] for e in document["images"]] == [0, 1, 2]
+    assert document["settings"]["mean"] == list(MEAN) and document["settings"]["steps"] == 4
+    with Image.open(folder / "optimized" / "0001.png") as picture:
+        assert picture.size == (20, 20) and picture.mode == "RGB"
+    assert (folder / "optimized" / "grid.png").is_file()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--layer", "features.3", "--channels", "12"], "channel 12 is out of range"),
+    (["--layer", "features.3", "--steps", "0"], "--steps 0"),
+    (["--layer", "features.3", "--size", "-5"], "--size -5"),
+    (["--layer", "classifier", "--channels", "0"], "has no channel maps"),
+    (["--objective", "class", "--target", "9"], "out of range"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    result = invoke(tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Hint:" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_on_a_model_without_a_classifier_is_refused(user_module) -> None:
+    name = user_module("""
+        import torch
+        def build():
+            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    """)
+    from featviz.optimize.api import optimize_layer
+
+    with pytest.raises(FeatvizError, match="needs a classifier"):
+        optimize_layer(f"{name}:build", "none", None, "0", objective="class", steps=2, size=16)
+
+
+def test_a_channel_dead_at_the_start_comes_alive_with_the_redirected_relu() -> None:
+    """Channel 0 of features.4 (after the ReLU) is 0 everywhere on the grey start image; plain
+    gradients leave it at 0, Lucid's redirected ReLU finds the way up."""
+    model = tiny()
+    grey = (torch.full((1, 3, 24, 24), 0.5) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        start = model.features[:4](grey)[0, 0].max()
+        model.features[3].bias[0] -= float(start) + 0.3  # negative everywhere near grey
+    ref = resolve_layers(model, ["features.4"])[0]
+    settings = OptimizeSettings(steps=30, size=24, lr=0.1, transforms=False)  # the start stays near grey
+    plain = optimize(model, ref, [0], replace(settings, redirect=False), MEAN, STD)
+    redirected = optimize(model, ref, [0], settings, MEAN, STD)
+    assert plain.activation[0] == 0.0
+    assert redirected.activation[0] > 0.0
+
+
+def test_an_interpolation_moves_from_one_channel_to_the_other() -> None:
+    from featviz.optimize.engine import activation_of, interpolate
+
+    model = tiny()
+    ref = resolve_layers(model, ["features.3"])[0]
+    row = interpolate(model, ref, 0, 1, 3, OptimizeSettings(steps=15, size=24), MEAN, STD)
+    means = activation_of(model, ref, row.images, MEAN, STD)  # (3, C)
+    expected = [float(means[0, 0]), float(0.5 * means[1, 0] + 0.5 * means[1, 1]), float(means[2, 1])]
+    assert row.activation == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert means[0, 0] - means[0, 1] > means[2, 0] - means[2, 1]  # the first image leans to channel 0
