@@ -78,7 +78,8 @@ def photo_files(facts: PhotoTokenFacts, photo: Image.Image, box: CropBox, input_
         files.append((f"{PHOTO_FOLDER}/{STATISTICS_PNG}",
                       lambda: png_bytes(statistics_chart(statistics, title=title), level)))
     if facts.flags is not None:
-        files.append((f"{PHOTO_FOLDER}/{ARTIFACTS_JSON}", lambda: json_bytes(artifacts_document(facts, model, weights))))
+        files.append((f"{PHOTO_FOLDER}/{ARTIFACTS_JSON}",
+                      lambda: json_bytes(artifacts_document(facts, model, weights))))
         files.append((f"{PHOTO_FOLDER}/{ARTIFACTS_PNG}",
                       lambda: png_bytes(artifacts_overlay(facts, photo, box, input_size), level)))
     return files
