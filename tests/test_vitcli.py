@@ -179,3 +179,201 @@ def test_run_average_is_the_mean_of_the_done_photos_files(tmp_path: Path) -> Non
 def test_option_values_no_photo_could_satisfy(options: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         RenderOptions(**options).validate()
+
+
+# --- end to end: the trained example through the CLI, export and the API ---------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ["--model", str(ROOT / "examples" / "vit_shapes.py") + ":build",
+           "--weights", str(ROOT / "examples" / "vit_shapes.safetensors"), "--resize", "64", "--crop", "64"]
+STATS = ("mean_distance_px", "entropy_nats", "prefix_mass")
+
+
+def invoke(args: list[object]):
+    from click.testing import CliRunner
+
+    from featviz.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four held-out photos of the example's task (seed 123), 64×64 PNGs, plus one 96×64 photo."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("vit_shapes_for_cli", ROOT / "examples" / "vit_shapes.py")
+    assert spec is not None and spec.loader is not None
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    folder = tmp_path_factory.mktemp("held-out")
+    rng = np.random.default_rng(123)
+    for i in range(4):
+        Image.fromarray(shapes.photo(rng)[0]).save(folder / f"photo{i}.png")
+    wide = tmp_path_factory.mktemp("wide")
+    Image.fromarray(shapes.photo(rng, width=96, height=64)[0]).save(wide / "wide.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def example_model():
+    from featviz.models.build import load_model
+
+    return load_model(EXAMPLE[1], EXAMPLE[3]).module
+
+
+def _inputs(model: torch.nn.Module, paths: list[Path]) -> torch.Tensor:
+    """The network inputs of the photos, made here: 64×64 photos need no resize, normalised as the
+    example's own to_tensor does (ImageNet mean and std, featviz's default for a factory)."""
+    from PIL import Image
+
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255
+              for p in paths]
+    return torch.stack([(x - mean[:, None, None]) / std[:, None, None] for x in pixels])
+
+
+def test_export_writes_each_photo_and_the_run_mean_of_the_reference_statistics(
+        held_out: Path, example_model: torch.nn.Module, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke(["export", held_out, *EXAMPLE, "--top-k", "1", "--vit-stats", "--artifacts", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "no --layer: drawing at blocks.3" in result.stderr
+    photos = sorted(held_out.glob("*.png"))
+    layout = TokenLayout(prefix=1, grid=(8, 8), patch=(8, 8))
+    attentions, outputs = reference_blocks(example_model, _inputs(example_model, photos))
+    expected = [reference_statistics(a, layout) for a in attentions]  # per block: name -> (N, heads)
+    for i, photo in enumerate(photos):
+        document = json.loads((out / photo.stem / "attention_statistics.json").read_text())
+        assert document["photos"] == 1 and document["block_names"] == [f"blocks.{b}" for b in range(4)]
+        for name in STATS:
+            np.testing.assert_allclose(document[name], [e[name][i] for e in expected], atol=2e-5)
+        artifacts = json.loads((out / photo.stem / "artifacts.json").read_text())
+        assert artifacts["k"] == 3.0 and artifacts["drawn_block"] == "blocks.3"
+        for b, block in enumerate(artifacts["blocks"]):
+            norms = np.sqrt((outputs[b][i, 1:] ** 2).sum(-1))
+            threshold = np.median(norms) + 3 * 1.482602218505602 * np.median(np.abs(norms - np.median(norms)))
+            assert [(f["row"], f["col"]) for f in block["flagged"]] == [divmod(j, 8) for j in np.nonzero(
+                norms > threshold)[0]]
+        summary = json.loads((out / photo.stem / "blocks.3" / "summary.json").read_text())
+        assert "../attention_statistics.json" in summary["files"] and "../artifacts.png" in summary["files"]
+    average = json.loads((out / "attention_statistics.json").read_text())
+    assert average["photos"] == 4 and (out / "attention_statistics.png").is_file()
+    for name in STATS:
+        np.testing.assert_allclose(average[name], [e[name].mean(0) for e in expected], atol=2e-5)
+    # resumed: every photo skipped, the run mean still over all four (read back from their files)
+    again = invoke(["export", held_out, *EXAMPLE, "--top-k", "1", "--vit-stats", "--artifacts", "--out", out,
+                    "--skip-existing"])
+    assert again.exit_code == 0 and "0 done, 4 skipped" in again.stderr
+    assert json.loads((out / "attention_statistics.json").read_text()) == average
+
+
+def test_pca_colours_are_the_run_basis_and_the_same_in_shards(held_out: Path, example_model: torch.nn.Module,
+                                                               tmp_path: Path) -> None:
+    from PIL import Image
+
+    args = [*EXAMPLE, "--layer", "blocks.2", "--top-k", "1", "--pca-tokens", "--size", "64"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert invoke(["export", held_out, *args, "--out", whole]).exit_code == 0
+    for shard in ("1/2", "2/2"):
+        assert invoke(["export", held_out, *args, "--shard", shard, "--out", parts]).exit_code == 0
+    photos = sorted(held_out.glob("*.png"))
+    # the reference: one PCA over the patch tokens of all four photos after block 2, sign rule, min-max colours
+    _, outputs = reference_blocks(example_model, _inputs(example_model, photos))
+    tokens = outputs[2][:, 1:, :]  # (4, 64, D)
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    centred = rows - rows.mean(0)
+    _, vectors = np.linalg.eigh(centred.T @ centred / len(rows))
+    top = vectors[:, ::-1][:, :3].T
+    top *= np.sign(top[np.arange(3), np.abs(top).argmax(1)])[:, None]
+    scores = centred @ top.T
+    colours = (scores - scores.min(0)) / (scores.max(0) - scores.min(0))
+    colours = np.rint(colours * 255).reshape(4, 8, 8, 3)
+    for i, photo in enumerate(photos):
+        picture = np.asarray(Image.open(whole / photo.stem / "blocks.2" / "pca.png"))
+        assert picture.shape == (64, 64, 3)  # --size 64: 8 px per patch
+        assert np.abs(picture[4::8, 4::8].astype(int) - colours[i]).max() <= 1
+        assert (parts / photo.stem / "blocks.2" / "pca.png").read_bytes() == \
+            (whole / photo.stem / "blocks.2" / "pca.png").read_bytes()
+        summary = json.loads((whole / photo.stem / "blocks.2" / "summary.json").read_text())
+        assert summary["pca"]["fitted_tokens"] == 256 and summary["pca"]["file"] == "pca.png"
+    # a run over other photos has another basis: --skip-existing redoes the photo and says why
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / photos[0].name).write_bytes(photos[0].read_bytes())
+    single = invoke(["export", alone, *args, "--out", whole, "--skip-existing"])
+    assert single.exit_code == 0 and "1 redone: the --pca-tokens basis" in single.stderr
+
+
+def test_foreground_blacks_out_the_patches_at_or_below_the_threshold(held_out: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    args = [*EXAMPLE, "--layer", "blocks.3", "--top-k", "1", "--pca-tokens", "--size", "64", "--out"]
+    assert invoke(["show", *sorted(held_out.glob("*.png")), *args, tmp_path / "a"]).exit_code == 0
+    assert invoke(["show", *sorted(held_out.glob("*.png")), *args, tmp_path / "b", "--pca-foreground", "0"]
+                  ).exit_code == 0
+    plain = np.asarray(Image.open(tmp_path / "a" / "photo0" / "blocks.3" / "pca.png"))[4::8, 4::8]
+    masked = np.asarray(Image.open(tmp_path / "b" / "photo0" / "blocks.3" / "pca.png"))[4::8, 4::8]
+    summary = json.loads((tmp_path / "b" / "photo0" / "blocks.3" / "summary.json").read_text())
+    kept = masked.any(-1)
+    assert kept.sum() == summary["pca"]["foreground"]["patches"] and 0 < kept.sum() < 64
+    assert (masked[kept] == plain[kept]).all() and not masked[~kept].any()
+
+
+def test_artifact_outlines_are_crop_exact_on_a_wide_photo(held_out: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    wide = next(held_out.parent.glob("wide*/wide.png"))
+    out = tmp_path / "out"
+    result = invoke(["show", wide, *EXAMPLE, "--top-k", "1", "--artifacts", "0.5", "--out", out])
+    assert result.exit_code == 0, result.output
+    flagged = json.loads((out / "wide" / "artifacts.json").read_text())["blocks"][-1]["flagged"]
+    assert flagged
+    photo = np.asarray(Image.open(wide).convert("RGB")).astype(int)
+    drawn = np.asarray(Image.open(out / "wide" / "artifacts.png").convert("RGB")).astype(int)
+    # resize 64 keeps 96x64, the 64-px centre crop starts at x = 16: patch (r, c) covers x 16+8c.., y 8r..
+    outline = np.zeros(photo.shape[:2], dtype=bool)
+    for patch in flagged:
+        x0, y0 = 16 + 8 * patch["col"], 8 * patch["row"]
+        box = np.zeros_like(outline)
+        box[y0:y0 + 8, x0:x0 + 8] = True
+        box[y0 + 1:y0 + 7, x0 + 1:x0 + 7] = False
+        outline |= box
+    changed = (photo != drawn).any(-1)
+    magenta = (photo == [255, 0, 255]).all(-1)
+    assert (changed == (outline & ~magenta)).all()
+
+
+def test_the_api_takes_the_options_and_writes_the_same_files(held_out: Path, tmp_path: Path) -> None:
+    import featviz
+
+    photos = sorted(held_out.glob("*.png"))[:2]
+    results = featviz.visualize(photos, EXAMPLE[1], weights=EXAMPLE[3], layers=["blocks.3"], resize=64, crop=64,
+                                top_k=1, vit_stats=True, artifacts=2.0, pca_tokens=True, out=tmp_path)
+    assert [r.key for r in results] == ["photo0", "photo1"]
+    facts = results[0].token_facts
+    assert facts is not None and facts.k == 2.0 and facts.statistics is not None
+    assert results[0].pca is not None and results[0].pca.rgb.shape == (8, 8, 3)
+    for name in ("attention_statistics.json", "attention_statistics.png", "artifacts.json", "artifacts.png",
+                 "blocks.3/pca.png"):
+        assert (tmp_path / "photo1" / name).is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "alexnet", "--weights", "none", "--vit-stats"], "--vit-stats measures every block"),
+    (["--model", "alexnet", "--weights", "none", "--artifacts"], "--artifacts measures every block"),
+    (["--model", "alexnet", "--weights", "none", "--pca-tokens"], "--pca-tokens colours the patch tokens"),
+    ([*EXAMPLE, "--layer", "patch_embed.proj", "--pca-tokens"], "layer patch_embed.proj of .* is no token layer"),
+    ([*EXAMPLE, "--pca-foreground", "0"], "--pca-tokens was not given"),
+    ([*EXAMPLE, "--artifacts=nan"], "not a valid outlier factor"),
+])
+def test_bad_input_is_a_usage_error_before_any_photo_is_read(args: list[str], message: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")  # read first, it would fail as an image error (exit 1)
+    result = invoke(["show", broken, *args, "--out", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    import re
+
+    assert re.search(message, result.stderr) and "Traceback" not in result.output
