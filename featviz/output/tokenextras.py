@@ -102,13 +102,13 @@ def fit_bases(layers: Sequence[LayerRef], sources: Sequence[Any],
 def readable_tokens(prepare: Callable[[Any], Any], maps: Callable[[torch.Tensor, LayerRef], torch.Tensor]) -> TokensOf:
     """``tokens_of`` for :func:`fit_bases` from a visualizer's ``prepare`` (source -> an object with
     ``tensor`` float32 (3, H, W)) and ``maps`` (batch (1, 3, H, W), layer -> float (1, D, rows,
-    cols)); photos that cannot be read give None."""
+    cols)); photos that cannot be read, or that the model fails on, give None."""
     def tokens_of(source: Any, ref: LayerRef) -> torch.Tensor | None:
         try:
             prepared = prepare(source)
-        except (ImageError, OSError, ValueError):
+            grid = maps(prepared.tensor[None], ref)[0]  # (D, rows, cols)
+        except (ImageError, OSError, ValueError, RuntimeError):  # unreadable, or the model fails on it
             return None
-        grid = maps(prepared.tensor[None], ref)[0]  # (D, rows, cols)
         return grid.flatten(1).T  # (P, D)
     return tokens_of
 
