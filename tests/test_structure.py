@@ -31,7 +31,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
                 {"export"}]),
     ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize", "tokenoptions"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 
