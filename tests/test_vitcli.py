@@ -361,6 +361,25 @@ def test_the_api_takes_the_options_and_writes_the_same_files(held_out: Path, tmp
         assert (tmp_path / "photo1" / name).is_file()
 
 
+def test_the_visualizer_leaves_the_model_as_found_and_reuses_its_basis(held_out: Path) -> None:
+    from featviz.output.pipeline import Visualizer
+
+    photos = sorted(held_out.glob("*.png"))
+    vis = Visualizer(EXAMPLE[1], EXAMPLE[3], ["blocks.3"], resize=64, crop=64,
+                     options=RenderOptions(top_k=1, vit_stats=True, pca_tokens=True))
+    model = vis.loaded.module
+    fused = [block.attn.fused_attn for block in model.blocks]
+    first = vis.run(photos[:2])
+    digest = vis.pca_bases["blocks.3"].digest()
+    again = vis.run(photos[2:3])  # a later run keeps the first run's basis: colours compare
+    assert vis.pca_bases["blocks.3"].digest() == digest == again[0].settings["pca_basis"]
+    assert first[0].pca is not None and again[0].pca is not None
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert [block.attn.fused_attn for block in model.blocks] == fused and not model.training
+    vis.fit_token_pca(photos)  # an explicit fit over the photos the user chooses
+    assert vis.pca_bases["blocks.3"].tokens == 4 * 64 and vis.pca_bases["blocks.3"].digest() != digest
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "alexnet", "--weights", "none", "--vit-stats"], "--vit-stats measures every block"),
     (["--model", "alexnet", "--weights", "none", "--artifacts"], "--artifacts measures every block"),
