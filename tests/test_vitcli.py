@@ -369,13 +369,15 @@ def test_the_visualizer_leaves_the_model_as_found_and_reuses_its_basis(held_out:
                      options=RenderOptions(top_k=1, vit_stats=True, pca_tokens=True))
     model = vis.loaded.module
     fused = [block.attn.fused_attn for block in model.blocks]
+    modes = [m.training for m in model.modules()]
     first = vis.run(photos[:2])
     digest = vis.pca_bases["blocks.3"].digest()
     again = vis.run(photos[2:3])  # a later run keeps the first run's basis: colours compare
     assert vis.pca_bases["blocks.3"].digest() == digest == again[0].settings["pca_basis"]
     assert first[0].pca is not None and again[0].pca is not None
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-    assert [block.attn.fused_attn for block in model.blocks] == fused and not model.training
+    assert [block.attn.fused_attn for block in model.blocks] == fused
+    assert [m.training for m in model.modules()] == modes
     vis.fit_token_pca(photos)  # an explicit fit over the photos the user chooses
     assert vis.pca_bases["blocks.3"].tokens == 4 * 64 and vis.pca_bases["blocks.3"].digest() != digest
 
