@@ -27,7 +27,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
                                "tokenstats", "artifacts", "tokenpca"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options"}, {"result"},
-                {"estimate", "settings", "resume", "startup"}, {"pipeline"}, {"report"}, {"export"}]),
+                {"estimate", "settings", "resume", "startup"}, {"pipeline"}, {"reportdata"}, {"report"}, {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
     ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
