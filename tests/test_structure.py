@@ -26,7 +26,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("maps", [{"targets"}, {"attention", "cam", "faithfulness", "receptive", "transformer",
                                "tokenstats", "artifacts", "tokenpca"}, {"explain"},
               {"camscore", "vitexplain"}]),
-    ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options"}, {"result"},
+    ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options", "resultfiles"}, {"result"},
                 {"estimate", "settings", "resume", "startup"}, {"pipeline"}, {"reportdata"}, {"report"}, {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
