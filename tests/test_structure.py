@@ -30,7 +30,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
                 {"estimate", "settings", "resume", "startup"}, {"pipeline"}, {"reportdata"}, {"report"}, {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize", "batch", "sweep", "layers"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 
