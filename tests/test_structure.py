@@ -23,7 +23,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
     ("capture", [{"layers", "tokens"}, {"gatetrace", "layouts", "stn"}, {"hooks", "selfattention", "calls", "drive"},
                  {"gates"}]),
-    ("maps", [{"targets"}, {"attention", "cam", "faithfulness", "receptive", "transformer",
+    ("maps", [{"targets", "aucscores"}, {"attention", "cam", "faithfulness", "receptive", "transformer",
                                "tokenstats", "artifacts", "tokenpca"}, {"explain"},
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options", "resultfiles"}, {"result"},
