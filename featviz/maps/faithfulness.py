@@ -58,7 +58,7 @@ BASELINES: tuple[str, ...] = ("zero", "black", "blur")
 DEFAULT_STEPS = 16
 DEFAULT_BLUR_SIGMA = 5.0
 DEFAULT_BLUR_KERNEL = 11
-# Perturbed inputs per forward pass. Measured with benchmarks/faithfulness.py (README, "Faithfulness"):
+# Perturbed inputs per forward pass. Measured with benchmarks/faithfulness.py (docs/class-maps.md, "Speed"):
 # on the CPU (ResNet-18, 224x224) 32 is as fast as 64 and ~20 % faster than 16, and a ResNet-50
 # forward of 32 rows holds ~420 MB against ~730 MB for 64.
 DEFAULT_BATCH_SIZE = 32
