@@ -18,6 +18,7 @@ reported before any image is processed. A closed stdout (``--json | head``) does
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from featviz.cli.common import (
 from featviz.cli.layers import layers
 from featviz.cli.optimize import optimize
 from featviz.cli.sweep import sweep
+from featviz.cli.tokenoptions import token_options
 
 
 @click.group(cls=FeatvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,6 +64,7 @@ def main() -> None:
 @render_options
 @cam_options
 @transformer_options
+@token_options
 @cam_score_options
 @run_options
 @click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
@@ -140,7 +143,8 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
         return []
     folder = out / record["output"]
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    return [str(folder / name) for name in [*summary["files"], "summary.json"]]
+    # the photo-level files of --vit-stats/--artifacts are listed as ../NAME: printed without the ..
+    return [os.path.normpath(folder / name) for name in [*summary["files"], "summary.json"]]
 
 
 @main.command(epilog=EXIT_CODES)
@@ -151,6 +155,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 @render_options
 @cam_options
 @transformer_options
+@token_options
 @cam_score_options
 @run_options
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
@@ -174,7 +179,7 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     images = take_shard(found.images, *shard_index) if shard_index else found.images
     scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
-                     skip_existing=skip_existing, scored=scored)
+                     skip_existing=skip_existing, scored=scored, pca_photos=found.images)  # every shard: one basis
     if not params["quiet"]:
         page = _report_page(params["out"])
         where = f"; report: {page}" if page else ""

@@ -30,7 +30,7 @@ from featviz.output.layout import json_bytes, png_bytes
 from featviz.output.tokencharts import artifact_picture, pca_picture, statistics_chart
 
 __all__ = ["ARTIFACTS_JSON", "ARTIFACTS_PNG", "PCA_PNG", "PHOTO_FOLDER", "STATISTICS_JSON", "STATISTICS_PNG",
-           "PcaColours", "artifacts_document", "artifacts_overlay", "pca_colours", "photo_files",
+           "PcaColours", "artifacts_document", "artifacts_overlay", "facts_record", "pca_colours", "photo_files",
            "statistics_document"]
 
 PHOTO_FOLDER = ".."  # the photo's folder, seen from one of its layer folders
@@ -83,6 +83,18 @@ def photo_files(facts: PhotoTokenFacts, photo: Image.Image, box: CropBox, input_
         files.append((f"{PHOTO_FOLDER}/{ARTIFACTS_PNG}",
                       lambda: png_bytes(artifacts_overlay(facts, photo, box, input_size), level)))
     return files
+
+
+def facts_record(facts: PhotoTokenFacts) -> dict[str, Any]:
+    """The ``token_facts`` entry of the first layer's summary.json: the blocks, the photo-level
+    files (as :func:`photo_files` names them) and, with the artifact test, the flags per block."""
+    files = ([f"{PHOTO_FOLDER}/{STATISTICS_JSON}", f"{PHOTO_FOLDER}/{STATISTICS_PNG}"] if facts.statistics is not None
+             else [])
+    files += [f"{PHOTO_FOLDER}/{ARTIFACTS_JSON}", f"{PHOTO_FOLDER}/{ARTIFACTS_PNG}"] if facts.flags is not None else []
+    record: dict[str, Any] = {"blocks": list(facts.blocks), "files": files}
+    if facts.artifacts is not None:
+        record["flagged_per_block"] = [len(block["flagged"]) for block in facts.artifacts]
+    return record
 
 
 @dataclass(frozen=True)
