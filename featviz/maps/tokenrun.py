@@ -103,7 +103,7 @@ class TokenFactsRunner:
         try:
             self.blocks = attention_blocks(model, model_name)
         except UsageError as error:
-            raise UsageError(f"{option} measures every block of a vision transformer, and {error}",
+            raise UsageError(f"{option} measures every block of a vision transformer, and {error.message}",
                              hint="use a timm ViT/DeiT/DINO(v2) or torchvision VisionTransformer, or leave "
                                   f"{option} out") from None
         if token_layout(model, input_size) is None:
