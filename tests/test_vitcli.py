@@ -90,6 +90,25 @@ def test_one_pass_measures_every_block_like_the_reference_and_leaves_the_model_a
     assert not model.training
 
 
+def test_torchvision_vit_statistics_match_its_reference() -> None:
+    from vitmodels import tiny_torchvision_vit, torchvision_reference
+
+    model = tiny_torchvision_vit()
+    x = noise_photos(2)
+    facts = TokenFactsRunner(model, (32, 32), statistics=True).measure(x)
+    with torch.no_grad():
+        _, attentions = torchvision_reference(model, x)
+    layout = TokenLayout(prefix=1, grid=(4, 4), patch=(8, 8))
+    assert facts[0].blocks == ("encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1")
+    for b, a in enumerate(attentions):
+        expected = reference_statistics(a.double().numpy(), layout)
+        for i, photo in enumerate(facts):
+            assert photo.statistics is not None and photo.flags is None
+            for name, values in expected.items():
+                np.testing.assert_allclose(photo.statistics[name][b].numpy(), values[i], rtol=1e-5, atol=1e-6)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_hooks_are_removed_when_the_pass_raises() -> None:
     model = tiny_timm_vit()
     model.blocks[1].train()  # a mixed train/eval state, to be restored as it was
