@@ -401,6 +401,30 @@ def test_the_visualizer_leaves_the_model_as_found_and_reuses_its_basis(held_out:
     assert vis.pca_bases["blocks.3"].tokens == 4 * 64 and vis.pca_bases["blocks.3"].digest() != digest
 
 
+def test_a_photo_whose_attention_is_not_probabilities_fails_alone(held_out: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from featviz.errors import FeatvizError
+    from featviz.inputs.discover import find_images
+    from featviz.output.export import Exporter
+    from featviz.output.pipeline import Visualizer
+
+    vis = Visualizer(EXAMPLE[1], EXAMPLE[3], ["blocks.3"], resize=64, crop=64,
+                     options=RenderOptions(top_k=1, vit_stats=True))
+    measure = vis.token_runner.measure
+    bad = vis.prepare(held_out / "photo1.png").tensor
+
+    def overflowing(batch: torch.Tensor):  # photo1 stands for a photo the model overflows on
+        if any(torch.equal(x, bad) for x in batch):
+            raise FeatvizError("the attention holds non-finite values or is not a float tensor")
+        return measure(batch)
+
+    monkeypatch.setattr(vis.token_runner, "measure", overflowing)
+    report = Exporter(vis, tmp_path, batch_size=4).run(find_images([str(held_out)]).images)
+    assert (report.ok, report.failed) == (3, 1)
+    assert "photo1.png: --vit-stats/--artifacts: the attention holds non-finite values" in report.errors[0]
+    assert json.loads((tmp_path / "attention_statistics.json").read_text())["photos"] == 3
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "alexnet", "--weights", "none", "--vit-stats"], "--vit-stats measures every block"),
     (["--model", "alexnet", "--weights", "none", "--artifacts"], "--artifacts measures every block"),

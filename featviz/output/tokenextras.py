@@ -23,7 +23,7 @@ import torch
 from featviz.capture.layers import LayerRef
 from featviz.capture.layouts import TOKENS, MapLayout
 from featviz.capture.tokens import token_layout
-from featviz.errors import ImageError, UsageError
+from featviz.errors import FeatvizError, ImageError, UsageError
 from featviz.maps.tokenpcafit import RunBasis, fit_run_basis
 from featviz.maps.tokenrun import TokenFactsRunner
 from featviz.output.options import RenderOptions
@@ -116,9 +116,20 @@ def readable_tokens(prepare: Callable[[Any], Any], maps: Callable[[torch.Tensor,
 def attach(results: Sequence[Sequence[LayerResult]], layers: Sequence[LayerRef], batch: torch.Tensor,
            runner: TokenFactsRunner | None, bases: Mapping[str, RunBasis], options: RenderOptions) -> None:
     """Per photo (``results[i]``, one result per layer in layer order): the token facts of the
-    batch (float32 (N, 3, H, W)) on the photo's first result, the PCA colours on each layer's."""
+    batch (float32 (N, 3, H, W)) on the photo's first result, the PCA colours on each layer's.
+
+    Attention that is no probabilities (NaN from a model that overflows on a photo) is an
+    :class:`ImageError` naming the photo (a batch engine then runs the photos one by one, and only
+    that one fails); usage errors stay usage errors."""
     if runner is not None:
-        for per_photo, facts in zip(results, runner.measure(batch), strict=True):
+        try:
+            measured = runner.measure(batch)
+        except UsageError:
+            raise
+        except FeatvizError as error:
+            photo = (results[0][0].image_path or results[0][0].key) if len(results) == 1 else "a photo of the batch"
+            raise ImageError(f"{photo}: --vit-stats/--artifacts: {error.message}", hint=error.hint) from None
+        for per_photo, facts in zip(results, measured, strict=True):
             per_photo[0].token_facts = facts
     for position, ref in enumerate(layers):
         basis = bases.get(ref.path)
