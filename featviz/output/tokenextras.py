@@ -102,14 +102,16 @@ def fit_bases(layers: Sequence[LayerRef], sources: Sequence[Any],
 def readable_tokens(prepare: Callable[[Any], Any], maps: Callable[[torch.Tensor, LayerRef], torch.Tensor]) -> TokensOf:
     """``tokens_of`` for :func:`fit_bases` from a visualizer's ``prepare`` (source -> an object with
     ``tensor`` float32 (3, H, W)) and ``maps`` (batch (1, 3, H, W), layer -> float (1, D, rows,
-    cols)); photos that cannot be read, or that the model fails on, give None."""
+    cols)); photos that cannot be read, that the model fails on or whose tokens are not finite give
+    None."""
     def tokens_of(source: Any, ref: LayerRef) -> torch.Tensor | None:
         try:
             prepared = prepare(source)
             grid = maps(prepared.tensor[None], ref)[0]  # (D, rows, cols)
         except (ImageError, OSError, ValueError, RuntimeError):  # unreadable, or the model fails on it
             return None
-        return grid.flatten(1).T  # (P, D)
+        tokens = grid.flatten(1).T  # (P, D)
+        return tokens if bool(torch.isfinite(tokens).all()) else None  # one NaN would spoil the whole basis
     return tokens_of
 
 
