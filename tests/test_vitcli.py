@@ -441,3 +441,28 @@ def test_bad_input_is_a_usage_error_before_any_photo_is_read(args: list[str], me
     import re
 
     assert re.search(message, result.stderr) and "Traceback" not in result.output
+
+
+def test_the_pca_fit_leaves_out_unreadable_and_non_finite_photos() -> None:
+    from types import SimpleNamespace
+
+    from featviz.capture.layers import LayerRef
+    from featviz.errors import ImageError
+    from featviz.output.tokenextras import fit_bases, readable_tokens
+
+    generator = torch.Generator().manual_seed(5)
+    grids = {"a": torch.randn(4, 3, 3, generator=generator), "b": torch.randn(4, 3, 3, generator=generator),
+             "nan": torch.full((4, 3, 3), float("nan"))}
+
+    def prepare(source: str):
+        if source == "broken":
+            raise ImageError("broken: not a picture")
+        return SimpleNamespace(tensor=grids[source])
+
+    tokens_of = readable_tokens(prepare, lambda batch, ref: batch)  # the "layer" hands the grid back
+    ref = LayerRef("blocks.0", None, torch.nn.Identity())
+    assert tokens_of("broken", ref) is None and tokens_of("nan", ref) is None
+    run = fit_bases([ref], ["a", "broken", "nan", "b"], tokens_of)["blocks.0"]
+    alone = fit_bases([ref], ["a", "b"], tokens_of)["blocks.0"]
+    assert run.tokens == 18 and run.digest() == alone.digest()
+    assert bool(torch.isfinite(run.basis.components).all())
