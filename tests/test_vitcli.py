@@ -260,6 +260,7 @@ def test_export_writes_each_photo_and_the_run_mean_of_the_reference_statistics(
     result = invoke(["export", held_out, *EXAMPLE, "--top-k", "1", "--vit-stats", "--artifacts", "--out", out])
     assert result.exit_code == 0, result.output
     assert "no --layer: drawing at blocks.3" in result.stderr
+    assert f"attention statistics: {out / 'attention_statistics.json'}" in result.stderr
     photos = sorted(held_out.glob("*.png"))
     layout = TokenLayout(prefix=1, grid=(8, 8), patch=(8, 8))
     attentions, outputs = reference_blocks(example_model, _inputs(example_model, photos))
@@ -330,7 +331,9 @@ def test_foreground_blacks_out_the_patches_at_or_below_the_threshold(held_out: P
     from PIL import Image
 
     args = [*EXAMPLE, "--layer", "blocks.3", "--top-k", "1", "--pca-tokens", "--size", "64", "--out"]
-    assert invoke(["show", *sorted(held_out.glob("*.png")), *args, tmp_path / "a"]).exit_code == 0
+    shown = invoke(["show", *sorted(held_out.glob("*.png")), *args, tmp_path / "a"])
+    assert shown.exit_code == 0
+    assert str(tmp_path / "a" / "photo0" / "blocks.3" / "pca.png") in shown.stdout.splitlines()
     assert invoke(["show", *sorted(held_out.glob("*.png")), *args, tmp_path / "b", "--pca-foreground", "0"]
                   ).exit_code == 0
     plain = np.asarray(Image.open(tmp_path / "a" / "photo0" / "blocks.3" / "pca.png"))[4::8, 4::8]
@@ -348,6 +351,7 @@ def test_artifact_outlines_are_crop_exact_on_a_wide_photo(held_out: Path, tmp_pa
     out = tmp_path / "out"
     result = invoke(["show", wide, *EXAMPLE, "--top-k", "1", "--artifacts", "0.5", "--out", out])
     assert result.exit_code == 0, result.output
+    assert str(out / "wide" / "artifacts.png") in result.stdout.splitlines()  # listed without a ..
     flagged = json.loads((out / "wide" / "artifacts.json").read_text())["blocks"][-1]["flagged"]
     assert flagged
     photo = np.asarray(Image.open(wide).convert("RGB")).astype(int)

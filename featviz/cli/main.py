@@ -101,6 +101,9 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
                 click.echo(line)
         if scored is not None and report.ok:
             click.echo(_auc_table(scored))
+        statistics = _run_statistics(params)
+        if statistics:  # --vit-stats: the run's mean, before the report (which comes last)
+            click.echo(str(statistics))
         if page and report.ok:  # when nothing was drawn, stdout stays empty (the errors are on stderr)
             click.echo(str(page))
     if open_viewer and page:
@@ -118,6 +121,14 @@ def _report_page(out: Path) -> Path | None:
 
     page = out / REPORT
     return page if page.is_file() else None
+
+
+def _run_statistics(params: dict[str, Any]) -> Path | None:
+    """--vit-stats: OUT/attention_statistics.json, the run's mean, where the run wrote it."""
+    from featviz.output.vitfiles import STATISTICS_JSON
+
+    path = params["out"] / STATISTICS_JSON
+    return path if params.get("vit_stats") and path.is_file() else None
 
 
 def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -182,7 +193,8 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
                      skip_existing=skip_existing, scored=scored, pca_photos=found.images)  # every shard: one basis
     if not params["quiet"]:
         page = _report_page(params["out"])
-        where = f"; report: {page}" if page else ""
+        statistics = _run_statistics(params)
+        where = (f"; attention statistics: {statistics}" if statistics else "") + (f"; report: {page}" if page else "")
         failed = report.failed + len(found.missing)  # a missing input is a failure too: the counts match the exit code
         click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {failed} failed "
                    f"-> {params['out']}{where}", err=True)
