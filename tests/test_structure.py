@@ -28,9 +28,9 @@ STACK: list[tuple[str, list[set[str]]]] = [
               {"camscore", "vitexplain"}]),
     ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options"}, {"result"},
                 {"estimate", "settings", "resume"}, {"pipeline"}, {"report"}, {"export"}]),
-    ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
+    ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize", "spectrum"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

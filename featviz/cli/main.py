@@ -44,6 +44,7 @@ from featviz.cli.common import (
     transformer_options,
 )
 from featviz.cli.optimize import optimize
+from featviz.cli.spectrum import spectrum
 from featviz.errors import UsageError
 
 
@@ -481,6 +482,7 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
 
 main.add_command(atlas)
 main.add_command(optimize)
+main.add_command(spectrum)
 
 
 if __name__ == "__main__":  # pragma: no cover
