@@ -36,7 +36,8 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
               help="With --param maco: a spectrum file made by `featviz spectrum FOLDER --out FILE` "
                    "[default: the built-in one, from featviz's five sample photos].")
 @click.option("--steps", default=512, show_default=True, type=int, help="Adam steps.")
-@click.option("--lr", default=0.05, show_default=True, type=float, help="Adam's learning rate.")
+@click.option("--lr", default=None, type=float,
+              help="Adam's learning rate [default: 0.05; 1.0 with --param maco, as MACO's official code].")
 @click.option("--size", default=None, type=int, help="Image side [default: the model's input size].")
 @click.option("--out", "-o", "out", default="featviz-optimize", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
