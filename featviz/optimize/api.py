@@ -78,7 +78,8 @@ def optimize_layer(model: str, weights: str, layer: str | None, channels: str | 
     """Optimise images for ``channels`` (``"0-63"`` or a list) of ``layer`` of ``model``, or for
     classes (``objective="class"``, ``channels`` then is ``--target``: indices or class names).
     ``options``: the fields of :class:`OptimizeSettings`; ``size`` None means the model's input
-    size, ``lr`` None (or absent) the parameterisation's default (0.05; 1.0 for ``maco``). Writes under ``out`` when given. Returns the result and the files written."""
+    size, ``lr`` None (or absent) the parameterisation's default (0.05; 1.0 for ``maco``).
+    Writes under ``out`` when given. Returns the result and the files written."""
     prepared = prepare(model, weights, layer, channels, seed=seed, device=device, **options)
     result = run_prepared(prepared, on_step)
     files: list[Path] = []

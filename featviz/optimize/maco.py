@@ -24,9 +24,8 @@ image's standard deviation and moves only the three DC coefficients: its spectru
 except at DC. The colour mix is linear per pixel (undo it with :func:`~featviz.optimize.param.
 decorrelate`); only the sigmoid changes the spectrum, as in the paper.
 
-**Transparency.** The official code accumulates |d objective / d image| over the steps as an
-attribution ("transparency") map; :attr:`MACOImage.transparency` does the same (float32
-(N, 3, H, W), summed over steps; a gradient hook on the image, no change to the engine).
+Not built: the official code's "transparency" map (|d objective / d image| summed over the
+steps), which would need the engine to hand out the image's gradient.
 """
 
 from __future__ import annotations
@@ -79,7 +78,6 @@ class MACOImage(torch.nn.Module):
         self.size = size
         self.register_buffer("magnitude", magnitude.float().clone())
         self.phase = torch.nn.Parameter(torch.randn((batch, *expected), generator=generator))
-        self.transparency: torch.Tensor | None = None
 
     def decorrelated(self) -> torch.Tensor:
         """x = irfft2(M exp(i phi'')): float32 (N, 3, size, size), in decorrelated colour, not
@@ -90,21 +88,15 @@ class MACOImage(torch.nn.Module):
         dc = torch.complex(magnitude[..., :1, :1] * torch.cos(standard[..., :1, :1]),
                            torch.zeros_like(standard[..., :1, :1]))
         spectrum = torch.cat([torch.cat([dc, spectrum[..., :1, 1:]], dim=-1), spectrum[..., 1:, :]], dim=-2)
-        return torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
+        image: torch.Tensor = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
+        return image
 
     def logits(self) -> torch.Tensor:
         """Pre-sigmoid RGB: float32 (N, 3, size, size)."""
         return recorrelate(standardise(self.decorrelated()))
 
     def forward(self) -> torch.Tensor:
-        image = torch.sigmoid(self.logits())
-        if image.requires_grad:
-            image.register_hook(self._accumulate)
-        return image
-
-    def _accumulate(self, grad: torch.Tensor) -> None:
-        magnitude = grad.detach().abs()
-        self.transparency = magnitude if self.transparency is None else self.transparency + magnitude
+        return torch.sigmoid(self.logits())
 
 
 def spectrum_of(path: str | None) -> Spectrum:

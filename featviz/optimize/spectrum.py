@@ -219,9 +219,9 @@ def resample(magnitude: torch.Tensor, size: int) -> torch.Tensor:
     band, 1/f from the band's edge), then :func:`symmetrise`."""
     source = magnitude.double()
     s = source.shape[-2]
-    ky = torch.fft.fftfreq(size, d=1.0 / size).round().long()[:, None]  # signed row frequencies, cycles/image
-    kx = torch.arange(size // 2 + 1)[None, :]
-    ky, kx = torch.broadcast_tensors(ky, kx)
+    shape = (size, size // 2 + 1)
+    ky = torch.fft.fftfreq(size, d=1.0 / size).round().long()[:, None].expand(shape)  # signed, cycles/image
+    kx = torch.arange(size // 2 + 1)[None, :].expand(shape)
     band = s // 2
     reach = torch.maximum(ky.abs(), kx).double()
     factor = torch.where(reach > band, band / reach.clamp(min=1), torch.ones_like(reach))
