@@ -169,6 +169,47 @@ def test_before_standardisation_the_spectrum_is_exactly_the_magnitude() -> None:
     torch.testing.assert_close(dc, magnitude[:, 0, 0] * standard[:, :, 0, 0].cos().abs(), rtol=1e-4, atol=1e-5)
 
 
+# the official chain (serre-lab/Horama, maco_fv.py maco_preconditioner and common.py), restated in numpy
+HORAMA_COLOR = np.array([[0.56282854, 0.58447580, 0.58447580], [0.19482528, 0.00000000, -0.19482528],
+                         [0.04329450, -0.10823626, 0.06494176]])
+
+
+def official_image(magnitude: np.ndarray, phase: np.ndarray, norm: str = "backward") -> np.ndarray:
+    """One image: standardise the phase, M exp(i phase), irfft2 (the official: torch's default
+    norm, 1/N), standardise, flat @ Horama's matrix, sigmoid (values range (0, 1))."""
+    p = (phase - phase.mean()) / (phase.std(ddof=1) + 1e-4)
+    x = np.fft.irfft2(magnitude * np.cos(p) + 1j * magnitude * np.sin(p), s=phase.shape[-2:-1] * 2, norm=norm)
+    x = (x - x.mean()) / (x.std(ddof=1) + 1e-4)
+    return 1 / (1 + np.exp(-np.einsum("chw,cr->rhw", x, HORAMA_COLOR)))
+
+
+def test_a_maco_image_is_the_official_chain_where_irfft2_drops_nothing() -> None:
+    """Where the official irfft2 drops nothing (the phase already odd in the columns kx = 0 and
+    H/2, with mean 0), featviz's image equals the official chain restated in numpy; only the
+    normalisation of the FFT differs (ortho vs 1/N), which the standardisation removes up to its
+    1e-4 guard."""
+    size = 16
+    rng = np.random.default_rng(5)
+    magnitude = rng.random((3, size, size // 2 + 1)) + 0.05
+    magnitude = (magnitude + magnitude[:, (-np.arange(size)) % size, :]) / 2  # even in every column
+    phase = rng.normal(size=(2, 3, size, size // 2 + 1))
+    for column in (0, size // 2):  # odd, and 0 at the self-conjugate bins
+        phase[..., column] = (phase[..., column] - phase[:, :, (-np.arange(size)) % size, column]) / 2
+    inner = np.ones(size // 2 + 1, dtype=bool)
+    inner[[0, size // 2]] = False
+    for image in phase:  # mean 0, by moving only the other columns
+        image[..., inner] -= image.sum() / image[..., inner].size
+    np.testing.assert_allclose(HORAMA_COLOR, LUCID_NORMALIZED.T, atol=1e-6)  # the same colour matrix
+    ours = MACOImage(2, size, torch.Generator(), torch.tensor(magnitude, dtype=torch.float32))
+    with torch.no_grad():
+        ours.phase.copy_(torch.from_numpy(phase))
+    got = ours().detach().double().numpy()
+    for i in range(2):
+        # the 1e-4 guard weighs 16x more on the official's 1/N-normalised image (std ~0.03 here)
+        np.testing.assert_allclose(got[i], official_image(magnitude, phase[i]), atol=1e-3)
+        np.testing.assert_allclose(got[i], official_image(magnitude, phase[i], "ortho"), atol=1e-5)
+
+
 def test_the_same_seed_gives_the_same_pixels_and_another_seed_others() -> None:
     model = tiny()
     first, again, other = run_maco(model, 0), run_maco(model, 0), run_maco(model, 1)
