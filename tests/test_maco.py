@@ -98,6 +98,11 @@ def test_a_spectrum_of_nothing_readable_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["spectrum", str(tmp_path), "--size", "4", "--out", str(tmp_path / "s.npz")])
     assert result.exit_code == 2 and "--size 4" in result.output
     assert not (tmp_path / "s.npz").exists()
+    photo_folder(tmp_path / "photos", [(16, 16)])
+    (tmp_path / "file").write_text("")
+    for out, words in [(tmp_path / "photos", "is a folder"), (tmp_path / "file" / "s.npz", "is a file, not a folder")]:
+        result = CliRunner().invoke(main, ["spectrum", str(tmp_path / "photos"), "--size", "16", "--out", str(out)])
+        assert result.exit_code == 2 and words in result.output and "Hint:" in result.output, result.output
 
 
 def test_resampling_keeps_the_bins_in_cycles_per_image() -> None:
@@ -252,7 +257,9 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     np.savez(negative, decorrelated=-np.ones((3, 8, 5), np.float32), size=np.int64(8))
     text = tmp_path / "text.npz"
     text.write_text("not a spectrum")
-    return {"missing": tmp_path / "nothing.npz", "wrong": wrong, "negative": negative, "text": text}
+    bare = tmp_path / "bare.npy"
+    np.save(bare, np.ones((3, 8, 5), np.float32))
+    return {"missing": tmp_path / "nothing.npz", "wrong": wrong, "negative": negative, "text": text, "bare": bare}
 
 
 @pytest.mark.parametrize(("which", "param", "words"), [
@@ -260,6 +267,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     ("wrong", "maco", "'decorrelated' has shape [3, 8, 8]"),
     ("negative", "maco", "negative or non-finite"),
     ("text", "maco", "not a spectrum file"),
+    ("bare", "maco", "one bare array"),
     ("wrong", "fft", "--spectrum is for --param maco"),
 ])
 def test_a_bad_spectrum_is_one_sentence_and_exit_2(tmp_path: Path, which: str, param: str, words: str) -> None:

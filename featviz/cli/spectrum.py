@@ -39,6 +39,9 @@ def spectrum(inputs: tuple[str, ...], out: Path, size: int, recursive: bool, pre
     check_size(size)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder", hint="give a file name, e.g. --out spectrum.npz")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder", hint="choose another --out")
     found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None)
     report_found(found, quiet)
     if not found.images:

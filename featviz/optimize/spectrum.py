@@ -156,7 +156,11 @@ def load_spectrum(path: Path | str) -> Spectrum:
     :class:`~featviz.errors.UsageError` of one sentence naming the file."""
     shown = str(path)
     try:
-        with np.load(Path(path), allow_pickle=False) as data:
+        loaded = np.load(Path(path), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UsageError(f"--spectrum {shown}: one bare array, not a spectrum file (an .npz of named arrays)",
+                             hint=_HINT)
+        with loaded as data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise UsageError(f"--spectrum {shown}: no such file", hint=_HINT) from None
