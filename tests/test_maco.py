@@ -246,6 +246,9 @@ def test_the_cli_writes_maco_pictures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "out" / "features.3" / "optimize.json").read_text())
     assert document["settings"]["param"] == "maco" and document["settings"]["spectrum"] is None
+    assert document["settings"]["lr"] == MACO_LR  # maco's own default; fft keeps 0.05
+    assert invoke(tmp_path, "--param", "fft").exit_code == 0
+    assert json.loads((tmp_path / "out" / "features.3" / "optimize.json").read_text())["settings"]["lr"] == 0.05
     with Image.open(tmp_path / "out" / "features.3" / "optimized" / "0001.png") as picture:
         assert picture.size == (24, 24)
 
