@@ -7,7 +7,8 @@ Per image, with M the fixed magnitude (float32 (3, H, H//2+1), decorrelated colo
 
     phi'  = standardise(phi)                         # mean 0, std 1 over the image's phases
     phi'' = phi' made odd in the self-conjugate columns (see below)
-    x     = irfft2(M * exp(i phi''), norm="ortho")   # float (3, H, H): |rfft2(x)| == M exactly
+    X     = M * exp(i phi''), except each plane's mean (DC) coefficient: M_0 * cos(phi'_0)
+    x     = irfft2(X, norm="ortho")                  # float (3, H, H): |rfft2(x)| == M but at DC
     image = sigmoid(recorrelate(standardise(x)))     # RGB in [0, 1]; then the model's normalisation
 
 as the official code does (standardised phase, inverse FFT, standardised image, Lucid's colour
@@ -15,7 +16,10 @@ recorrelation, sigmoid scaled to the value range; featviz's range is [0, 1] beca
 normalisation follows, which maps [0, 1] to about [-2.1, 2.6] for ImageNet's statistics, the
 official code's (-2.5, 2.5)).
 
-**What is kept.** ``x`` has magnitude spectrum exactly M (to float rounding): the official code
+**What is kept.** ``x`` has magnitude spectrum exactly M (to float rounding) at every frequency
+but the three DC coefficients (each plane's mean: free, as in the official code, where irfft2 keeps
+the real part M_0 cos(phi'_0); a fixed mean colour costs the colour channels of the trained example
+much of their activation, see docs/optimize.md). The official code
 lets ``irfft2`` drop the imaginary part in the columns kx = 0 and kx = H/2, where a real image's
 spectrum must satisfy X(-ky) = conj(X(ky)), which shrinks those magnitudes; featviz makes the
 phase odd there, phi''(ky) = (phi'(ky) - phi'(-ky)) / 2 (0 at the four self-conjugate bins) and
