@@ -99,7 +99,8 @@ def check_settings(settings: OptimizeSettings) -> None:
         raise UsageError(f"--diversity {settings.diversity}: at least one image per channel",
                          hint="use --diversity 1 (no diversity) or more")
     if not settings.lr > 0:
-        raise UsageError(f"--lr {settings.lr}: the learning rate must be positive", hint="the default is 0.05 (1.0 with --param maco)")
+        raise UsageError(f"--lr {settings.lr}: the learning rate must be positive",
+                         hint="the default is 0.05 (1.0 with --param maco)")
 
 
 def check_units(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int], settings: OptimizeSettings,
