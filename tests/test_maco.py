@@ -91,6 +91,26 @@ def test_the_spectrum_command_equals_numpy_and_goes_on_past_a_corrupt_photo(tmp_
         assert sorted(data.files) == ["count", "decorrelated", "rgb", "size", "sources"]
 
 
+def test_photos_are_resized_by_the_shorter_side_and_centre_cropped(tmp_path: Path) -> None:
+    """torchvision's rule restated with PIL: the shorter side to S (bilinear; PIL antialiases),
+    the longer to int(S * long / short), the centre crop at round((long - S) / 2)."""
+    arrays = photo_folder(tmp_path / "photos", [(48, 64), (64, 64)])
+    out = tmp_path / "s.npz"
+    assert CliRunner().invoke(main, ["spectrum", str(tmp_path / "photos"), "--size", "32", "--out", str(out),
+                                     "-q"]).exit_code == 0
+    resized = []
+    for array in arrays:
+        height, width, _ = array.shape
+        new = (int(32 * width / height), 32) if width > height else (32, 32)
+        small = np.asarray(Image.fromarray(array).resize(new, Image.BILINEAR))
+        left = int(round((new[0] - 32) / 2))
+        resized.append(small[:, left:left + 32])
+    rgb, dec = numpy_spectra(resized, 32)
+    spectrum = load_spectrum(out)
+    np.testing.assert_allclose(spectrum.rgb, rgb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spectrum.decorrelated, dec, rtol=1e-5, atol=1e-6)
+
+
 def test_a_spectrum_of_nothing_readable_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["spectrum", str(tmp_path / "empty"), "--out", str(tmp_path / "s.npz")])
