@@ -29,9 +29,10 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"options", "resultfiles"},
                 {"result"}, {"estimate", "settings", "resume", "startup"}, {"pipeline"}, {"reportdata"}, {"report"},
                 {"records"}, {"export"}]),
-    ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
+    ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize", "batch", "sweep", "layers"},
+    ("cli", [{"progress", "viewer", "signals"}, {"common"}, {"atlas", "optimize", "batch", "sweep", "layers",
+                                          "spectrum"},
              {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
