@@ -40,7 +40,8 @@ SHOWN = (0, 1, 2)  # the photos of the picture row
 
 def _example():
     spec = importlib.util.spec_from_file_location("vit_shapes", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {SCRIPT}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -73,11 +74,13 @@ def main() -> None:
                       for r, cls in zip(results, predicted, strict=True)])
     failed = score_cams(vis.loaded.module, stacked, extra, steps=STEPS, batch_size=None,
                         names=[p.key for p in prepared])
-    assert not failed, failed
+    if failed:
+        raise RuntimeError(f"--cam-score failed: {failed}")
     rows: dict[str, list[tuple[bool, float, float]]] = {}
-    for result, more, (_, label, box) in zip(results, extra.per_image, photos, strict=True):
-        for cam in [*more[:1], *result.cams, *more[1:]]:
-            assert cam.scores is not None
+    for result, more, (_, _, box) in zip(results, extra.per_image, photos, strict=True):
+        for cam in [*result.cams, *more]:
+            if cam.scores is None:
+                raise RuntimeError(f"{cam.name} was not scored")
             rows.setdefault(cam.method, []).append((peaks_in_box(cam.map, box), cam.scores.deletion_auc,
                                                     cam.scores.insertion_auc))
     accuracy = np.mean([p == label for p, (_, label, _) in zip(predicted, photos, strict=True)])
