@@ -306,3 +306,32 @@ def test_token_cam_equals_torchcam_with_its_reshape_transform(method: str) -> No
     assert theirs_np.shape == (2, 4, 4) and float(theirs_np.max() - theirs_np.min()) > 0
     np.testing.assert_allclose(_minmax(ours), _minmax(theirs_np), atol=1e-4)
     assert _no_hooks(model)
+
+
+TINY = ["--model", "timm:vit_tiny_patch16_224", "--weights", "none", "--resize", "32", "--crop", "32",
+        "--model-kwargs", '{"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}']
+
+
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    (["--model", "alexnet", "--weights", "none", "--layer", "features.10", "--cam", "rollout"],
+     "alexnet has no self-attention blocks", "--cam gradcam (or another CAM method) on a convolutional layer"),
+    (["--model", "resnet18", "--weights", "none", "--layer", "layer4", "--cam", "relevance"],
+     "resnet18 has no self-attention blocks", "for a CNN, use --cam gradcam"),
+    ([*TINY, "--layer", "head", "--heads"], "layer head is no transformer block: attention maps are drawn at a block "
+     "(blocks.0, blocks.1)", "use --layer blocks.1"),
+    ([*TINY, "--layer", "blocks.1", "--heads", "--heads-threshold", "0"], "--heads-threshold 0.0 is out of range",
+     "(0, 1]"),
+    (["--model", "vitmodels:functional_vit", "--weights", "none", "--resize", "32", "--crop", "32", "--layer",
+      "blocks.1", "--cam", "rollout"],
+     "featviz cannot capture the attention of vitmodels:functional_vit: its attention modules (blocks.0 "
+     "(SdpaAttention)", "featviz draws its blocks' outputs as feature maps (--layer)"),
+], ids=["rollout on a CNN", "relevance on a CNN", "no block", "threshold 0", "capture fails"])
+def test_bad_requests_name_the_blocks_or_the_cause_before_any_photo(args: list[str], error: str, hint: str,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = CliRunner().invoke(main, ["show", str(tmp_path / "missing.jpg"), *args, "--out", str(out)])
+    assert run.exit_code == 2, run.output
+    error_line, hint_line = run.output.strip().splitlines()[:2]
+    assert error_line.startswith("Error: ") and error in error_line, run.output
+    assert hint_line.startswith("Hint: ") and hint in hint_line, run.output
+    assert "Traceback" not in run.output and "missing.jpg" not in run.output and not out.exists()
