@@ -335,3 +335,30 @@ def test_bad_requests_name_the_blocks_or_the_cause_before_any_photo(args: list[s
     assert error_line.startswith("Error: ") and error in error_line, run.output
     assert hint_line.startswith("Hint: ") and hint in hint_line, run.output
     assert "Traceback" not in run.output and "missing.jpg" not in run.output and not out.exists()
+
+
+@pytest.mark.parametrize(("model", "layer"), [
+    (["--model", "vitmodels:tiny_timm_vit"], "blocks.1"),
+    (["--model", "vitmodels:tiny_timm_vit"], "blocks.1.norm1"),
+    (["--model", "timm:deit_tiny_distilled_patch16_224", "--model-kwargs",
+      '{"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}'], "blocks.1"),
+], ids=["vit block", "vit norm1", "deit block"])
+def test_the_atlas_box_of_a_token_is_its_own_patch(model: list[str], layer: str, tmp_path: Path) -> None:
+    """The atlas's box of a token layer's entry is the patch where the token lives (not its
+    receptive field, the whole photo after the first attention): for 64-px photos resized to
+    32 px, token (y, x) of 8-px patches is photo pixels [16x, 16y, 16x + 16, 16y + 16]. Before,
+    the positive surrogate gave the patch, the whole photo or an empty box depending on the layer."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        _photo(64, 64, seed=10 + i).save(folder / f"p{i}.png")
+    out = tmp_path / "out"
+    run = CliRunner().invoke(main, ["atlas", str(folder), "--out", str(out), *model, "--weights", "none", "--resize",
+                                    "32", "--crop", "32", "--layer", layer, "--top", "2", "-q"], catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    document = json.loads((out / layer / "atlas.json").read_text())
+    entries = [entry for channel in document["channels"] for entry in channel]
+    assert len(entries) == 2 * len(document["channels"]) and len({(e["y"], e["x"]) for e in entries}) > 1
+    for entry in entries:
+        y, x = entry["y"], entry["x"]
+        assert entry["box"] == [16.0 * x, 16.0 * y, 16.0 * x + 16, 16.0 * y + 16], entry
