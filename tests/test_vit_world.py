@@ -104,7 +104,7 @@ def test_deit_distilled_heads_rollout_and_relevance() -> None:
     (result,) = vis.forward([prepared])[0]
     logits, attentions = timm_reference(model, prepared.tensor[None])
     cls = int(logits.argmax())
-    (gradients) = torch.autograd.grad(logits[0, cls], attentions)
+    gradients = torch.autograd.grad(logits[0, cls], attentions)
     assert result.heads is not None and result.heads.shape == (3, 4, 4)
     torch.testing.assert_close(result.heads, _on_grid(attentions[-1][0, :, 0].detach(), prefix, grid),
                                atol=1e-5, rtol=1e-4)
