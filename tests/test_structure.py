@@ -30,10 +30,10 @@ STACK: list[tuple[str, list[set[str]]]] = [
                 {"options", "resultfiles"}, {"result", "tokenextras"},
                 {"estimate", "settings", "resume", "startup", "vitrun"}, {"pipeline"}, {"reportdata"}, {"report"},
                 {"records"}, {"export"}]),
-    ("optimize", [{"param", "transforms"}, {"engine"}, {"export"}, {"api"}]),
+    ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
     ("cli", [{"progress", "viewer", "signals"}, {"common"},
-             {"atlas", "optimize", "batch", "sweep", "layers", "tokenoptions"}, {"main"}]),
+             {"atlas", "optimize", "batch", "sweep", "layers", "spectrum", "tokenoptions"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

@@ -45,6 +45,7 @@ from featviz.cli.common import (
 )
 from featviz.cli.layers import layers
 from featviz.cli.optimize import optimize
+from featviz.cli.spectrum import spectrum
 from featviz.cli.sweep import sweep
 from featviz.cli.tokenoptions import token_options
 
@@ -230,6 +231,7 @@ main.add_command(sweep)
 main.add_command(layers)
 main.add_command(atlas)
 main.add_command(optimize)
+main.add_command(spectrum)
 
 
 if __name__ == "__main__":  # pragma: no cover
