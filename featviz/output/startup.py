@@ -26,9 +26,11 @@ from featviz.maps.explain import build_explainers
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.models.build import load_model
 from featviz.output.options import RenderOptions
+from featviz.output.tokenextras import check_pca_layers, needs_block, token_runner
 
 if TYPE_CHECKING:
 
+    from featviz.maps.tokenpcafit import RunBasis
     from featviz.models.build import LoadedModel
 
 
@@ -51,13 +53,17 @@ class VisualizerStartup:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}",
                                  hint=f"e.g. {name} 224, or leave it out for the weights' own")
         vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
+        # --vit-stats, --artifacts: every block measured once on seeded noise (a CNN fails here)
+        self.token_runner = token_runner(self.loaded.module, self._example(), self.options, self.loaded.name)
+        self.pca_bases: dict[str, RunBasis] = {}  # --pca-tokens: layer path -> the run's basis (fit_token_pca)
         # the layer featviz chose because none was named (class maps: the last feature map; transformer
         # maps: the last block), for the CLI to say
         self.default_layer: LayerRef | None = None
         self.default_layer_is_block = False
-        if layers is None and (self.options.cam or self.options.heads):
+        block_default = bool(vit_methods) or self.options.heads or needs_block(self.options)
+        if layers is None and (self.options.cam or block_default):
             module, name = self.loaded.module, self.loaded.name
-            blocks = [b.name for b in attention_blocks(module, name)] if vit_methods or self.options.heads else []
+            blocks = [b.name for b in attention_blocks(module, name)] if block_default else []
             maps = [] if blocks else feature_map_paths(module, self._blank())
             self.default_layer = default_cam_layer(module, maps, model_name=name, blocks=blocks)
             self.default_layer_is_block = bool(blocks)
@@ -72,6 +78,8 @@ class VisualizerStartup:
         self.transformers: dict[str, Any] = (self._transformer_explainers(vit_methods)
                                              if self.options.heads or vit_methods else {})
         self._check_layers()
+        if self.options.pca_tokens:
+            check_pca_layers(self.layers, self.layouts, self.loaded.name)
         cam_methods = [m for m in self.options.cam if not is_transformer_method(m)]
         self.explainers: dict[str, Any] = self._class_explainers(cam_methods) if cam_methods else {}
 
