@@ -234,7 +234,8 @@ def _mixed(acts: torch.Tensor | None, mix: torch.Tensor) -> torch.Tensor:
 
 def interpolate(model: torch.nn.Module, layer: LayerRef, first: int, second: int, frames: int,
                 settings: OptimizeSettings, mean: Sequence[float], std: Sequence[float],
-                device: torch.device | str = "cpu") -> Optimized:
+                device: torch.device | str = "cpu",
+                on_step: Callable[[int, float], None] | None = None) -> Optimized:
     """A row of ``frames`` images from channel ``first`` to ``second`` (Lucid's
     ``channel_interpolate`` without its alignment term): image i maximises
     (1 - t_i) * mean A[first] + t_i * mean A[second], t_i = i / (frames - 1)."""
@@ -245,7 +246,7 @@ def interpolate(model: torch.nn.Module, layer: LayerRef, first: int, second: int
     mix = torch.zeros(frames, count)
     mix[:, first] += 1 - t
     mix[:, second] += t
-    return optimize(model, layer, [first] * frames, settings, mean, std, device, mix=mix)
+    return optimize(model, layer, [first] * frames, settings, mean, std, device, on_step, mix=mix)
 
 
 def activation_of(model: torch.nn.Module, layer: LayerRef, images: torch.Tensor, mean: Sequence[float],
