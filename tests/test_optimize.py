@@ -231,3 +231,22 @@ def test_an_interpolation_moves_from_one_channel_to_the_other() -> None:
     expected = [float(means[0, 0]), float(0.5 * means[1, 0] + 0.5 * means[1, 1]), float(means[2, 1])]
     assert row.activation == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert means[0, 0] - means[0, 1] > means[2, 0] - means[2, 1]  # the first image leans to channel 0
+
+
+def test_jitter_only_is_a_crop_of_4_pixels_less_at_the_generators_offset() -> None:
+    from featviz.optimize.transforms import jitter_only
+
+    images = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(4))
+    out = jitter_only(images, torch.Generator().manual_seed(9))
+    dy, dx = torch.randint(4, (2,), generator=torch.Generator().manual_seed(9)).tolist()
+    assert torch.equal(out, images[:, :, dy:dy + 8, dx:dx + 6])
+
+
+@pytest.mark.parametrize(("choice", "flags"), [("standard", (True, False)), ("jitter", (True, True)),
+                                               ("none", (False, False))])
+def test_the_cli_transforms_choice_reaches_the_engine(tmp_path: Path, choice: str, flags: tuple[bool, bool]) -> None:
+    result = invoke(tmp_path, "--layer", "features.3", "--channels", "0", "--steps", "2", "--size", "16",
+                    "--transforms", choice)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "out" / "features.3" / "optimize.json").read_text())["settings"]
+    assert (settings["transforms"], settings["jitter_only"]) == flags

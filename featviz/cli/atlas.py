@@ -29,7 +29,8 @@ from featviz.errors import UsageError
 @click.command(cls=SectionedCommand,
                epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
 @help_sections(Layer=("layers",), Atlas=("top", "by"), Output=("out",),
-               Optimize=("optimize", "optimize_channels", "optimize_steps", "optimize_size", "optimize_lr"),
+               Optimize=("optimize", "optimize_channels", "optimize_steps", "optimize_size", "optimize_lr",
+                         "optimize_transforms"),
                Run=("batch_size", "workers", "recursive", "shard", "merge", "resume", "checkpoint_every", "quiet",
                     "progress"))
 @click.argument("inputs", nargs=-1)
@@ -64,6 +65,8 @@ from featviz.errors import UsageError
               help="With --optimize: image side [default: the atlas's --crop, else the model's input size].")
 @click.option("--optimize-lr", default=0.05, show_default=True, type=float,
               help="With --optimize: Adam's learning rate.")
+@click.option("--optimize-transforms", type=click.Choice(["standard", "jitter", "none"]), default="standard",
+              show_default=True, help="With --optimize: as `featviz optimize --transforms` (jitter for small crops).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
@@ -180,7 +183,9 @@ def _prepare_optimize(visualizer: Any, params: dict[str, Any], seed: int) -> lis
         return []
     return prepare_atlas_layers(visualizer.loaded, visualizer.layers, params["optimize_channels"],
                                 size=params["optimize_size"], crop=visualizer.preprocess.crop,
-                                seed=seed, steps=params["optimize_steps"], lr=params["optimize_lr"])
+                                seed=seed, steps=params["optimize_steps"], lr=params["optimize_lr"],
+                                transforms=params["optimize_transforms"] != "none",
+                                jitter_only=params["optimize_transforms"] == "jitter")
 
 
 def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:

@@ -31,6 +31,10 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
               help="K different images per channel (Lucid's Gram diversity).")
 @click.option("--param", type=click.Choice(["fft", "pixel"]), default="fft", show_default=True,
               help="fft: Lucid's 1/f spectrum in decorrelated colour; pixel: plain pixels under a sigmoid.")
+@click.option("--transforms", "transform_set", type=click.Choice(["standard", "jitter", "none"]), default="standard",
+              show_default=True,
+              help="Transformation robustness: standard is Lucid's (pad 12, jitter, scale, rotate; sized for ~224 px); "
+                   "jitter only jitters by up to 4 px (better for small images, e.g. --size 32); none: off.")
 @click.option("--steps", default=512, show_default=True, type=int, help="Adam steps.")
 @click.option("--lr", default=0.05, show_default=True, type=float, help="Adam's learning rate.")
 @click.option("--size", default=None, type=int, help="Image side [default: the model's input size].")
@@ -66,7 +70,7 @@ def optimize(**params: Any) -> None:
     prepared = prepare(params["model"], params["weights"], None if class_objective else (params["layer"] or "0"),
                        units, seed=params["seed"], device=params["device"], objective=params["objective"],
                        steps=params["steps"], lr=params["lr"], size=params["size"], negative=params["negative"],
-                       diversity=params["diversity"], param=params["param"])
+                       diversity=params["diversity"], param=params["param"], **_transforms(params))
     if params["atlas_dir"] is not None:
         check_atlas(params["atlas_dir"], prepared)
     bar = tqdm(total=max(0, params["steps"]), desc="optimize", unit="step", file=sys.stderr,
@@ -106,7 +110,7 @@ def _interpolate(params: dict[str, Any]) -> None:
                                      params["frames"], seed=params["seed"], device=params["device"],
                                      objective=params["objective"], steps=params["steps"], lr=params["lr"],
                                      size=params["size"], negative=params["negative"], diversity=params["diversity"],
-                                     param=params["param"])
+                                     param=params["param"], **_transforms(params))
     bar = tqdm(total=params["steps"], desc="interpolate", unit="step", file=sys.stderr,
                disable=not progress_enabled(params))
     try:
@@ -117,3 +121,8 @@ def _interpolate(params: dict[str, Any]) -> None:
     if not params["quiet"]:
         click.echo(f"{len(result.units)} frames from channel {prepared.units[0]} to {prepared.units[1]}: "
                    f"{files[0]}", err=True)
+
+
+def _transforms(params: dict[str, Any]) -> dict[str, bool]:
+    """--transforms as the engine's two settings."""
+    return {"transforms": params["transform_set"] != "none", "jitter_only": params["transform_set"] == "jitter"}

@@ -56,6 +56,7 @@ class OptimizeSettings:
     diversity_weight: float = 100.0
     param: str = "fft"
     transforms: bool = True
+    jitter_only: bool = False  # with transforms: only Lucid's jitter(4) (small images, see transforms.jitter_only)
     redirect: bool = True
     checkpoints: int = 8  # objective recorded this many times (and at the end)
 
@@ -203,7 +204,8 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
                      redirect=settings.redirect) as driven:
         for step in range(1, settings.steps + 1):
             rgb = image()
-            seen = transforms.standard(rgb, generator) if settings.transforms else rgb
+            seen = ((transforms.jitter_only if settings.jitter_only else transforms.standard)(rgb, generator)
+                    if settings.transforms else rgb)
             acts = driven.run((seen - mean_t) / std_t)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))

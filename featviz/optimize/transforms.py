@@ -2,6 +2,12 @@
 random scale in {0.9, 0.92, ..., 1.1}, random rotation in {-10..10} degrees (0 five times more
 often), jitter 4. Every draw comes from one seeded :class:`torch.Generator` on the CPU, so the same
 seed gives the same pixels; the whole batch shares each step's draw, as in Lucent.
+
+:func:`jitter_only` is the lighter set for small images (``--transforms jitter``): Lucid's sizes
+are in pixels and were chosen for images of about 224 px; at 32 px the pad of 12 is more than a
+third of the side and the bilinear scale and rotation blur the few pixels a unit sees, so the
+image that is best on average over the transforms is often not best on the untransformed image
+(docs/optimize.md, "Own image, best image").
 """
 
 from __future__ import annotations
@@ -52,3 +58,9 @@ def standard(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = scale(x, _pick(SCALES, generator))
     x = rotate(x, _pick(ANGLES, generator))
     return jitter(x, 4, generator)
+
+
+def jitter_only(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Only Lucid's last step, ``jitter(4)``: float (N, 3, H, W) -> (N, 3, H - 4, W - 4), no
+    padding, no resampling (every pixel kept as it is)."""
+    return jitter(images, 4, generator)
