@@ -20,6 +20,7 @@ rounds is reported.
 
     python benchmarks/optimize.py            # AlexNet features.3 (weights none), 64 channels, 224 px, 128 steps
     python benchmarks/optimize.py --quick    # 16 channels, 64 px, 8 steps
+    python benchmarks/optimize.py --quick --profile   # + torch.profiler's top operators of the engine's step
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def transformed_sizes(batch: int, size: int, steps: int, seed: int = 0) -> list[
 
 
 def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
-          steps: int) -> dict[str, Callable[[], float]]:
-    """Each rung: a function that runs ``steps`` steps and returns the seconds they took."""
+          steps: int) -> dict[str, Callable[[], tuple[float, float]]]:
+    """Each rung: a function that runs ``steps`` steps and returns (wall seconds, process CPU
+    seconds) they took (CPU time: all of this process's threads, so less disturbed by other
+    processes on a shared machine)."""
     units = torch.arange(channels)
     rows = torch.arange(channels)
     mean_t, std_t = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
@@ -63,38 +66,38 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         assert acts is not None
         return -acts[rows, units].flatten(1).mean(dim=1).sum()
 
-    def floor(redirect: bool) -> Callable[[], float]:
-        def run() -> float:
+    def floor(redirect: bool) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
             inputs = [torch.rand(channels, 3, h, w, requires_grad=True) for h, w in sizes]
             with DrivenLayer(model, ref, redirect=redirect) as driven:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for x in inputs:
                     objective(driven.run(x)).backward()
-                return time.perf_counter() - start
+                return time.perf_counter() - start, time.process_time() - cpu
         return run
 
-    def with_transforms() -> float:
+    def with_transforms() -> tuple[float, float]:
         generator = torch.Generator().manual_seed(0)
         FFTImage(channels, size, generator)  # the same draws, so the same sizes as the floor
         inputs = [torch.rand(channels, 3, size, size, requires_grad=True) for _ in sizes]
         with DrivenLayer(model, ref) as driven:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
                 objective(driven.run((transforms.standard(rgb, generator) - mean_t) / std_t)).backward()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, time.process_time() - cpu
 
-    def engine_step() -> float:
+    def engine_step() -> tuple[float, float]:
         generator = torch.Generator().manual_seed(0)
         image = FFTImage(channels, size, generator)
         optimiser = torch.optim.Adam(image.parameters(), lr=0.05)
         with DrivenLayer(model, ref) as driven:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in sizes:
                 seen = transforms.standard(image(), generator)
                 optimiser.zero_grad(set_to_none=True)
                 objective(driven.run((seen - mean_t) / std_t)).backward()
                 optimiser.step()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, time.process_time() - cpu
 
     return {"floor": floor(False), "+ redirected ReLU": floor(True), "+ transforms, normalisation": with_transforms,
             "+ FFT image, colour, sigmoid, Adam (the engine's step)": engine_step}
@@ -105,8 +108,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of the ladder.")
     parser.add_argument("--no-loop", action="store_true", help="Skip the per-channel loop (the slow part).")
+    parser.add_argument("--profile", action="store_true", help="Also print torch.profiler's top operators.")
+    parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
     args = parser.parse_args()
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
+    steps = args.steps or steps
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
     ref = resolve_layers(model, ["features.3"])[0]
@@ -125,14 +131,18 @@ def main() -> None:
 
     ladder = rungs(model, ref, channels, size, steps)
     times: dict[str, list[float]] = {name: [] for name in ladder}
+    cpu_times: dict[str, list[float]] = {name: [] for name in ladder}
     for run in ladder.values():  # warm-up
         run()
     for r in range(args.rounds):
         names = list(ladder)
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotated order
-            times[name].append(1000 * ladder[name]() / steps)
+            wall, cpu = ladder[name]()
+            times[name].append(1000 * wall / steps)
+            cpu_times[name].append(1000 * cpu / steps)
     per_step = {name: round(statistics.median(values), 1) for name, values in times.items()}
-    floor = per_step["floor"]
+    cpu_step = {name: round(statistics.median(values), 1) for name, values in cpu_times.items()}
+    floor, cpu_floor = per_step["floor"], cpu_step["floor"]
     sizes = transformed_sizes(channels, size, steps)
     print(json.dumps({
         "channels": channels, "size": size, "steps": steps, "threads": torch.get_num_threads(),
@@ -142,7 +152,16 @@ def main() -> None:
         "speedup": None if looped is None else round(looped / batched, 2),
         "ladder_step_ms": per_step, "ladder_over_floor": {k: round(v / floor, 2) for k, v in per_step.items()},
         "ladder_rounds_ms": {k: [round(v, 1) for v in values] for k, values in times.items()},
+        "ladder_cpu_step_ms": cpu_step,
+        "ladder_cpu_over_floor": {k: round(v / cpu_floor, 2) for k, v in cpu_step.items()},
+        "ladder_cpu_rounds_ms": {k: [round(v, 1) for v in values] for k, values in cpu_times.items()},
     }, indent=1))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            optimize(model, ref, list(range(channels)), settings, MEAN, STD)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

@@ -250,3 +250,20 @@ def test_the_cli_transforms_choice_reaches_the_engine(tmp_path: Path, choice: st
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "out" / "features.3" / "optimize.json").read_text())["settings"]
     assert (settings["transforms"], settings["jitter_only"]) == flags
+
+
+def test_the_redirected_relu_is_on_for_lucids_first_16_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lucid (lucid/misc/redirected_relu_grad.py) overrides the ReLU gradient for at most 16 steps."""
+    seen: list[bool | None] = []
+    original = DrivenLayer.run
+
+    def spy(self: DrivenLayer, images: torch.Tensor, redirect: bool | None = None) -> torch.Tensor | None:
+        seen.append(redirect)
+        return original(self, images, redirect)
+
+    monkeypatch.setattr(DrivenLayer, "run", spy)
+    run(tiny(), steps=20)
+    assert seen[:20] == [True] * 16 + [False] * 4
+    seen.clear()
+    run(tiny(), steps=20, redirect=False)
+    assert seen[:20] == [False] * 20

@@ -6,7 +6,8 @@ only on its own activations, the gradients do not mix (the diversity term mixes 
 images of one channel). Per step: RGB from :class:`~featviz.optimize.param.FFTImage`, Lucid's
 standard transforms (:mod:`featviz.optimize.transforms`), the model's OWN normalisation
 (``mean``/``std`` of its preprocessing), the forward pass to the layer
-(:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU on), Adam on the spectrum.
+(:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU for the first 16 steps as in
+Lucid), Adam on the spectrum.
 
 Objectives per image (maximised; ``negative`` flips the sign):
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
 
 OBJECTIVES = ("channel", "neuron", "class")
+#: Lucid overrides the ReLU gradient "for at most 16 steps" (lucid/misc/redirected_relu_grad.py):
+#: enough to start a dead channel; afterwards the ordinary gradient, at no extra cost.
+REDIRECT_STEPS = 16
 PARAMS = ("fft", "pixel")
 
 
@@ -206,7 +210,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
             rgb = image()
             seen = ((transforms.jitter_only if settings.jitter_only else transforms.standard)(rgb, generator)
                     if settings.transforms else rgb)
-            acts = driven.run((seen - mean_t) / std_t)
+            acts = driven.run((seen - mean_t) / std_t, redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))
             gain = sign * values
