@@ -6,14 +6,16 @@ SAME input sizes as the transformed images (the transforms' random scale changes
 step; the floor replays that sequence of sizes).
 
 Then the overhead, as a ladder: each rung adds one piece of the engine's step to the floor, in
-the engine's order, so the difference between neighbouring rungs is that piece's cost:
+the engine's order, so the difference between a rung and the floor (or the rung before) is that
+piece's cost:
 
 1. floor: a leaf tensor of the step's size -> forward to the layer -> backward of the objective;
-2. + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass);
-3. + transforms and normalisation (a leaf RGB image at --size -> pad, jitter, scale, rotate,
-   jitter -> (x - mean) / std -> 2.);
-4. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid -> 3., Adam step):
-   the engine's whole step.
+2. floor + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass; the
+   engine turns it on for the first 16 steps only, as Lucid does);
+3. floor + transforms and normalisation (a leaf RGB image at --size -> pad, jitter, scale,
+   rotate, jitter -> (x - mean) / std -> 1.);
+4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step): the
+   engine's whole step after step 16.
 
 Rungs run in interleaved rounds (the machine is shared) and the median per-step time of the
 rounds is reported.
@@ -80,7 +82,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         generator = torch.Generator().manual_seed(0)
         FFTImage(channels, size, generator)  # the same draws, so the same sizes as the floor
         inputs = [torch.rand(channels, 3, size, size, requires_grad=True) for _ in sizes]
-        with DrivenLayer(model, ref) as driven:
+        with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
                 objective(driven.run((transforms.standard(rgb, generator) - mean_t) / std_t)).backward()
@@ -90,7 +92,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         generator = torch.Generator().manual_seed(0)
         image = FFTImage(channels, size, generator)
         optimiser = torch.optim.Adam(image.parameters(), lr=0.05)
-        with DrivenLayer(model, ref) as driven:
+        with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for _ in sizes:
                 seen = transforms.standard(image(), generator)
@@ -99,8 +101,9 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 
-    return {"floor": floor(False), "+ redirected ReLU": floor(True), "+ transforms, normalisation": with_transforms,
-            "+ FFT image, colour, sigmoid, Adam (the engine's step)": engine_step}
+    return {"floor": floor(False), "floor + redirected ReLU (steps 1-16)": floor(True),
+            "floor + transforms, normalisation": with_transforms,
+            "+ FFT image, colour, sigmoid, Adam (the engine's step after step 16)": engine_step}
 
 
 def main() -> None:
@@ -110,9 +113,11 @@ def main() -> None:
     parser.add_argument("--no-loop", action="store_true", help="Skip the per-channel loop (the slow part).")
     parser.add_argument("--profile", action="store_true", help="Also print torch.profiler's top operators.")
     parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
+    parser.add_argument("--size", type=int, default=None, help="Override the image side.")
+    parser.add_argument("--channels", type=int, default=None, help="Override the number of channels.")
     args = parser.parse_args()
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
-    steps = args.steps or steps
+    steps, size, channels = args.steps or steps, args.size or size, args.channels or channels
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
     ref = resolve_layers(model, ["features.3"])[0]
