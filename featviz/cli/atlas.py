@@ -7,6 +7,7 @@ parses, calls the library (:mod:`featviz.atlas.export`) and prints.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         bar = tqdm(total=prepared.settings.steps, desc=f"optimize {prepared.layer.path}", unit="step",
                    file=sys.stderr, disable=not progress_enabled(params))
         try:
-            written.extend(add_to_atlas(out, prepared, lambda step, value, bar=bar: bar.update()))
+            written.extend(add_to_atlas(out, prepared, _step_counter(bar)))
         finally:
             bar.close()
     if not params["quiet"]:
@@ -173,6 +174,15 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         click.echo(f"atlas of {images_done} images ({failed} failed{unread}): {len(written)} files -> {out}", err=True)
     # every `error:` line printed is counted above and makes the exit code 1
     sys.exit(1 if state.failed or missing or picture_errors else 0)
+
+
+def _step_counter(bar: Any) -> Callable[[int, float], None]:
+    """The optimisation's on_step: one tick of ``bar`` per step."""
+
+    def on_step(step: int, value: float) -> None:
+        bar.update(1)
+
+    return on_step
 
 
 def _prepare_optimize(visualizer: Any, params: dict[str, Any], seed: int) -> list[Any]:
