@@ -130,6 +130,9 @@ def test_atlas_optimize_on_merged_shards_and_refused_on_a_shard(tmp_path: Path) 
         assert made.exit_code == 0, made.output
         shards.append(str(shard))
     out = tmp_path / "merged"
+    refused = CliRunner().invoke(main, ["atlas", "--merge", *shards, "--out", str(out), "--optimize",
+                                        "--optimize-steps", "0"])
+    assert refused.exit_code == 2 and "at least one step" in refused.output and not out.exists()
     merged = CliRunner().invoke(main, ["atlas", "--merge", *shards, "--out", str(out), "--optimize",
                                        "--optimize-channels", "1", "--optimize-steps", "3", "--quiet"],
                                 catch_exceptions=False)

@@ -62,6 +62,13 @@ def check_atlas(atlas: Path, prepared: Prepared) -> dict[str, Any]:
     return document
 
 
+def check_optimize_options(channels: str | None, *, size: int | None, **options: Any) -> None:
+    """The checks of :func:`prepare_atlas_layers` that need no model (steps, size, lr, the channel
+    syntax), for a caller to run before it writes or reads anything."""
+    check_settings(OptimizeSettings(**options, size=224 if size is None else size))
+    parse_channels(channels)
+
+
 def prepare_atlas_layers(loaded: LoadedModel, layers: Sequence[LayerRef], channels: str | None, *,
                          size: int | None, crop: int | None, seed: int = 0, **options: Any) -> list[Prepared]:
     """One :class:`Prepared` optimisation per atlas layer, every option checked (one forward pass

@@ -90,7 +90,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         write_atlas,
         write_state,
     )
-    from featviz.atlas.optimized import add_to_atlas
+    from featviz.atlas.optimized import add_to_atlas, check_optimize_options
     from featviz.cli.progress import progress_bar
     from featviz.cli.signals import exit_code, stop_on_signals
     from featviz.inputs.discover import find_images
@@ -105,6 +105,8 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
     if params["optimize"] and shard:
         raise UsageError("--optimize needs the whole atlas, and a shard holds only a slice of the photos",
                          hint="leave --optimize out here and add it to the --merge command that combines the shards")
+    if params["optimize"]:  # what needs no model, before the merged state is written
+        check_optimize_options(params["optimize_channels"], **_optimize_settings(params))
 
     picture_errors: list[str] = []
 
@@ -192,10 +194,14 @@ def _prepare_optimize(visualizer: Any, params: dict[str, Any], seed: int) -> lis
     if not params["optimize"]:
         return []
     return prepare_atlas_layers(visualizer.loaded, visualizer.layers, params["optimize_channels"],
-                                size=params["optimize_size"], crop=visualizer.preprocess.crop,
-                                seed=seed, steps=params["optimize_steps"], lr=params["optimize_lr"],
-                                transforms=params["optimize_transforms"] != "none",
-                                jitter_only=params["optimize_transforms"] == "jitter")
+                                crop=visualizer.preprocess.crop, seed=seed, **_optimize_settings(params))
+
+
+def _optimize_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The --optimize-* options as the engine's settings."""
+    return {"size": params["optimize_size"], "steps": params["optimize_steps"], "lr": params["optimize_lr"],
+            "transforms": params["optimize_transforms"] != "none",
+            "jitter_only": params["optimize_transforms"] == "jitter"}
 
 
 def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:
