@@ -29,9 +29,9 @@ from featviz.errors import UsageError
 
 @click.command(cls=SectionedCommand,
                epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
-@help_sections(Layer=("layers",), Atlas=("top", "by"), Output=("out",),
-               Optimize=("optimize", "optimize_channels", "optimize_steps", "optimize_size", "optimize_lr",
-                         "optimize_transforms"),
+@help_sections(Layer=("layers",), Output=("out",),
+               Atlas=("top", "by", "optimize", "optimize_channels", "optimize_steps", "optimize_size", "optimize_lr",
+                      "optimize_transforms"),
                Run=("batch_size", "workers", "recursive", "shard", "merge", "resume", "checkpoint_every", "quiet",
                     "progress"))
 @click.argument("inputs", nargs=-1)
