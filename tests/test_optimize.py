@@ -267,3 +267,21 @@ def test_the_redirected_relu_is_on_for_lucids_first_16_steps_only(monkeypatch: p
     seen.clear()
     run(tiny(), steps=20, redirect=False)
     assert seen[:20] == [False] * 20
+
+
+def test_the_standard_transforms_pad_and_first_jitter_are_lucids_two_steps() -> None:
+    """standard() pads and jitters in one step; the pixels are those of pad 12, then crop."""
+    from torch.nn import functional
+
+    from featviz.optimize import transforms
+
+    images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(5))
+    for seed in range(4):
+        draws = torch.Generator().manual_seed(seed)
+        dy, dx = torch.randint(8, (2,), generator=draws).tolist()
+        padded = functional.pad(images, [12] * 4, mode="constant", value=0.5)[:, :, dy:dy + 36, dx:dx + 36]
+        expected = transforms.rotate(transforms.scale(padded, transforms._pick(transforms.SCALES, draws)),
+                                     transforms._pick(transforms.ANGLES, draws))
+        ey, ex = torch.randint(4, (2,), generator=draws).tolist()
+        expected = expected[:, :, ey:ey + expected.shape[2] - 4, ex:ex + expected.shape[3] - 4]
+        assert torch.equal(transforms.standard(images, torch.Generator().manual_seed(seed)), expected)

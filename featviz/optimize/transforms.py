@@ -53,8 +53,10 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 def standard(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Lucid's standard transforms of RGB float (N, 3, H, W) in [0, 1]; a smaller or larger
     image of the same batch size comes back (about H - 12 + 24 ... pixels)."""
-    x = functional.pad(images, [12] * 4, mode="constant", value=0.5)
-    x = jitter(x, 8, generator)
+    # pad 12 then jitter 8 (a crop at (dy, dx)) in one step: pad 12 - dx left, 4 + dx right, ...
+    # the same pixels, without the copy of the whole padded image (about 10 % of the transforms)
+    dy, dx = (int(v) for v in torch.randint(8, (2,), generator=generator))
+    x = functional.pad(images, [12 - dx, 4 + dx, 12 - dy, 4 + dy], mode="constant", value=0.5)
     x = scale(x, _pick(SCALES, generator))
     x = rotate(x, _pick(ANGLES, generator))
     return jitter(x, 4, generator)
