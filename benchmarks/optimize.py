@@ -1,33 +1,123 @@
 #!/usr/bin/env python
 """What a whole layer costs in featviz optimize: every channel in one batch against a loop over
 the channels one at a time (the same engine, steps and transforms: what Lucent's render_vis does
-per channel), and per step against the floor, a bare forward + backward of the same batch.
+per channel), and per step against the floor, a bare forward + backward of the same batch at the
+SAME input sizes as the transformed images (the transforms' random scale changes the size every
+step; the floor replays that sequence of sizes).
+
+Then the overhead, as a ladder: each rung adds one piece of the engine's step to the floor, in
+the engine's order, so the difference between a rung and the floor (or the rung before) is that
+piece's cost:
+
+1. floor: a leaf tensor of the step's size -> forward to the layer -> backward of the objective;
+2. floor + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass; the
+   engine turns it on for the first 16 steps only, as Lucid does);
+3. floor + transforms and normalisation (a leaf RGB image at --size -> pad, jitter, scale,
+   rotate, jitter -> (x - mean) / std -> 1.);
+4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step): the
+   engine's whole step after step 16.
+
+Rungs run in interleaved rounds (the machine is shared) and the median per-step time of the
+rounds is reported.
 
     python benchmarks/optimize.py            # AlexNet features.3 (weights none), 64 channels, 224 px, 128 steps
     python benchmarks/optimize.py --quick    # 16 channels, 64 px, 8 steps
+    python benchmarks/optimize.py --quick --profile   # + torch.profiler's top operators of the engine's step
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torchvision
 
 from featviz.capture.drive import DrivenLayer
-from featviz.capture.layers import resolve_layers
+from featviz.capture.layers import LayerRef, resolve_layers
+from featviz.optimize import transforms
 from featviz.optimize.engine import OptimizeSettings, optimize
+from featviz.optimize.param import FFTImage
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def transformed_sizes(batch: int, size: int, steps: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The (H, W) the engine's transforms give at each step for this seed: the draws do not depend
+    on the batch, so one image replays them (after the same initial spectrum draw)."""
+    generator = torch.Generator().manual_seed(seed)
+    FFTImage(batch, size, generator)  # the engine draws the spectrum first
+    blank = torch.zeros(1, 3, size, size)
+    return [tuple(transforms.standard(blank, generator).shape[2:]) for _ in range(steps)]  # type: ignore[misc]
+
+
+def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
+          steps: int) -> dict[str, Callable[[], tuple[float, float]]]:
+    """Each rung: a function that runs ``steps`` steps and returns (wall seconds, process CPU
+    seconds) they took (CPU time: all of this process's threads, so less disturbed by other
+    processes on a shared machine)."""
+    units = torch.arange(channels)
+    rows = torch.arange(channels)
+    mean_t, std_t = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    sizes = transformed_sizes(channels, size, steps)
+
+    def objective(acts: torch.Tensor | None) -> torch.Tensor:
+        assert acts is not None
+        return -acts[rows, units].flatten(1).mean(dim=1).sum()
+
+    def floor(redirect: bool) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            inputs = [torch.rand(channels, 3, h, w, requires_grad=True) for h, w in sizes]
+            with DrivenLayer(model, ref, redirect=redirect) as driven:
+                start, cpu = time.perf_counter(), time.process_time()
+                for x in inputs:
+                    objective(driven.run(x)).backward()
+                return time.perf_counter() - start, time.process_time() - cpu
+        return run
+
+    def with_transforms() -> tuple[float, float]:
+        generator = torch.Generator().manual_seed(0)
+        FFTImage(channels, size, generator)  # the same draws, so the same sizes as the floor
+        inputs = [torch.rand(channels, 3, size, size, requires_grad=True) for _ in sizes]
+        with DrivenLayer(model, ref, redirect=False) as driven:
+            start, cpu = time.perf_counter(), time.process_time()
+            for rgb in inputs:
+                objective(driven.run((transforms.standard(rgb, generator) - mean_t) / std_t)).backward()
+            return time.perf_counter() - start, time.process_time() - cpu
+
+    def engine_step() -> tuple[float, float]:
+        generator = torch.Generator().manual_seed(0)
+        image = FFTImage(channels, size, generator)
+        optimiser = torch.optim.Adam(image.parameters(), lr=0.05)
+        with DrivenLayer(model, ref, redirect=False) as driven:
+            start, cpu = time.perf_counter(), time.process_time()
+            for _ in sizes:
+                seen = transforms.standard(image(), generator)
+                optimiser.zero_grad(set_to_none=True)
+                objective(driven.run((seen - mean_t) / std_t)).backward()
+                optimiser.step()
+            return time.perf_counter() - start, time.process_time() - cpu
+
+    return {"floor": floor(False), "floor + redirected ReLU (steps 1-16)": floor(True),
+            "floor + transforms, normalisation": with_transforms,
+            "+ FFT image, colour, sigmoid, Adam (the engine's step after step 16)": engine_step}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of the ladder.")
+    parser.add_argument("--no-loop", action="store_true", help="Skip the per-channel loop (the slow part).")
+    parser.add_argument("--profile", action="store_true", help="Also print torch.profiler's top operators.")
+    parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
+    parser.add_argument("--size", type=int, default=None, help="Override the image side.")
+    parser.add_argument("--channels", type=int, default=None, help="Override the number of channels.")
     args = parser.parse_args()
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
+    steps, size, channels = args.steps or steps, args.size or size, args.channels or channels
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
     ref = resolve_layers(model, ["features.3"])[0]
@@ -37,26 +127,46 @@ def main() -> None:
     start = time.perf_counter()
     optimize(model, ref, list(range(channels)), settings, MEAN, STD)
     batched = time.perf_counter() - start
-
-    start = time.perf_counter()
-    for channel in range(channels):
-        optimize(model, ref, [channel], settings, MEAN, STD)
-    looped = time.perf_counter() - start
-
-    # the floor: forward to the layer and backward, same batch and input size, no parameterisation
-    x = torch.rand(channels, 3, size + 12, size + 12, requires_grad=True)  # about the transformed size
-    with DrivenLayer(model, ref, redirect=False) as driven:
+    looped = None
+    if not args.no_loop:
         start = time.perf_counter()
-        for _ in range(steps):
-            acts = driven.run(x)
-            assert acts is not None
-            acts[:, 0].mean().backward()
-        floor = time.perf_counter() - start
-    print(json.dumps({"channels": channels, "size": size, "steps": steps, "batched_s": round(batched, 2),
-                      "per_channel_loop_s": round(looped, 2), "speedup": round(looped / batched, 2),
-                      "batched_step_ms": round(1000 * batched / steps, 1),
-                      "floor_step_ms": round(1000 * floor / steps, 1),
-                      "step_over_floor": round(batched / floor, 2), "threads": torch.get_num_threads()}))
+        for channel in range(channels):
+            optimize(model, ref, [channel], settings, MEAN, STD)
+        looped = time.perf_counter() - start
+
+    ladder = rungs(model, ref, channels, size, steps)
+    times: dict[str, list[float]] = {name: [] for name in ladder}
+    cpu_times: dict[str, list[float]] = {name: [] for name in ladder}
+    for run in ladder.values():  # warm-up
+        run()
+    for r in range(args.rounds):
+        names = list(ladder)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated order
+            wall, cpu = ladder[name]()
+            times[name].append(1000 * wall / steps)
+            cpu_times[name].append(1000 * cpu / steps)
+    per_step = {name: round(statistics.median(values), 1) for name, values in times.items()}
+    cpu_step = {name: round(statistics.median(values), 1) for name, values in cpu_times.items()}
+    floor, cpu_floor = per_step["floor"], cpu_step["floor"]
+    sizes = transformed_sizes(channels, size, steps)
+    print(json.dumps({
+        "channels": channels, "size": size, "steps": steps, "threads": torch.get_num_threads(),
+        "transformed_side_mean": round(statistics.mean(h for h, _ in sizes), 1),
+        "batched_s": round(batched, 2), "batched_step_ms": round(1000 * batched / steps, 1),
+        "per_channel_loop_s": None if looped is None else round(looped, 2),
+        "speedup": None if looped is None else round(looped / batched, 2),
+        "ladder_step_ms": per_step, "ladder_over_floor": {k: round(v / floor, 2) for k, v in per_step.items()},
+        "ladder_rounds_ms": {k: [round(v, 1) for v in values] for k, values in times.items()},
+        "ladder_cpu_step_ms": cpu_step,
+        "ladder_cpu_over_floor": {k: round(v / cpu_floor, 2) for k, v in cpu_step.items()},
+        "ladder_cpu_rounds_ms": {k: [round(v, 1) for v in values] for k, values in cpu_times.items()},
+    }, indent=1))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            optimize(model, ref, list(range(channels)), settings, MEAN, STD)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

@@ -231,3 +231,57 @@ def test_an_interpolation_moves_from_one_channel_to_the_other() -> None:
     expected = [float(means[0, 0]), float(0.5 * means[1, 0] + 0.5 * means[1, 1]), float(means[2, 1])]
     assert row.activation == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert means[0, 0] - means[0, 1] > means[2, 0] - means[2, 1]  # the first image leans to channel 0
+
+
+def test_jitter_only_is_a_crop_of_4_pixels_less_at_the_generators_offset() -> None:
+    from featviz.optimize.transforms import jitter_only
+
+    images = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(4))
+    out = jitter_only(images, torch.Generator().manual_seed(9))
+    dy, dx = torch.randint(4, (2,), generator=torch.Generator().manual_seed(9)).tolist()
+    assert torch.equal(out, images[:, :, dy:dy + 8, dx:dx + 6])
+
+
+@pytest.mark.parametrize(("choice", "flags"), [("standard", (True, False)), ("jitter", (True, True)),
+                                               ("none", (False, False))])
+def test_the_cli_transforms_choice_reaches_the_engine(tmp_path: Path, choice: str, flags: tuple[bool, bool]) -> None:
+    result = invoke(tmp_path, "--layer", "features.3", "--channels", "0", "--steps", "2", "--size", "16",
+                    "--transforms", choice)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "out" / "features.3" / "optimize.json").read_text())["settings"]
+    assert (settings["transforms"], settings["jitter_only"]) == flags
+
+
+def test_the_redirected_relu_is_on_for_lucids_first_16_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lucid (lucid/misc/redirected_relu_grad.py) overrides the ReLU gradient for at most 16 steps."""
+    seen: list[bool | None] = []
+    original = DrivenLayer.run
+
+    def spy(self: DrivenLayer, images: torch.Tensor, redirect: bool | None = None) -> torch.Tensor | None:
+        seen.append(redirect)
+        return original(self, images, redirect)
+
+    monkeypatch.setattr(DrivenLayer, "run", spy)
+    run(tiny(), steps=20)
+    assert seen[:20] == [True] * 16 + [False] * 4
+    seen.clear()
+    run(tiny(), steps=20, redirect=False)
+    assert seen[:20] == [False] * 20
+
+
+def test_the_standard_transforms_pad_and_first_jitter_are_lucids_two_steps() -> None:
+    """standard() pads and jitters in one step; the pixels are those of pad 12, then crop."""
+    from torch.nn import functional
+
+    from featviz.optimize import transforms
+
+    images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(5))
+    for seed in range(4):
+        draws = torch.Generator().manual_seed(seed)
+        dy, dx = torch.randint(8, (2,), generator=draws).tolist()
+        padded = functional.pad(images, [12] * 4, mode="constant", value=0.5)[:, :, dy:dy + 36, dx:dx + 36]
+        expected = transforms.rotate(transforms.scale(padded, transforms._pick(transforms.SCALES, draws)),
+                                     transforms._pick(transforms.ANGLES, draws))
+        ey, ex = torch.randint(4, (2,), generator=draws).tolist()
+        expected = expected[:, :, ey:ey + expected.shape[2] - 4, ex:ex + expected.shape[3] - 4]
+        assert torch.equal(transforms.standard(images, torch.Generator().manual_seed(seed)), expected)

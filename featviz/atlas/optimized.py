@@ -9,22 +9,29 @@ the pictures into ``ATLAS/<layer>/optimized/``, records per channel in ``atlas.j
 both measured the way the atlas ranks (``by``: the channel's spatial max or mean) on images
 normalised by the atlas's own preprocessing, and rewrites the page. r is null where the best
 photo's score is not positive.
+
+:func:`prepare_atlas_layers` is ``featviz atlas ... --optimize``'s check: the optimisation of
+every atlas layer's channels, built on the atlas's own model and checked before any photo is read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from featviz.atlas.export import ATLAS_JSON, STATE, weights_digest
 from featviz.atlas.page import write_page
 from featviz.capture.hooks import capture
+from featviz.capture.layers import LayerRef
 from featviz.errors import UsageError
+from featviz.models.build import LoadedModel
 from featviz.optimize.api import Prepared, extra_settings, run_prepared
+from featviz.optimize.engine import OptimizeSettings, check_settings, check_units
 from featviz.optimize.export import file_name, write_optimized
 from featviz.output.layout import atomic_write, json_bytes, layer_dir
+from featviz.output.options import parse_channels
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -53,6 +60,34 @@ def check_atlas(atlas: Path, prepared: Prepared) -> dict[str, Any]:
         raise UsageError(f"channel {max(prepared.units)} is not in the atlas of {prepared.layer.path}",
                          hint=f"it has channels 0..{len(document['channels']) - 1}")
     return document
+
+
+def check_optimize_options(channels: str | None, *, size: int | None, **options: Any) -> None:
+    """The checks of :func:`prepare_atlas_layers` that need no model (steps, size, lr, the channel
+    syntax), for a caller to run before it writes or reads anything."""
+    check_settings(OptimizeSettings(**options, size=224 if size is None else size))
+    parse_channels(channels)
+
+
+def prepare_atlas_layers(loaded: LoadedModel, layers: Sequence[LayerRef], channels: str | None, *,
+                         size: int | None, crop: int | None, seed: int = 0, **options: Any) -> list[Prepared]:
+    """One :class:`Prepared` optimisation per atlas layer, every option checked (one forward pass
+    of a grey image per layer) before the atlas reads any photo.
+
+    ``channels``: ``"0-15,32"`` for every layer, or None for all of each layer's channels.
+    ``size``: the image side; None means the atlas's crop (``crop``), else the model's input
+    size, else 224. ``options``: the other fields of :class:`OptimizeSettings` (steps, lr, ...).
+    Raises :class:`~featviz.errors.UsageError` (or ``LayerError`` for a layer without channel maps).
+    """
+    pre = loaded.preprocess
+    settings = OptimizeSettings(**options, seed=seed, size=size or crop or pre.crop or pre.resize or 224)
+    check_settings(settings)
+    chosen = parse_channels(channels)
+    prepared = []
+    for ref in layers:
+        count = check_units(loaded.module, ref, list(chosen or [0]), settings, loaded.device)
+        prepared.append(Prepared(loaded, ref, list(chosen or range(count)), settings))
+    return prepared
 
 
 def add_to_atlas(atlas: Path, prepared: Prepared, on_step: Callable[[int, float], None] | None = None) -> list[Path]:

@@ -45,12 +45,15 @@ class RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
-        # grad is d(loss)/d(out); a positive one pushes x lower under gradient descent
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        negative = x < 0
+        relu_grad = grad.masked_fill(negative, 0)
         if relu_grad.dim() < 2:
             return relu_grad
-        alive = relu_grad.flatten(1).norm(dim=1) > 0
+        alive = relu_grad.flatten(1).ne(0).any(dim=1)  # (N,): the ordinary gradient gets through
+        if bool(alive.all()):  # the usual case once the images respond: the plain ReLU gradient
+            return relu_grad
+        # grad is d(loss)/d(out); a positive one pushes x lower under gradient descent
+        redirected = grad.masked_fill(negative & (grad > 0), 0)
         return torch.where(alive.view(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
 
 
@@ -131,12 +134,13 @@ class DrivenLayer:
         if not self.need_output:
             raise _Stop
 
-    def run(self, images: torch.Tensor) -> torch.Tensor | None:
+    def run(self, images: torch.Tensor, redirect: bool | None = None) -> torch.Tensor | None:
         """Forward ``images`` (float32 (N, 3, H, W), normalised, requiring grad); the layer's
-        output (float (N, C, ...)) with its graph, or None without a layer."""
+        output (float (N, C, ...)) with its graph, or None without a layer. ``redirect``: this
+        pass's redirected ReLU, overriding the constructor's (None: the constructor's)."""
         self._acts, self.output = None, None
         with ExitStack() as stack:
-            if self.redirect:
+            if self.redirect if redirect is None else redirect:
                 stack.enter_context(_RedirectMode())
             try:
                 result = self.model(images)

@@ -7,6 +7,7 @@ parses, calls the library (:mod:`featviz.atlas.export`) and prints.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from featviz.errors import UsageError
 
 @click.command(cls=SectionedCommand,
                epilog=EXIT_CODES.replace("rerun export with --skip-existing", "rerun atlas with --resume"))
-@help_sections(Layer=("layers",), Atlas=("top", "by"), Output=("out",),
+@help_sections(Layer=("layers",), Output=("out",),
+               Atlas=("top", "by", "optimize", "optimize_channels", "optimize_steps", "optimize_size", "optimize_lr",
+                      "optimize_transforms"),
                Run=("batch_size", "workers", "recursive", "shard", "merge", "resume", "checkpoint_every", "quiet",
                     "progress"))
 @click.argument("inputs", nargs=-1)
@@ -53,6 +56,18 @@ from featviz.errors import UsageError
 @click.option("--resume", is_flag=True, help="Continue the interrupted run whose state is in OUT.")
 @click.option("--checkpoint-every", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between checkpoints of the partial state (what --resume continues from).")
+@click.option("--optimize", is_flag=True,
+              help="Then synthesise each channel's optimised image (as `featviz optimize`) and show it beside the "
+                   "top patches, with r = activation(optimised) / activation(best photo). Not with --shard.")
+@click.option("--optimize-channels", default=None, metavar="CHANNELS",
+              help="With --optimize: channels like 0-63,100 of every layer [default: all].")
+@click.option("--optimize-steps", default=256, show_default=True, type=int, help="With --optimize: Adam steps.")
+@click.option("--optimize-size", default=None, type=int,
+              help="With --optimize: image side [default: the atlas's --crop, else the model's input size].")
+@click.option("--optimize-lr", default=0.05, show_default=True, type=float,
+              help="With --optimize: Adam's learning rate.")
+@click.option("--optimize-transforms", type=click.Choice(["standard", "jitter", "none"]), default="standard",
+              show_default=True, help="With --optimize: as `featviz optimize --transforms` (jitter for small crops).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
@@ -63,8 +78,11 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
 
     Writes OUT/<layer>/atlas.json, channels/NNNN.png (each channel's top patches), atlas.png
     (one patch per channel) and the page OUT/index.html. INPUTS: files, folders, quoted globs, or -
-    for paths on stdin; with --merge, the shard folders.
+    for paths on stdin; with --merge, the shard folders. With --optimize also OUT/<layer>/optimized/
+    (as `featviz optimize --atlas OUT`), after the atlas is written.
     """
+    from tqdm import tqdm
+
     from featviz.atlas.export import (
         AtlasRun,
         atlas_settings,
@@ -72,6 +90,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         write_atlas,
         write_state,
     )
+    from featviz.atlas.optimized import add_to_atlas, check_optimize_options
     from featviz.cli.progress import progress_bar
     from featviz.cli.signals import exit_code, stop_on_signals
     from featviz.inputs.discover import find_images
@@ -83,6 +102,11 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         raise click.UsageError("--merge combines finished shards: no --shard or --resume")
     if not inputs:
         raise click.UsageError("give INPUTS (with --merge: the shard folders)")
+    if params["optimize"] and shard:
+        raise UsageError("--optimize needs the whole atlas, and a shard holds only a slice of the photos",
+                         hint="leave --optimize out here and add it to the --merge command that combines the shards")
+    if params["optimize"]:  # what needs no model, before the merged state is written
+        check_optimize_options(params["optimize_channels"], **_optimize_settings(params))
 
     picture_errors: list[str] = []
 
@@ -98,6 +122,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
                                 seed=settings["seed"], device=params["device"], resize=settings["resize"],
                                 crop=settings["crop"], no_crop=settings["crop"] is None)
         _check_same_weights(visualizer, settings)
+        optimizations = _prepare_optimize(visualizer, params, settings["seed"])
         missing: list[str] = []
     else:
         shard_index = parse_shard(shard)
@@ -105,6 +130,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
                                 device=params["device"], resize=params["resize"], crop=params["crop"],
                                 no_crop=params["no_crop"], model_kwargs=params["model_kwargs"],
                                 weights_file=params["weights_file"], trust_pickle=params["trust_pickle"])
+        optimizations = _prepare_optimize(visualizer, params, params["seed"])  # checked before any photo is read
         found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None, out=out)
         missing = found.missing
         report_found(found, params["quiet"])
@@ -137,6 +163,13 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
                            f"{out / 'atlas-state.json'}; combine the shards with --merge", err=True)
             sys.exit(1 if state.failed or missing else 0)
     written = write_atlas(state, visualizer, out, workers=params["workers"], on_error=on_error)
+    for prepared in optimizations:
+        bar = tqdm(total=prepared.settings.steps, desc=f"optimize {prepared.layer.path}", unit="step",
+                   file=sys.stderr, disable=not progress_enabled(params))
+        try:
+            written.extend(add_to_atlas(out, prepared, _step_counter(bar)))
+        finally:
+            bar.close()
     if not params["quiet"]:
         images_done = next(iter(state.tables.values())).images if state.tables else 0
         failed = state.failed + len(missing)
@@ -144,6 +177,32 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         click.echo(f"atlas of {images_done} images ({failed} failed{unread}): {len(written)} files -> {out}", err=True)
     # every `error:` line printed is counted above and makes the exit code 1
     sys.exit(1 if state.failed or missing or picture_errors else 0)
+
+
+def _step_counter(bar: Any) -> Callable[[int, float], None]:
+    """The optimisation's on_step: one tick of ``bar`` per step."""
+
+    def on_step(step: int, value: float) -> None:
+        bar.update(1)
+
+    return on_step
+
+
+def _prepare_optimize(visualizer: Any, params: dict[str, Any], seed: int) -> list[Any]:
+    """With --optimize, one checked optimisation per layer (the library raises on bad options)."""
+    from featviz.atlas.optimized import prepare_atlas_layers
+
+    if not params["optimize"]:
+        return []
+    return prepare_atlas_layers(visualizer.loaded, visualizer.layers, params["optimize_channels"],
+                                crop=visualizer.preprocess.crop, seed=seed, **_optimize_settings(params))
+
+
+def _optimize_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The --optimize-* options as the engine's settings."""
+    return {"size": params["optimize_size"], "steps": params["optimize_steps"], "lr": params["optimize_lr"],
+            "transforms": params["optimize_transforms"] != "none",
+            "jitter_only": params["optimize_transforms"] == "jitter"}
 
 
 def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:

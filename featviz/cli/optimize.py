@@ -35,6 +35,10 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
 @click.option("--spectrum", default=None,
               help="With --param maco: a spectrum file made by `featviz spectrum FOLDER --out FILE` "
                    "[default: the built-in one, from featviz's five sample photos].")
+@click.option("--transforms", "transform_set", type=click.Choice(["standard", "jitter", "none"]), default="standard",
+              show_default=True,
+              help="Transformation robustness: standard is Lucid's (pad 12, jitter, scale, rotate; sized for ~224 px); "
+                   "jitter only jitters by up to 4 px (better for small images, e.g. --size 32); none: off.")
 @click.option("--steps", default=512, show_default=True, type=int, help="Adam steps.")
 @click.option("--lr", default=None, type=float,
               help="Adam's learning rate [default: 0.05; 1.0 with --param maco, as MACO's official code].")
@@ -44,6 +48,11 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
 @click.option("--atlas", "atlas_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Add the images to this atlas (written by `featviz atlas` with the same model and weights): "
                    "each beside the channel's top patches with r = activation(optimised) / activation(best photo).")
+@click.option("--interpolate", default=None, metavar="A,B",
+              help="Instead of one image per channel: a row of --frames images from channel A to channel B "
+                   "(image i maximises (1-t) mean A + t mean B, t = i/(frames-1)); writes "
+                   "OUT/<layer>/interpolation/AAAA-BBBB.png and .json.")
+@click.option("--frames", default=5, show_default=True, type=int, help="With --interpolate: images in the row.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
@@ -56,6 +65,9 @@ def optimize(**params: Any) -> None:
     from featviz.optimize.api import extra_settings, layer_name, prepare, run_prepared
     from featviz.optimize.export import write_optimized
 
+    if params["interpolate"] is not None:
+        _interpolate(params)
+        return
     class_objective = params["objective"] == "class"
     units = params["target"] if class_objective else params["channels"]
     if class_objective and not units:
@@ -63,7 +75,8 @@ def optimize(**params: Any) -> None:
     prepared = prepare(params["model"], params["weights"], None if class_objective else (params["layer"] or "0"),
                        units, seed=params["seed"], device=params["device"], objective=params["objective"],
                        steps=params["steps"], lr=params["lr"], size=params["size"], negative=params["negative"],
-                       diversity=params["diversity"], param=params["param"], spectrum=params["spectrum"])
+                       diversity=params["diversity"], param=params["param"], spectrum=params["spectrum"],
+                       **_transforms(params))
     if params["atlas_dir"] is not None:
         check_atlas(params["atlas_dir"], prepared)
     bar = tqdm(total=max(0, params["steps"]), desc="optimize", unit="step", file=sys.stderr,
@@ -89,3 +102,33 @@ def optimize(**params: Any) -> None:
         mean = sum(reached) / max(1, len(reached))
         click.echo(f"{len(reached)} images, mean activation reached {mean:.4g}: {len(files)} files -> "
                    f"{params['atlas_dir'] or params['out']}", err=True)
+
+
+def _interpolate(params: dict[str, Any]) -> None:
+    """``--interpolate A,B``: the row of frames between two channels."""
+    from tqdm import tqdm
+
+    from featviz.optimize.api import prepare_interpolation, run_interpolation
+
+    if params["atlas_dir"] is not None:
+        raise click.UsageError("--interpolate writes a row of its own: it does not go into an --atlas")
+    prepared = prepare_interpolation(params["model"], params["weights"], params["layer"] or "0", params["interpolate"],
+                                     params["frames"], seed=params["seed"], device=params["device"],
+                                     objective=params["objective"], steps=params["steps"], lr=params["lr"],
+                                     size=params["size"], negative=params["negative"], diversity=params["diversity"],
+                                     param=params["param"], spectrum=params["spectrum"], **_transforms(params))
+    bar = tqdm(total=params["steps"], desc="interpolate", unit="step", file=sys.stderr,
+               disable=not progress_enabled(params))
+    try:
+        result, files = run_interpolation(prepared, params["frames"], params["out"],
+                                          lambda step, value: bar.update(1))
+    finally:
+        bar.close()
+    if not params["quiet"]:
+        click.echo(f"{len(result.units)} frames from channel {prepared.units[0]} to {prepared.units[1]}: "
+                   f"{files[0]}", err=True)
+
+
+def _transforms(params: dict[str, Any]) -> dict[str, bool]:
+    """--transforms as the engine's two settings."""
+    return {"transforms": params["transform_set"] != "none", "jitter_only": params["transform_set"] == "jitter"}

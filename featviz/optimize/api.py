@@ -19,11 +19,13 @@ from featviz.models.build import LoadedModel, load_model
 from featviz.optimize.engine import (
     Optimized,
     OptimizeSettings,
+    activation_of,
     check_settings,
     check_units,
+    interpolate,
     optimize,
 )
-from featviz.optimize.export import write_optimized
+from featviz.optimize.export import write_interpolation, write_optimized
 from featviz.optimize.maco import MACO_LR
 from featviz.output.options import parse_channels
 
@@ -97,3 +99,53 @@ def extra_settings(prepared: Prepared) -> dict[str, Any]:
     pre = prepared.loaded.preprocess
     return {"model": prepared.loaded.name, "weights": prepared.loaded.weights, "mean": list(pre.mean),
             "std": list(pre.std), "layer": layer_name(prepared)}
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+    """``"3,7"`` -> (3, 7): the two channels of ``--interpolate``."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        first, second = (int(part) for part in parts)
+    except ValueError:
+        raise UsageError(f"--interpolate {text!r}: give two channels as A,B", hint="e.g. --interpolate 3,7") from None
+    if first == second:
+        raise UsageError(f"--interpolate {text!r}: the two channels are the same", hint="pick two different channels")
+    return first, second
+
+
+def prepare_interpolation(model: str, weights: str, layer: str, pair: str, frames: int, *, seed: int = 0,
+                          device: str = "cpu", **options: Any) -> Prepared:
+    """Build and check an interpolation between the two channels of ``pair`` (``"A,B"``) of
+    ``layer`` in ``frames`` images (at least 2), before any optimisation. ``options``: the
+    fields of :class:`OptimizeSettings`; only the ``channel`` objective and one image per frame
+    apply (an interpolation mixes two channels' spatial means)."""
+    first, second = parse_pair(pair)
+    if frames < 2:
+        raise UsageError(f"--frames {frames}: an interpolation needs at least 2 images", hint="use 5, for example")
+    if options.get("objective", "channel") != "channel":
+        raise UsageError("--interpolate mixes two channels' spatial means: it takes the channel objective only",
+                         hint="leave --objective out")
+    if options.get("diversity", 1) != 1:
+        raise UsageError("--interpolate makes one image per frame: it does not take --diversity",
+                         hint="leave --diversity out")
+    return prepare(model, weights, layer, [first, second], seed=seed, device=device, **options)
+
+
+def run_interpolation(prepared: Prepared, frames: int, out: Path | str | None = None,
+                      on_step: Callable[[int, float], None] | None = None) -> tuple[Optimized, list[Path]]:
+    """Optimise the row of ``frames`` images from ``prepared.units[0]`` to ``units[1]`` (see
+    :func:`featviz.optimize.engine.interpolate`), measure both channels' spatial means on each
+    final image and, with ``out``, write the row PNG and its JSON. Returns the result and the files."""
+    if prepared.layer is None:
+        raise UsageError("--interpolate needs a layer", hint="pass --layer")
+    loaded, (first, second) = prepared.loaded, prepared.units
+    pre = loaded.preprocess
+    result = interpolate(loaded.module, prepared.layer, first, second, frames, prepared.settings, pre.mean,
+                         pre.std, loaded.device, on_step)
+    means = activation_of(loaded.module, prepared.layer, result.images.to(loaded.device), pre.mean, pre.std)
+    pair = means[:, [first, second]].double().cpu()  # (frames, 2)
+    files: list[Path] = []
+    if out is not None:
+        files = write_interpolation(Path(out), prepared.layer.path, (first, second), result, pair.tolist(),
+                                    prepared.settings, extra_settings(prepared))
+    return result, files

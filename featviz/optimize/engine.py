@@ -7,7 +7,8 @@ images of one channel). Per step: RGB from :class:`~featviz.optimize.param.FFTIm
 :class:`~featviz.optimize.maco.MACOImage` with ``param="maco"``), Lucid's
 standard transforms (:mod:`featviz.optimize.transforms`), the model's OWN normalisation
 (``mean``/``std`` of its preprocessing), the forward pass to the layer
-(:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU on), Adam on the spectrum.
+(:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU for the first 16 steps as in
+Lucid), Adam on the spectrum.
 
 Objectives per image (maximised; ``negative`` flips the sign):
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
 
 OBJECTIVES = ("channel", "neuron", "class")
+#: Lucid overrides the ReLU gradient "for at most 16 steps" (lucid/misc/redirected_relu_grad.py):
+#: enough to start a dead channel; afterwards the ordinary gradient, at no extra cost.
+REDIRECT_STEPS = 16
 PARAMS = ("fft", "pixel", "maco")
 
 
@@ -58,6 +62,7 @@ class OptimizeSettings:
     param: str = "fft"
     spectrum: str | None = None  # --param maco: a `featviz spectrum` file; None: the built-in one
     transforms: bool = True
+    jitter_only: bool = False  # with transforms: only Lucid's jitter(4) (small images, see transforms.jitter_only)
     redirect: bool = True
     checkpoints: int = 8  # objective recorded this many times (and at the end)
 
@@ -211,8 +216,9 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
                      redirect=settings.redirect) as driven:
         for step in range(1, settings.steps + 1):
             rgb = image()
-            seen = transforms.standard(rgb, generator) if settings.transforms else rgb
-            acts = driven.run((seen - mean_t) / std_t)
+            seen = ((transforms.jitter_only if settings.jitter_only else transforms.standard)(rgb, generator)
+                    if settings.transforms else rgb)
+            acts = driven.run((seen - mean_t) / std_t, redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))
             gain = sign * values
@@ -242,7 +248,8 @@ def _mixed(acts: torch.Tensor | None, mix: torch.Tensor) -> torch.Tensor:
 
 def interpolate(model: torch.nn.Module, layer: LayerRef, first: int, second: int, frames: int,
                 settings: OptimizeSettings, mean: Sequence[float], std: Sequence[float],
-                device: torch.device | str = "cpu") -> Optimized:
+                device: torch.device | str = "cpu",
+                on_step: Callable[[int, float], None] | None = None) -> Optimized:
     """A row of ``frames`` images from channel ``first`` to ``second`` (Lucid's
     ``channel_interpolate`` without its alignment term): image i maximises
     (1 - t_i) * mean A[first] + t_i * mean A[second], t_i = i / (frames - 1)."""
@@ -253,7 +260,7 @@ def interpolate(model: torch.nn.Module, layer: LayerRef, first: int, second: int
     mix = torch.zeros(frames, count)
     mix[:, first] += 1 - t
     mix[:, second] += t
-    return optimize(model, layer, [first] * frames, settings, mean, std, device, mix=mix)
+    return optimize(model, layer, [first] * frames, settings, mean, std, device, on_step, mix=mix)
 
 
 def activation_of(model: torch.nn.Module, layer: LayerRef, images: torch.Tensor, mean: Sequence[float],

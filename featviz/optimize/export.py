@@ -67,3 +67,39 @@ def write_optimized(out: Path, layer: str, result: Optimized, settings: Optimize
     atomic_write(folder / OPTIMIZE_JSON, json_bytes(document))
     written.append(folder / OPTIMIZE_JSON)
     return written
+
+
+def interpolation_name(first: int, second: int) -> str:
+    """``interpolation/AAAA-BBBB``, without the suffix (``.png`` or ``.json``)."""
+    return f"interpolation/{first:04d}-{second:04d}"
+
+
+def row(pictures: np.ndarray, padding: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one uint8 picture, the N side by side with white gaps: frame i's
+    top-left pixel is at (padding, padding + i * (W + padding))."""
+    count, height, width, _ = pictures.shape
+    canvas = np.full((height + 2 * padding, count * (width + padding) + padding, 3), 255, np.uint8)
+    for i, picture in enumerate(pictures):
+        left = padding + i * (width + padding)
+        canvas[padding:padding + height, left:left + width] = picture
+    return canvas
+
+
+def write_interpolation(out: Path, layer: str, pair: tuple[int, int], result: Optimized,
+                        measured: list[list[float]], settings: OptimizeSettings,
+                        extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``OUT/<layer>/interpolation/AAAA-BBBB.png`` (the frames in one row, see :func:`row`)
+    and ``.json``: per frame t, the mixed objective reached and ``measured`` (the spatial means of
+    channels A and B on the final frame, [[a, b], ...]). Returns the files written."""
+    folder = layer_dir(Path(out), "", layer)
+    name = interpolation_name(*pair)
+    frames = len(result.units)
+    picture, document_path = folder / f"{name}.png", folder / f"{name}.json"
+    atomic_write(picture, png_bytes(row(to_uint8(result.images)), 1))
+    document = {"layer": layer, "first": pair[0], "second": pair[1], "file": f"{name}.png",
+                "settings": {**settings.as_json(), **(extra or {})},
+                "frames": [{"t": i / (frames - 1), "objective": result.activation[i],
+                            "activation": {str(pair[0]): measured[i][0], str(pair[1]): measured[i][1]}}
+                           for i in range(frames)]}
+    atomic_write(document_path, json_bytes(document))
+    return [picture, document_path]
