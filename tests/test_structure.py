@@ -31,7 +31,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
                 {"estimate", "settings", "resume", "startup", "vitrun"}, {"pipeline"}, {"reportdata"}, {"report"},
                 {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
-    ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"export"}, {"optimized"}]),
+    ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"write"}, {"export"}, {"optimized"}]),
     ("cli", [{"progress", "viewer", "signals"}, {"common"},
              {"atlas", "optimize", "batch", "sweep", "layers", "spectrum", "tokenoptions"}, {"main"}]),
     ("__main__", [{"__main__"}]),
