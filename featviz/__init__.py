@@ -1,4 +1,4 @@
-"""featviz: show what a convolutional network sees.
+"""featviz: show what a vision network (a CNN or a vision transformer) sees.
 
 ``import featviz`` is cheap: torch and friends load on first use of the API below.
 
@@ -21,6 +21,7 @@ __all__ = [
     "__version__",
     "load_image",
     "load_model",
+    "optimize_layer",
     "sweep",
     "visualize",
 ]
@@ -33,6 +34,7 @@ _LAZY = {
     "RenderOptions": "featviz.output.options",
     "load_model": "featviz.models.build",
     "load_image": "featviz.inputs.images",
+    "optimize_layer": "featviz.optimize.api",
     "FeatvizError": "featviz.errors",
 }
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from featviz.errors import FeatvizError
     from featviz.inputs.images import load_image
     from featviz.models.build import load_model
+    from featviz.optimize.api import optimize_layer
     from featviz.output.options import RenderOptions
     from featviz.output.pipeline import Visualizer, sweep, visualize
     from featviz.output.result import LayerResult

@@ -429,7 +429,7 @@ heavy = ("torch", "torchvision", "matplotlib.pyplot", "matplotlib")
 import featviz
 after_import = [m for m in heavy if m in sys.modules]
 import featviz.cli.main
-for args in (["--help"], ["show", "--help"], ["layers", "--help"]):
+for args in [["--help"]] + [[name, "--help"] for name in sorted(featviz.cli.main.main.commands)]:
     try:
         featviz.cli.main.main(args, prog_name="featviz", standalone_mode=False)
     except SystemExit:
@@ -441,6 +441,18 @@ print(json.dumps({"import": after_import, "help": [m for m in heavy if m in sys.
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"import": [], "help": []}
     assert "Usage: featviz show" in done.stdout and "--layer" in done.stdout
+
+
+def test_every_public_name_resolves() -> None:
+    """``featviz.__all__`` is what the lazy ``__getattr__`` promises: each name loads, and each is
+    the object of the module the reference docs point at."""
+    import featviz
+
+    for name in featviz.__all__:
+        value = getattr(featviz, name)
+        assert value is not None, name
+    assert featviz.optimize_layer.__module__ == "featviz.optimize.api"
+    assert featviz.Visualizer.__module__ == "featviz.output.pipeline"
 
 
 def test_installed_entry_point_runs(tmp_path: Path) -> None:
