@@ -87,3 +87,15 @@ def test_page_is_deterministic(atlas_out: Path) -> None:
     page = render_page(page_data(atlas_out, [("features.4", document)]))
     assert page == (atlas_out / "index.html").read_bytes()
     assert "connect-src" not in page.decode() and "default-src 'none'" in page.decode()
+
+
+def test_optimised_images_load_beside_the_cards(browser: Any, atlas_out: Path) -> None:
+    """``featviz optimize --atlas``: every card gets its optimised image (and r), and each loads."""
+    added = CliRunner().invoke(main, ["optimize", "--atlas", str(atlas_out), "--model", "tinymodels:tiny_dead_channel",
+                                      "--weights", "none", "--layer", "4", "--channels", "0-11", "--steps", "3",
+                                      "--size", "32", "--out", str(atlas_out.parent / "opt")], catch_exceptions=False)
+    assert added.exit_code == 0, added.output
+    result = selftest(browser, atlas_out / "index.html", "0")
+    assert result["problems"] == []
+    cards = result["cards"]
+    assert cards["broken"] == [] and cards["images"] == 12 + 12  # a channel strip and an optimised image each
