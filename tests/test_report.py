@@ -433,3 +433,30 @@ def test_browser_second_page(browser: Any, small_export: Path, tmp_path: Path) -
     result = selftest(browser, out / REPORT)
     assert result["problems"] == [] and result["pages"] == 2
     assert result["page2"] == {"page": 2, "shown": 25, "status": "Showing 51\u201375 of 75"}
+
+
+def test_browser_shows_a_transformer_export(browser: Any, tmp_path: Path) -> None:
+    """The trained tiny ViT with the transformer maps (heads, rollout, relevance, PCA colours):
+    every picture the report links loads in Chromium, and the console stays clean."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(__file__).resolve().parent.parent
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    out = tmp_path / "out"
+    args = ["export", photos, "--out", out, "--model", f"{root / 'examples' / 'vit_shapes.py'}:build",
+            "--weights", root / "examples" / "vit_shapes.safetensors", "--resize", "64", "--crop", "64",
+            "--heads", "--cam", "rollout,relevance", "--pca-tokens", "--top-k", "2", "--quiet"]
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = selftest(browser, out / REPORT)
+    assert shown["problems"] == [] and shown["failed"] == 0
+    first = shown["first"]
+    assert first["broken"] == []
+    linked = set(re.findall(r'(?:heads/[\w.-]+|cam/[\w:.-]+|pca)\.png', (out / REPORT).read_text(encoding="utf-8")))
+    assert {"heads/mean.png", "cam/rollout.png", "pca.png"} <= linked
+    assert any(name.startswith("cam/relevance-") for name in linked)

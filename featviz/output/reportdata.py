@@ -34,6 +34,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("stn_grid.png", "STN sampling grid"),
     ("se_reweight.png", "SE re-weighting"),
     ("pca.png", "Token PCA colours"),
+    ("heads/mean.png", "Attention heads (mean)"),
 )
 #: Other files of a result that get a plain link.
 LINKS: tuple[str, ...] = (SUMMARY, "channel_weights.csv", "activations.npy", "attention.npz")
