@@ -450,7 +450,8 @@ def test_browser_shows_a_transformer_export(browser: Any, tmp_path: Path) -> Non
     out = tmp_path / "out"
     args = ["export", photos, "--out", out, "--model", f"{root / 'examples' / 'vit_shapes.py'}:build",
             "--weights", root / "examples" / "vit_shapes.safetensors", "--resize", "64", "--crop", "64",
-            "--heads", "--cam", "rollout,relevance", "--pca-tokens", "--top-k", "2", "--quiet"]
+            "--heads", "--cam", "rollout,relevance", "--pca-tokens", "--vit-stats", "--artifacts", "--top-k", "2",
+            "--quiet"]
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     shown = selftest(browser, out / REPORT)
@@ -459,4 +460,9 @@ def test_browser_shows_a_transformer_export(browser: Any, tmp_path: Path) -> Non
     assert first["broken"] == []
     linked = set(re.findall(r'(?:heads/[\w.-]+|cam/[\w:.-]+|pca)\.png', (out / REPORT).read_text(encoding="utf-8")))
     assert {"heads/mean.png", "cam/rollout.png", "pca.png"} <= linked
+    data = page_data(out)
+    captions = {view[0]: view[1] for entry in data["entries"] for view in entry["views"]}
+    assert captions["Attention statistics (every block and head)"] == "../attention_statistics.png"
+    assert captions["Artifact tokens"] == "../artifacts.png"
+    assert first["images"] >= 2 * 9  # each photo: grid, 2 overlays, chart, PCA, heads, statistics, artifacts, …
     assert any(name.startswith("cam/relevance-") for name in linked)

@@ -36,6 +36,12 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("pca.png", "Token PCA colours"),
     ("heads/mean.png", "Attention heads (mean)"),
 )
+#: Pictures of the whole photo (every block of a transformer), in the photo's folder: the first
+#: layer's record lists them as ``../NAME``; the page shows them with that layer.
+PHOTO_VIEWS: tuple[tuple[str, str], ...] = (
+    ("attention_statistics.png", "Attention statistics (every block and head)"),
+    ("artifacts.png", "Artifact tokens"),
+)
 #: Other files of a result that get a plain link.
 LINKS: tuple[str, ...] = (SUMMARY, "channel_weights.csv", "activations.npy", "attention.npz")
 
@@ -213,6 +219,7 @@ def _entry(record: dict[str, Any], *, model: Any, weights: Any, index: Any, type
     names = [str(f) for f in files]
     present = set(names)
     views = [[caption, _url(name)] for name, caption in VIEWS if name in present]
+    views += [[caption, "../" + quote(name)] for name, caption in PHOTO_VIEWS if f"../{name}" in present]
     links = [[name, _url(name)] for name in LINKS if name in present or name == SUMMARY]
     top = []
     for name in top_files:
