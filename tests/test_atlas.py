@@ -438,3 +438,30 @@ def test_a_torchscript_model_is_refused_before_any_image(photos: Path, tmp_path:
     result = atlas(photos, "--out", tmp_path / "o", "--model", path, "--weights", "none", *SMALL, "--layer", "0")
     assert result.exit_code == 2 and "TorchScript" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_merge_builds_the_model_with_the_shards_model_kwargs(tmp_path: Path) -> None:
+    """--model-kwargs reach the shards AND the merge, which builds the model again from the state:
+    the merged atlas equals a single run of the same command."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    common = ["--model", "timm:vit_tiny_patch16_224", "--weights", "none", "--resize", "32", "--crop", "32",
+              "--model-kwargs", '{"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}',
+              "--layer", "blocks.1", "--top", "2", "--quiet"]
+    runner = CliRunner()
+    for i in (1, 2):
+        done = runner.invoke(main, ["atlas", str(photos), *common, "--shard", f"{i}/2",
+                                    "--out", str(tmp_path / f"s{i}")])
+        assert done.exit_code == 0, done.output
+    state = json.loads((tmp_path / "s1" / "atlas-state.json").read_text())
+    assert state["settings"]["model_kwargs"] == {"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5}
+    merged = runner.invoke(main, ["atlas", "--merge", str(tmp_path / "s1"), str(tmp_path / "s2"),
+                                  "--out", str(tmp_path / "merged"), "--quiet"])
+    assert merged.exit_code == 0, merged.output
+    single = runner.invoke(main, ["atlas", str(photos), *common, "--out", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    assert (tmp_path / "merged" / "blocks.1" / "atlas.json").read_bytes() == \
+        (tmp_path / "single" / "blocks.1" / "atlas.json").read_bytes()

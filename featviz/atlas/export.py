@@ -75,13 +75,18 @@ def inputs_digest(images: Sequence[InputImage]) -> str:
 
 
 def atlas_settings(visualizer: Visualizer, *, top: int, by: str, images: Sequence[InputImage],
-                   model: str, weights: str, seed: int) -> dict[str, Any]:
+                   model: str, weights: str, seed: int, model_kwargs: dict[str, Any] | None = None,
+                   weights_file: str | os.PathLike[str] | None = None, trust_pickle: bool = False) -> dict[str, Any]:
     """What must be equal for two states to be merged or one resumed (JSON-ready). ``model``,
-    ``weights``, ``seed``: the options as given, so that ``--merge`` can build the model again."""
+    ``weights``, ``seed``, ``model_kwargs``, ``weights_file``, ``trust_pickle``: the options as given,
+    so that ``--merge`` builds the same model again (a ViT built for another ``img_size`` would
+    draw its patches on another grid)."""
     pre = visualizer.preprocess
     return {
         "model": visualizer.loaded.name, "weights": visualizer.loaded.weights,
         "model_option": model, "weights_option": weights, "seed": seed,
+        "model_kwargs": model_kwargs or None, "weights_file": None if weights_file is None else os.fspath(weights_file),
+        "trust_pickle": bool(trust_pickle),
         "weights_digest": weights_digest(visualizer.loaded.module),
         "layers": [ref.path for ref in visualizer.layers], "top": top, "by": by,
         "resize": pre.resize, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),

@@ -78,6 +78,12 @@ def _check(data: dict[str, Any], full_settings: bool) -> None:
             _str(f"settings.{name}", settings[name])
     if "seed" in settings:
         _int("settings.seed", settings["seed"], -(1 << 63), (1 << 64) - 1)
+    if settings.get("model_kwargs") is not None:
+        _dict("settings.model_kwargs", settings["model_kwargs"])
+    if settings.get("weights_file") is not None:
+        _str("settings.weights_file", settings["weights_file"])
+    if not isinstance(settings.get("trust_pickle", False), bool):
+        raise _Bad("settings.trust_pickle", "must be true or false")
     for name in ("resize", "crop"):
         if settings.get(name) is not None:
             _int(f"settings.{name}", settings.get(name), 1, MAX_SIDE)

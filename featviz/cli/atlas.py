@@ -120,7 +120,10 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         settings = state.settings
         visualizer = Visualizer(settings["model_option"], settings["weights_option"], settings["layers"],
                                 seed=settings["seed"], device=params["device"], resize=settings["resize"],
-                                crop=settings["crop"], no_crop=settings["crop"] is None)
+                                crop=settings["crop"], no_crop=settings["crop"] is None,
+                                model_kwargs=settings.get("model_kwargs"), weights_file=settings.get("weights_file"),
+                                # never from a file: a pickle runs code, so only this command's flag allows it
+                                trust_pickle=params["trust_pickle"])
         _check_same_weights(visualizer, settings)
         optimizations = _prepare_optimize(visualizer, params, settings["seed"])
         missing: list[str] = []
@@ -136,7 +139,9 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         report_found(found, params["quiet"])
         images = take_shard(found.images, *shard_index) if shard_index else found.images
         settings = atlas_settings(visualizer, top=params["top"], by=params["by"], images=found.images,
-                                  model=params["model"], weights=params["weights"], seed=params["seed"])
+                                  model=params["model"], weights=params["weights"], seed=params["seed"],
+                                  model_kwargs=params["model_kwargs"], weights_file=params["weights_file"],
+                                  trust_pickle=params["trust_pickle"])
         progress = progress_bar(len(images), progress_enabled(params))
         with stop_on_signals() as stop:
             run = AtlasRun(visualizer, out, batch_size=params["batch_size"], workers=params["workers"],
