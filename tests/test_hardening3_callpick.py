@@ -203,3 +203,19 @@ def test_hooks_go_when_the_pass_raises() -> None:
     with pytest.raises(RuntimeError):
         capture(model, refs, torch.zeros(1, 3, 8, 8), stop_early=False)
     assert _no_hooks(model)
+
+
+def test_optimize_drives_the_picked_call() -> None:
+    """``featviz optimize --layer relu@2``: the differentiable capture sees the second call only."""
+    from featviz.capture.drive import DrivenLayer
+    from featviz.optimize.engine import OptimizeSettings, check_units
+
+    model = tinymodels.tiny_residual().eval()  # batch norm on its running statistics, as featviz runs it
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    [ref] = resolve_layers(model, ["relu@2"])
+    with DrivenLayer(model, ref, redirect=False) as driven:
+        got = driven.run(x.clone().requires_grad_(True))
+    assert got is not None and torch.equal(got.detach(), _calls_of(model, model.relu, x)[1])
+    assert _no_hooks(model)
+    with pytest.raises(LayerError, match="runs 2 times"):
+        check_units(model, resolve_layers(model, ["relu"])[0], [0], OptimizeSettings(size=16), torch.device("cpu"))
