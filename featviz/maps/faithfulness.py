@@ -32,12 +32,15 @@ kernel sums to 1), so blurring the normalised tensor is blurring the photo.
 Every perturbed input is one row of a batched forward; perturbed inputs that coincide are run once
 (the original, the baseline and the blurred copy of an image are shared by all its maps and
 targets, and maps that order the pixels the same way share every point).
+
+The scores as records (:class:`FaithfulnessScore`, :class:`AucRow`), the trapezoid rule and the
+run's mean-AUC table are :mod:`featviz.maps.aucscores`; they are importable from here too.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,78 +51,20 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from featviz.errors import ImageError, UsageError
+from featviz.maps.aucscores import AucRow, FaithfulnessScore, format_auc_table, mean_auc_table, trapezoid_auc
 from featviz.maps.targets import LOGITS_HINT, class_probabilities
 
 BASELINES: tuple[str, ...] = ("zero", "black", "blur")
 DEFAULT_STEPS = 16
 DEFAULT_BLUR_SIGMA = 5.0
 DEFAULT_BLUR_KERNEL = 11
-# Perturbed inputs per forward pass. Measured with benchmarks/faithfulness.py (README, "Faithfulness"):
+# Perturbed inputs per forward pass. Measured with benchmarks/faithfulness.py (docs/class-maps.md, "Speed"):
 # on the CPU (ResNet-18, 224x224) 32 is as fast as 64 and ~20 % faster than 16, and a ResNet-50
 # forward of 32 rows holds ~420 MB against ~730 MB for 64.
 DEFAULT_BATCH_SIZE = 32
 
-
-@dataclass(frozen=True)
-class FaithfulnessScore:
-    """Deletion and insertion curves of one saliency map for one target class.
-
-    ``fractions``, ``deletion`` and ``insertion`` have steps + 1 values each: the share of pixels
-    changed (0..1) and the target's softmax probability (0..1) at that point.
-    """
-
-    target: int
-    fractions: tuple[float, ...]
-    deletion: tuple[float, ...]
-    insertion: tuple[float, ...]
-    deletion_auc: float
-    insertion_auc: float
-    steps: int
-    baseline: str
-    blur_sigma: float
-    blur_kernel: int
-
-    def as_json(self) -> dict[str, Any]:
-        """Everything, for ``summary.json`` (``cams[i]["scores"]``); floats to 7 significant
-        digits (the probabilities are float32)."""
-        return {
-            "target": self.target,
-            "deletion_auc": _short(self.deletion_auc),
-            "insertion_auc": _short(self.insertion_auc),
-            "steps": self.steps,
-            "fractions": [_short(v) for v in self.fractions],
-            "deletion": [_short(v) for v in self.deletion],
-            "insertion": [_short(v) for v in self.insertion],
-            "baseline": self.baseline,
-            "blur": {"sigma": self.blur_sigma, "kernel": self.blur_kernel},
-        }
-
-    def brief_json(self) -> dict[str, Any]:
-        """The two areas and the settings, without curves: for a manifest line."""
-        return {
-            "deletion_auc": _short(self.deletion_auc),
-            "insertion_auc": _short(self.insertion_auc),
-            "steps": self.steps,
-            "baseline": self.baseline,
-        }
-
-
-@dataclass(frozen=True)
-class AucRow:
-    """Mean areas of one method over ``count`` scores (one per image and target)."""
-
-    method: str
-    count: int
-    deletion_auc: float
-    insertion_auc: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {"method": self.method, "count": self.count,
-                "deletion_auc": _short(self.deletion_auc), "insertion_auc": _short(self.insertion_auc)}
-
-
-def _short(value: float) -> float:
-    return float(f"{value:.7g}")
+__all__ = ["BASELINES", "DEFAULT_BATCH_SIZE", "DEFAULT_BLUR_KERNEL", "DEFAULT_BLUR_SIGMA", "DEFAULT_STEPS", "AucRow",
+           "FaithfulnessScore", "deletion_insertion", "format_auc_table", "mean_auc_table", "trapezoid_auc"]
 
 
 # --------------------------------------------------------------------------- the public entry
@@ -180,13 +125,6 @@ def deletion_insertion(
             outcome[row] = _score(row, curves[row], plan.fractions, target_list[row], steps, baseline,
                                   blur_sigma, kernel, labels[row])
     return [entry for entry in outcome if entry is not None]
-
-
-def trapezoid_auc(fractions: Sequence[float], curve: Sequence[float]) -> float:
-    """Area under ``curve`` over ``fractions`` (both length S + 1, fractions 0..1), trapezoid rule."""
-    x = np.asarray(fractions, dtype=np.float64)
-    y = np.asarray(curve, dtype=np.float64)
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
 # --------------------------------------------------------------------------- checks
@@ -388,37 +326,3 @@ def _score(row: int, curves: np.ndarray, fractions: list[float], target: int, st
         deletion_auc=trapezoid_auc(fractions, deletion), insertion_auc=trapezoid_auc(fractions, insertion),
         steps=steps, baseline=baseline, blur_sigma=float(sigma), blur_kernel=kernel,
     )
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def mean_auc_table(records: Iterable[tuple[str, FaithfulnessScore]]) -> list[AucRow]:
-    """(method, score) pairs -> one row per method, in order of first appearance: how many
-    scores, mean deletion AUC (lower is better), mean insertion AUC (higher is better)."""
-    sums: dict[str, list[float]] = {}
-    for method, score in records:
-        total = sums.setdefault(method, [0.0, 0.0, 0.0])
-        total[0] += 1
-        total[1] += score.deletion_auc
-        total[2] += score.insertion_auc
-    return [AucRow(method, int(n), deletion / n, insertion / n) for method, (n, deletion, insertion) in sums.items()]
-
-
-def format_auc_table(rows: Sequence[AucRow]) -> str:
-    """Plain-text table for a terminal; ``*`` marks the best method in each column."""
-    if not rows:
-        return "no faithfulness scores"
-    best_deletion = min(row.deletion_auc for row in rows)
-    best_insertion = max(row.insertion_auc for row in rows)
-    header = ("method", "n", "deletion AUC (lower is better)", "insertion AUC (higher is better)")
-    body = [
-        (row.method, str(row.count),
-         f"{row.deletion_auc:.4f}" + (" *" if row.deletion_auc == best_deletion else ""),
-         f"{row.insertion_auc:.4f}" + (" *" if row.insertion_auc == best_insertion else ""))
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(4)]
-    lines = [(line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].ljust(widths[2]), line[3].ljust(widths[3]))
-             for line in (header, *body)]
-    return "\n".join("  ".join(cells).rstrip() for cells in lines)

@@ -2,7 +2,8 @@
 
 :class:`RenderOptions` is everything a user chooses about the pictures and numbers (checked once,
 before any photo); :class:`LayerResult` holds one photo's activations and attention at one layer
-and draws its pictures on demand (render) and writes them when asked (export). Both are made by
+and draws its pictures on demand (render) and writes them when asked (the list of files is
+:mod:`featviz.output.resultfiles`). Both are made by
 :class:`featviz.output.pipeline.Visualizer`.
 """
 
@@ -12,9 +13,9 @@ import csv
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,19 +27,8 @@ from PIL import Image
 from featviz.capture.stn import draw_sampling_grid
 from featviz.errors import LayerError, UsageError
 from featviz.inputs.names import name_fields
-from featviz.maps.attention import (
-    normalized_map,
-)
-from featviz.output.heads import heads_pictures, heads_record, mean_picture
-from featviz.output.layout import (
-    SUMMARY,
-    atomic_write,
-    json_bytes,
-    npy_bytes,
-    npz_bytes,
-    png_bytes,
-    remove_stale_temporaries,
-)
+from featviz.maps.attention import normalized_map
+from featviz.output.heads import heads_record, mean_picture
 from featviz.output.notebook import grid_png, result_html, short_repr
 from featviz.output.options import RenderOptions
 from featviz.output.render import (
@@ -53,6 +43,7 @@ from featviz.output.render import (
     percentile_bounds,
     side_by_side_grids,
 )
+from featviz.output.resultfiles import Producer, result_files, write_result
 
 if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
@@ -60,7 +51,8 @@ if TYPE_CHECKING:
     from featviz.maps.explain import CamMap
     from featviz.models.preprocess import CropBox
 
-Producer = Callable[[], bytes]
+__all__ = ["LayerResult", "Producer", "RenderOptions", "result_files", "write_result"]
+
 
 @dataclass
 class LayerResult:
@@ -355,70 +347,3 @@ class LayerResult:
 
     def __repr__(self) -> str:
         return short_repr(self)
-
-
-def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
-    """The files of one result (relative name, function producing its bytes), summary excluded.
-
-    Producers are pure and independent, so they can run on any thread in any order. The
-    per-channel tiles are computed once (``result.tiles``) and shared by the grid and the
-    channel files: nothing is upsampled or encoded twice.
-    """
-    level = result.options.png_level
-    tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
-    files: list[tuple[str, Producer]] = [
-        ("grid.png", lambda: png_bytes(result.grid_pixels(), level)),
-        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
-        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
-    ]
-    for position, channel in enumerate(result.drawn_channels):
-        files.append((f"channels/{channel:04d}.png", partial(png_bytes, tiles[position], level)))
-    files.append(("channel_weights.png", lambda: png_bytes(result.channel_chart(), level)))
-    files.append(("channel_weights.csv", lambda: result.channel_csv().encode("utf-8")))
-    if result.stn_theta is not None:
-        files.append(("stn_grid.png", lambda: png_bytes(result.stn_grid(), level)))
-    if result.before is not None:
-        files.append(("se_reweight.png", lambda: png_bytes(result.se_reweight(), level)))
-    if "branch_weights" in result.raw_gates:  # Selective Kernel / Split Attention
-        files.append(("branch_weights.png", lambda: png_bytes(result.branch_picture(), level)))
-        files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
-    for cam in result.cams:
-        files.append((f"cam/{cam.name}.png", partial(_cam_png, result, cam, level)))
-    if result.heads is not None and result.heads_layout is not None:
-        heads, layout, options = result.heads, result.heads_layout, result.options
-        pictures = heads_pictures(result.photo, heads, result.box, result.input_size, layout,
-                                  threshold=options.heads_threshold, upsample=options.heads_upsample,
-                                  cmap=options.heat_cmap, alpha=options.alpha)
-        files.extend((name, partial(png_bytes, picture, level)) for name, picture in pictures)
-        if options.save_raw:
-            raw_heads = heads.float().cpu().numpy()
-            files.append(("attention_heads.npy", lambda: npy_bytes(raw_heads)))
-    if result.options.save_raw and result.cams:
-        raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
-               for cam in result.cams}
-        files.append(("cam.npz", lambda: npz_bytes(**raw)))
-    if result.options.save_raw:
-        activations = result.activations.float().cpu().numpy()
-        spatial = result.spatial_raw.float().cpu().numpy()
-        channel_values = result.channel_raw.float().cpu().numpy()
-        files.append(("activations.npy", lambda: npy_bytes(activations)))
-        gates = {name: value.float().cpu().numpy() for name, value in result.raw_gates.items()}
-        files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel_values, **gates)))
-    return files
-
-
-def _cam_png(result: LayerResult, cam: CamMap, level: int) -> bytes:
-    """One class map's overlay as PNG bytes (run later, on an encoding thread)."""
-    return png_bytes(result.cam_overlay(cam), level)
-
-
-def write_result(result: LayerResult, directory: Path) -> list[Path]:
-    """Write one result's files into ``directory`` on this thread; summary last."""
-    directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory)
-    files = result_files(result)
-    for name, produce in files:
-        atomic_write(directory / name, produce())
-    names = [name for name, _ in files]
-    atomic_write(directory / SUMMARY, json_bytes(result.summary(names)))
-    return [directory / name for name in [*names, SUMMARY]]
