@@ -21,7 +21,7 @@ from torch import nn
 import oddimages
 from featviz.cli.main import main
 from featviz.errors import LayerError
-from featviz.output.pipeline import RenderOptions, Visualizer, sweep_visualizer
+from featviz.output.pipeline import Visualizer, sweep_visualizer
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -98,7 +98,8 @@ def test_every_command_refuses_before_any_photo(command: str, tmp_path: Path) ->
                                 catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert "Error: layer layer1.0.relu runs 2 times in one forward pass of resnet18" in result.stderr
-    assert "--layer layer1.0.relu@K, K = 1..2" in result.stderr and "--layer layer1.0 (the module around it" in result.stderr
+    assert "--layer layer1.0.relu@K, K = 1..2" in result.stderr
+    assert "--layer layer1.0 (the module around it" in result.stderr
     assert "Traceback" not in result.output
     assert not (out / "a").exists()
 
