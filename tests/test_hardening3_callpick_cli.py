@@ -92,7 +92,8 @@ def test_all_and_the_sweep_default_expand_to_each_call(tests_on_path: None) -> N
 
 @pytest.mark.parametrize("command", ["show", "export", "sweep", "atlas"])
 def test_every_command_refuses_before_any_photo(command: str, tmp_path: Path) -> None:
-    photo = oddimages.make_rgb_png(tmp_path / "a.png", size=(40, 36))
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"not a picture: reading it would print an error naming a.png")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [command, str(photo), "--layer", "layer1.0.relu", "--out", str(out), *SMALL],
                                 catch_exceptions=False)
@@ -100,8 +101,8 @@ def test_every_command_refuses_before_any_photo(command: str, tmp_path: Path) ->
     assert "Error: layer layer1.0.relu runs 2 times in one forward pass of resnet18" in result.stderr
     assert "--layer layer1.0.relu@K, K = 1..2" in result.stderr
     assert "--layer layer1.0 (the module around it" in result.stderr
-    assert "Traceback" not in result.output
-    assert not (out / "a").exists()
+    assert "Traceback" not in result.output and "a.png" not in result.output
+    assert not out.exists() or not any(out.rglob("*.png"))
 
 
 def test_show_records_the_call_and_draws_it(tmp_path: Path) -> None:
@@ -127,7 +128,10 @@ def test_cam_at_the_picked_call_from_the_command_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["export", str(photo), "--layer", "layer1.0.relu@2", "--out", str(out),
                                        "--cam", "gradcam", "--target", "3", *SMALL], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "a" / "layer1.0.relu@2" / "summary.json").read_text())
+    [line] = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert line["layer"] == "layer1.0.relu@2" and line["call"] == 2 and line["output"].endswith("/layer1.0.relu@2")
+    summary = json.loads((out / line["output"] / "summary.json").read_text())
+    assert summary["layer"]["call"] == 2
     assert [c["method"] for c in summary["cams"]] == ["gradcam"] and len(summary["cams"][0]["weights"]) == 64
 
 
