@@ -219,3 +219,19 @@ def test_optimize_drives_the_picked_call() -> None:
     assert _no_hooks(model)
     with pytest.raises(LayerError, match="runs 2 times"):
         check_units(model, resolve_layers(model, ["relu"])[0], [0], OptimizeSettings(size=16), torch.device("cpu"))
+
+
+def test_receptive_fields_of_a_picked_call(resnet: nn.Module) -> None:
+    """The atlas's receptive fields at ``layer1.0.relu@2``: a BasicBlock returns its relu's second
+    call, so that call's field is the block's; the first call (after conv1 + bn1) sees less."""
+    from featviz.maps.receptive import ReceptiveFields
+
+    fields = ReceptiveFields(resnet, separable=False)
+    positions = [(0, 0), (3, 4)]
+    second = fields.fields("layer1.0.relu@2", (SIDE, SIDE), positions)
+    assert second == fields.fields("layer1.0", (SIDE, SIDE), positions)
+    first = fields.fields("layer1.0.relu@1", (SIDE, SIDE), positions)
+    assert first == fields.fields("layer1.0.bn1", (SIDE, SIDE), positions)
+    inner = first[(3, 4)]
+    outer = second[(3, 4)]
+    assert (outer.bottom - outer.top) > (inner.bottom - inner.top)

@@ -144,3 +144,23 @@ def test_layers_all_marks_modules_that_run_more_than_once() -> None:
     as_json = json.loads(CliRunner().invoke(main, ["layers", "--all", "--json", *SMALL]).output)
     calls = {row["path"]: row["calls"] for row in as_json["layers"]}
     assert calls["layer1.0.relu"] == 2 and calls["layer1.0.conv1"] == 1
+
+
+def test_atlas_ranks_by_the_picked_call(tmp_path: Path) -> None:
+    """``featviz atlas --layer layer1.0.relu@2``: channel 0's best score per photo is the maximum
+    of channel 0 in the second call's output, taken by the test's own hook."""
+    photos = [oddimages.make_rgb_png(tmp_path / f"p{i}.png", size=(40, 36), seed=i) for i in range(2)]
+    out = tmp_path / "atlas"
+    result = CliRunner().invoke(main, ["atlas", *map(str, photos), "--layer", "layer1.0.relu@2", "--out", str(out),
+                                       "--top", "2", *SMALL], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "layer1.0.relu@2" / "atlas.json").read_text())
+    assert document["layer"] == "layer1.0.relu@2"
+    visualizer = Visualizer("resnet18", "none", ["layer1.0.relu@2"], resize=32, crop=32)
+    model = visualizer.loaded.module
+    expected = {}
+    for photo in photos:
+        second = _second_call(model, model.layer1[0].relu, visualizer.prepare(photo).tensor[None])
+        expected[str(photo)] = float(second[0, 0].max())
+    got = {entry["input"]: entry["score"] for entry in document["channels"][0]}
+    assert got == pytest.approx(expected, rel=1e-6)
