@@ -189,6 +189,50 @@ def report_export(taken: dict[str, dict[str, list[float]]], model: str, layer: s
               f"{100 * (min(cam) / min(plain) - 1):+.0f}% by the best round")
 
 
+def export_parts(model: str, layer: str, repeats: int = 5) -> None:
+    """What ``--cam gradcam`` adds to one photo's export, part by part, in CPU milliseconds of the
+    thread that does the work (best of ``repeats``; the sample images at their own sizes): the
+    gradient pass against the capture pass it replaces, and the overlays as the export's
+    producers draw and encode them (spatial, channel and the class map, in that order, each
+    result's producers made afresh)."""
+    from featviz.output.pipeline import RenderOptions, Visualizer
+    from featviz.output.resultfiles import result_files
+
+    def best(run: object) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.thread_time()
+            run()  # type: ignore[operator]
+            times.append(time.thread_time() - started)
+        return 1000 * min(times)
+
+    visualizer = Visualizer(model, "none", [layer], options=RenderOptions(cam=("gradcam",), target=(str(TARGET),)))
+    explainer = visualizer.explainers[visualizer.layers[0].path]
+    totals = dict.fromkeys(("capture pass", "gradient pass", "spatial_attention.png", "channel_attention.png",
+                            "cam overlay png"), 0.0)
+    for path in sorted((ROOT / "sample_images").glob("*.jpg")):
+        prepared = visualizer.prepare(path)
+        batch = prepared.tensor[None]
+        totals["capture pass"] += best(lambda batch=batch: visualizer._capture(batch))
+        totals["gradient pass"] += best(lambda batch=batch: explainer.explain(batch))
+        [[result]] = visualizer.forward([prepared])
+
+        def overlays(result: object = result) -> dict[str, float]:
+            spent = {}
+            for name, producer in result_files(result):  # type: ignore[arg-type]
+                if name.endswith("_attention.png") or name.startswith("cam/"):
+                    started = time.thread_time()
+                    producer()
+                    spent["cam overlay png" if name.startswith("cam/") else name] = time.thread_time() - started
+            return spent
+
+        runs = [overlays() for _ in range(repeats)]
+        for name in runs[0]:
+            totals[name] += 1000 * min(run[name] for run in runs)
+    print(f"parts over the 5 sample images, {model} {layer}, CPU ms (best of {repeats}): "
+          + ", ".join(f"{name} {value:.0f}" for name, value in totals.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 photos for Grad-CAM, 1 small photo for Score-CAM")
@@ -203,6 +247,8 @@ def main() -> None:
     parser.add_argument("--export-photos", choices=["cut", "sample"], default="cut",
                         help="cut: the benchmark's photos; sample: the five sample images at full size")
     parser.add_argument("--export-rounds", type=int, default=None, help="Rounds of the export part [2, --quick 2]")
+    parser.add_argument("--export-parts", action="store_true",
+                        help="Only what --cam adds to one photo, part by part (CPU ms, the sample images)")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rounds = args.rounds or (2 if args.quick else 3)
@@ -210,6 +256,9 @@ def main() -> None:
     from featviz.output.pipeline import Visualizer
 
     torch.set_grad_enabled(True)
+    if args.export_parts:
+        export_parts(args.export_model, args.export_layer)
+        return
     count = 4 if args.quick else 32
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
