@@ -13,12 +13,14 @@ unfused forward    ``model(x)`` with ``fused_attn`` off on every block: the floo
 capture            ``self_attention(model, x)``: every block's probabilities (featviz)
 capture + rollout  the same + ``rollout_row`` + ``patch_values`` (featviz ``--cam rollout``)
 rollout alone      ``rollout_row`` + ``patch_values`` on attention captured beforehand (its own cost)
+statistics alone   ``attention_statistics`` (mean distance, entropy, prefix mass of every block and
+                   head) on attention captured beforehand (its own cost)
 relevance          ``TransformerExplainer.explain`` with relevance for the top class: one forward
                    with capture and one backward (featviz ``--cam relevance``)
 grad-cam tokens    pytorch-grad-cam's ``GradCAM`` on ``blocks[-1].norm1`` with the usual token
                    ``reshape_transform`` (drop the prefix, tokens to a 14×14 map), top class
 
-Targets from the issue: capture ≤ 1.15× the unfused forward; rollout adds ≤ 5 % to capture;
+Targets from the issue: capture ≤ 1.15× the unfused forward; rollout and the statistics add ≤ 5 % to capture;
 relevance ≥ 1.0× pytorch-grad-cam's token Grad-CAM in photos per second.
 """
 
@@ -46,6 +48,7 @@ def _variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], obje
     from featviz.capture.selfattention import attention_blocks, self_attention
     from featviz.capture.tokens import token_layout
     from featviz.maps.targets import Target
+    from featviz.maps.tokenstats import attention_statistics
     from featviz.maps.transformer import patch_values, rollout_row
     from featviz.maps.vitexplain import TransformerExplainer
 
@@ -82,11 +85,18 @@ def _variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], obje
             kept[key] = self_attention(model, x).attentions
         return patch_values(rollout_row(kept[key]), layout)
 
+    def statistics_alone(x: torch.Tensor) -> object:
+        key = x.data_ptr()
+        if key not in kept:
+            kept[key] = self_attention(model, x).attentions
+        return attention_statistics(kept[key], layout)
+
     def relevance(x: torch.Tensor) -> object:
         return explainer.explain(x)
 
     variants = {"fused forward": fused, "unfused forward": unfused, "capture": capture,
-                "capture + rollout": capture_rollout, "rollout alone": rollout_alone, "relevance": relevance}
+                "capture + rollout": capture_rollout, "rollout alone": rollout_alone,
+                "statistics alone": statistics_alone, "relevance": relevance}
     try:
         from pytorch_grad_cam import GradCAM
     except ImportError:
@@ -132,6 +142,8 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
         print(line)
     print(f"rollout adds {100 * best['rollout alone'] / best['capture']:.1f} % to capture (rollout alone / capture; "
           f"end to end: {100 * (best['capture + rollout'] / best['capture'] - 1):+.1f} %)")
+    both = best["rollout alone"] + best["statistics alone"]
+    print(f"rollout + statistics add {100 * both / best['capture']:.1f} % to capture (both alone / capture)")
     if "grad-cam tokens" in best:
         print(f"relevance: {best['grad-cam tokens'] / best['relevance']:.2f}x pytorch-grad-cam's token Grad-CAM "
               "(photos per second)")

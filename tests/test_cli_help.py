@@ -50,7 +50,8 @@ def _sections(command: str) -> dict[str, list[str]]:
 def _declared(command: str) -> list[str]:
     """Every option string of the command, from its parameters (``--help`` included)."""
     cmd = main.commands[command]
-    ctx = click.Context(cmd, info_name=command)
+    parent = click.Context(main, info_name="featviz", **main.context_settings)  # -h, --help as the CLI has them
+    ctx = click.Context(cmd, info_name=command, parent=parent)
     return [name for param in cmd.get_params(ctx) if isinstance(param, click.Option)
             for name in param.opts + param.secondary_opts]
 

@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 import pytest
 
 from featviz.cli.main import main
@@ -106,5 +107,8 @@ def test_front_page_examples_parse(line: str) -> None:
     argv = shlex.split(line)
     assert argv[0] == "featviz"
     command = main.commands[argv[1]]  # type: ignore[attr-defined]
-    with command.make_context(argv[1], argv[2:], resilient_parsing=False):
+    # the parent context carries the group's settings (-h, --help): click caches a command's help
+    # option the first time it is made, so a context without them would change later --help output
+    parent = click.Context(main, info_name="featviz", **main.context_settings)
+    with command.make_context(argv[1], argv[2:], parent=parent, resilient_parsing=False):
         pass

@@ -85,3 +85,42 @@ def tiny_swin(num_classes: int = 5, seed: int = 0) -> nn.Module:
         patch_size=[4, 4], embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=[2, 2],
         num_classes=num_classes)
     return model.eval()
+
+
+
+class SdpaAttention(nn.Module):
+    """Self-attention as one F.scaled_dot_product_attention call: no probabilities exist for
+    featviz to record."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class FunctionalViT(nn.Module):
+    """A tiny ViT (a class token, 8-px patches at 32 px, 2 blocks) whose blocks' attention is
+    :class:`SdpaAttention`: featviz finds attention modules it cannot capture."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 8, stride=8)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 16))
+        self.blocks = nn.ModuleList([SdpaAttention(16), SdpaAttention(16)])
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            tokens = tokens + block(tokens)
+        return self.head(tokens[:, 0])
+
+
+def functional_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
+    """A seeded :class:`FunctionalViT` (``--model vitmodels:functional_vit``)."""
+    torch.manual_seed(seed)
+    return FunctionalViT(num_classes).eval()

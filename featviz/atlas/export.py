@@ -33,11 +33,13 @@ from featviz.atlas.page import write_page
 from featviz.atlas.pictures import ATLAS_PATCH, channel_strip, layer_atlas, patch
 from featviz.atlas.schema import validate_state
 from featviz.capture.layers import is_script
+from featviz.capture.layouts import TOKENS
+from featviz.capture.tokens import token_layout
 from featviz.errors import FeatvizError, UsageError
 from featviz.inputs.discover import InputImage
 from featviz.inputs.images import load_image
 from featviz.inputs.names import display_name, name_fields, path_from_fields
-from featviz.maps.receptive import ReceptiveFields, photo_box
+from featviz.maps.receptive import ReceptiveFields, patch_field, photo_box
 from featviz.output.export import chunks, default_batch_size
 from featviz.output.layout import (
     atomic_write,
@@ -270,7 +272,7 @@ def atlas_document(atlas: Atlas, layer: str, shape: list[int | None], visualizer
         for _, key, y, x in table.entries(c):
             size = tuple(atlas.images[key]["input_size"])
             wanted.setdefault((int(size[0]), int(size[1])), set()).add((y, x))
-    found = {size: fields.fields(layer, size, positions) for size, positions in sorted(wanted.items())}
+    found = {size: _fields(visualizer, layer, size, positions, fields) for size, positions in sorted(wanted.items())}
     channels = []
     for c in range(table.channels):
         rows = []
@@ -286,6 +288,18 @@ def atlas_document(atlas: Atlas, layer: str, shape: list[int | None], visualizer
     return {"layer": layer, "shape": shape, "images": table.images, "by": atlas.by, "top": atlas.top,
             "model": atlas.settings["model"], "weights": atlas.settings["weights"],
             "failed": atlas.failed, "channels": channels, "statistics": statistics}
+
+
+def _fields(visualizer: Visualizer, layer: str, size: tuple[int, int], positions: set[tuple[int, int]],
+            fields: ReceptiveFields) -> dict[tuple[int, int], Any]:
+    """{(y, x): Field} of one layer at one input size: a token layer's entry is its own patch
+    (:func:`featviz.maps.receptive.patch_field`: where the token lives), any other layer's its
+    receptive field."""
+    layout = visualizer.layouts.get(layer)
+    if layout is not None and layout.kind == TOKENS and layout.tokens is not None:
+        tokens = token_layout(visualizer.loaded.module, size) or layout.tokens
+        return {(y, x): patch_field(tokens, y, x) for y, x in positions}
+    return fields.fields(layer, size, positions)
 
 
 def write_atlas(atlas: Atlas, visualizer: Visualizer, out: Path, *, workers: int | None = None,

@@ -104,7 +104,8 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
         shard_index = parse_shard(shard)
         visualizer = Visualizer(params["model"], params["weights"], params["layers"], seed=params["seed"],
                                 device=params["device"], resize=params["resize"], crop=params["crop"],
-                                no_crop=params["no_crop"])
+                                no_crop=params["no_crop"], model_kwargs=params["model_kwargs"],
+                                weights_file=params["weights_file"], trust_pickle=params["trust_pickle"])
         found = find_images(list(inputs), recursive=recursive, stdin=sys.stdin if "-" in inputs else None, out=out)
         missing = found.missing
         report_found(found, params["quiet"])

@@ -39,6 +39,8 @@ def _build_visualizer(params: dict[str, Any]) -> Any:
         heads=params.get("heads", False), heads_threshold=params.get("heads_threshold"),
         heads_upsample=params.get("heads_upsample", "nearest"), rollout_fusion=params.get("rollout_fusion", "mean"),
         rollout_discard=params.get("rollout_discard", 0.0), rollout_start=params.get("rollout_start", 0),
+        vit_stats=params.get("vit_stats", False), artifacts=params.get("artifacts"),
+        pca_tokens=params.get("pca_tokens", False), pca_foreground=params.get("pca_foreground"),
     )
     visualizer = Visualizer(params["model"], params["weights"], params["layers"] or None, seed=params["seed"],
                             device=params["device"], resize=params["resize"], crop=params["crop"],
@@ -80,10 +82,11 @@ class _StdoutLines:
 
 
 def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_records: bool,
-         skip_existing: bool = False, collect: bool = False,
-         scored: list[dict[str, Any]] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+         skip_existing: bool = False, collect: bool = False, scored: list[dict[str, Any]] | None = None,
+         pca_photos: list[Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Shared by show and export: build the model, run the batch, report bad images on stderr.
-    ``scored`` (--cam-score) collects each ok line's methods and AUCs for the closing table."""
+    ``scored`` (--cam-score) collects each ok line's methods and AUCs for the closing table;
+    ``pca_photos`` (--pca-tokens): the photos its basis is fitted over (export: all found, every shard)."""
     from featviz.output.export import Exporter
 
     visualizer = _build_visualizer(params)
@@ -121,7 +124,7 @@ def _run(images: list[Any], params: dict[str, Any], *, manifest: bool, stream_re
     with stop_on_signals() as stop:
         exporter = Exporter(visualizer, params["out"], batch_size=params["batch_size"], workers=params["workers"],
                             skip_existing=skip_existing, manifest=manifest, on_record=on_record,
-                            on_image_done=progress.update, stop=stop)
+                            on_image_done=progress.update, stop=stop, pca_photos=pca_photos)
         try:
             report = exporter.run(images)
         finally:

@@ -344,14 +344,15 @@ run_options = _compose(
 
 
 def show_default_layer(visualizer: Any) -> None:
-    """--cam without --layer: which layer the library chose (stderr, so stdout stays the paths)."""
+    """--cam (or --heads, --vit-stats, ...) without --layer: which layer the library chose (stderr, so stdout
+    stays the paths)."""
     ref = visualizer.default_layer
     if ref is not None:
         where = f"layer {ref.index}, " if ref.index is not None else ""
         what = "the last transformer block" if visualizer.default_layer_is_block else \
             "the last feature map before global pooling"
-        click.echo(f"note: --cam without --layer: drawing class maps at {ref.path} ({where}{what}); name another "
-                   "with --layer", err=True)
+        drawn = "--cam without --layer: drawing class maps" if visualizer.options.cam else "no --layer: drawing"
+        click.echo(f"note: {drawn} at {ref.path} ({where}{what}); name another with --layer", err=True)
 
 
 def show_notes(loaded: Any) -> None:

@@ -18,6 +18,7 @@ reported before any image is processed. A closed stdout (``--json | head``) does
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ from featviz.cli.common import (
 )
 from featviz.cli.layers import layers
 from featviz.cli.optimize import optimize
+from featviz.cli.spectrum import spectrum
 from featviz.cli.sweep import sweep
+from featviz.cli.tokenoptions import token_options
 
 
 @click.group(cls=FeatvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,6 +65,7 @@ def main() -> None:
 @render_options
 @cam_options
 @transformer_options
+@token_options
 @cam_score_options
 @run_options
 @click.option("--open", "open_viewer", is_flag=True, help="Open the report (OUT/index.html) in the system viewer.")
@@ -98,6 +102,9 @@ def show(images: tuple[Path, ...], open_viewer: bool, **params: Any) -> None:
                 click.echo(line)
         if scored is not None and report.ok:
             click.echo(_auc_table(scored))
+        statistics = _run_statistics(params)
+        if statistics:  # --vit-stats: the run's mean, before the report (which comes last)
+            click.echo(str(statistics))
         if page and report.ok:  # when nothing was drawn, stdout stays empty (the errors are on stderr)
             click.echo(str(page))
     if open_viewer and page:
@@ -115,6 +122,14 @@ def _report_page(out: Path) -> Path | None:
 
     page = out / REPORT
     return page if page.is_file() else None
+
+
+def _run_statistics(params: dict[str, Any]) -> Path | None:
+    """--vit-stats: OUT/attention_statistics.json, the run's mean, where the run wrote it."""
+    from featviz.output.vitfiles import STATISTICS_JSON
+
+    path = params["out"] / STATISTICS_JSON
+    return path if params.get("vit_stats") and path.is_file() else None
 
 
 def _prediction_lines(out: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -140,7 +155,8 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
         return []
     folder = out / record["output"]
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    return [str(folder / name) for name in [*summary["files"], "summary.json"]]
+    # the photo-level files of --vit-stats/--artifacts are listed as ../NAME: printed without the ..
+    return [os.path.normpath(folder / name) for name in [*summary["files"], "summary.json"]]
 
 
 @main.command(epilog=EXIT_CODES)
@@ -151,6 +167,7 @@ def _written_files(out: Path, record: dict[str, Any]) -> list[str]:
 @render_options
 @cam_options
 @transformer_options
+@token_options
 @cam_score_options
 @run_options
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
@@ -174,10 +191,11 @@ def export(inputs: tuple[str, ...], recursive: bool, skip_existing: bool, shard:
     images = take_shard(found.images, *shard_index) if shard_index else found.images
     scored: list[dict[str, Any]] | None = [] if params["cam_score"] else None
     report, _ = _run(images, params, manifest=True, stream_records=params["as_json"],
-                     skip_existing=skip_existing, scored=scored)
+                     skip_existing=skip_existing, scored=scored, pca_photos=found.images)  # every shard: one basis
     if not params["quiet"]:
         page = _report_page(params["out"])
-        where = f"; report: {page}" if page else ""
+        statistics = _run_statistics(params)
+        where = (f"; attention statistics: {statistics}" if statistics else "") + (f"; report: {page}" if page else "")
         failed = report.failed + len(found.missing)  # a missing input is a failure too: the counts match the exit code
         click.echo(f"{report.ok} done{_redone_note(report.redone)}, {report.skipped} skipped, {failed} failed "
                    f"-> {params['out']}{where}", err=True)
@@ -213,6 +231,7 @@ main.add_command(sweep)
 main.add_command(layers)
 main.add_command(atlas)
 main.add_command(optimize)
+main.add_command(spectrum)
 
 
 if __name__ == "__main__":  # pragma: no cover

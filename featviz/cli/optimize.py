@@ -30,10 +30,15 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
 @click.option("--negative", is_flag=True, help="Minimise instead: what suppresses the channel.")
 @click.option("--diversity", default=1, show_default=True, type=int,
               help="K different images per channel (Lucid's Gram diversity).")
-@click.option("--param", type=click.Choice(["fft", "pixel"]), default="fft", show_default=True,
-              help="fft: Lucid's 1/f spectrum in decorrelated colour; pixel: plain pixels under a sigmoid.")
+@click.option("--param", type=click.Choice(["fft", "pixel", "maco"]), default="fft", show_default=True,
+              help="fft: Lucid's 1/f spectrum in decorrelated colour; pixel: plain pixels under a sigmoid; "
+                   "maco: only the phase, under a fixed natural-image magnitude spectrum (Fel et al. 2023).")
+@click.option("--spectrum", default=None,
+              help="With --param maco: a spectrum file made by `featviz spectrum FOLDER --out FILE` "
+                   "[default: the built-in one, from featviz's five sample photos].")
 @click.option("--steps", default=512, show_default=True, type=int, help="Adam steps.")
-@click.option("--lr", default=0.05, show_default=True, type=float, help="Adam's learning rate.")
+@click.option("--lr", default=None, type=float,
+              help="Adam's learning rate [default: 0.05; 1.0 with --param maco, as MACO's official code].")
 @click.option("--size", default=None, type=int, help="Image side [default: the model's input size].")
 @click.option("--out", "-o", "out", default="featviz-optimize", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
@@ -59,7 +64,7 @@ def optimize(**params: Any) -> None:
     prepared = prepare(params["model"], params["weights"], None if class_objective else (params["layer"] or "0"),
                        units, seed=params["seed"], device=params["device"], objective=params["objective"],
                        steps=params["steps"], lr=params["lr"], size=params["size"], negative=params["negative"],
-                       diversity=params["diversity"], param=params["param"])
+                       diversity=params["diversity"], param=params["param"], spectrum=params["spectrum"])
     if params["atlas_dir"] is not None:
         check_atlas(params["atlas_dir"], prepared)
     bar = tqdm(total=max(0, params["steps"]), desc="optimize", unit="step", file=sys.stderr,

@@ -44,6 +44,7 @@ from torch import nn
 
 from featviz.capture.hooks import capture_with_graph
 from featviz.capture.layers import resolve_layers
+from featviz.capture.tokens import TokenLayout
 from featviz.errors import LayerError
 from featviz.models.preprocess import CropBox
 
@@ -165,6 +166,17 @@ def _bounding_field(support: torch.Tensor) -> Field:
     if rows.numel() == 0:
         return Field(0, 0, 0, 0)
     return Field(int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def patch_field(layout: TokenLayout, y: int, x: int) -> Field:
+    """Where token (y, x) of a vision transformer's patch grid lives: its own patch, in
+    network-input pixels. Not its receptive field: after the first self-attention every token can
+    see the whole image, so that field is the whole input for every token, which would make
+    every atlas crop the whole photo. (The positive surrogate above is no answer for tokens
+    either: it does not make LayerNorm or attention positive, and its fields of token layers
+    came out as the patch, the whole input or empty, depending on the layer.)"""
+    rows, cols = layout.patch
+    return Field(y * rows, x * cols, (y + 1) * rows, (x + 1) * cols)
 
 
 def photo_box(field: Field, input_size: tuple[int, int], crop: CropBox, photo_size: tuple[int, int]) -> list[float]:

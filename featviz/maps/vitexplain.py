@@ -99,8 +99,11 @@ class TransformerExplainer:
         self.head_count = 0  # the chosen block's heads, known after a pass (build_transformer_explainers runs one)
 
     def explain(self, batch: torch.Tensor) -> TransformerBatch:
-        """batch: float32 (N, 3, H, W), normalised, on the model's device."""
+        """batch: float32 (N, 3, H, W), normalised, on the model's device. The token layout is read
+        again for this batch's H × W: a model with dynamic input sizes (timm ``dynamic_img_size``,
+        photos not cropped) has another patch grid for each size, not the one of the example."""
         relevant = "relevance" in self.methods
+        layout = self._layout((int(batch.shape[-2]), int(batch.shape[-1])))
         with SelfAttentionCapture(self.model, keep_graph=relevant, model_name=self.model_name) as capture:
             logits = capture.run(batch)
             if logits.dim() != 2 or logits.shape[0] != batch.shape[0]:
@@ -118,9 +121,9 @@ class TransformerExplainer:
         columns: dict[str, list[torch.Tensor]] = {}
         if "rollout" in self.methods:
             row = formulas.rollout_row(attentions, fusion=self.fusion, discard=self.discard, start=self.start)
-            columns["rollout"] = [formulas.patch_values(row, self.layout)]
+            columns["rollout"] = [formulas.patch_values(row, layout)]
         if relevant:
-            columns["relevance"] = [formulas.patch_values(formulas.relevance_row(attentions, grads), self.layout)
+            columns["relevance"] = [formulas.patch_values(formulas.relevance_row(attentions, grads), layout)
                                     for grads in gradients]
         probabilities = class_probabilities(logits)
         per_image: list[list[CamMap]] = []
@@ -138,8 +141,19 @@ class TransformerExplainer:
                                        None if cls is None else float(probabilities[n, cls]),
                                        None if cls is None else label(cls, self.categories)))
             per_image.append([] if n in errors else maps)
-        heads = formulas.head_maps(attentions[-1], self.layout) if self.heads else None
-        return TransformerBatch(CamBatch(per_image, errors, None, logits), heads, self.block, self.layout)
+        heads = formulas.head_maps(attentions[-1], layout) if self.heads else None
+        return TransformerBatch(CamBatch(per_image, errors, None, logits), heads, self.block, layout)
+
+    def _layout(self, input_size: tuple[int, int]) -> TokenLayout:
+        """The token layout at ``input_size`` (rows, cols): the example's when the size is the same."""
+        if input_size == (self.layout.grid[0] * self.layout.patch[0], self.layout.grid[1] * self.layout.patch[1]):
+            return self.layout
+        layout = token_layout(self.model, input_size)
+        if layout is None:
+            raise UsageError(f"featviz cannot read the token layout of {self.model_name} at {input_size[0]}×"
+                             f"{input_size[1]} px, so it will not guess which tokens are patches",
+                             hint="resize and crop the photos to the size the model was built for")
+        return layout
 
 
 def _non_finite(attentions: Sequence[torch.Tensor], logits: torch.Tensor,

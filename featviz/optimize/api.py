@@ -24,6 +24,7 @@ from featviz.optimize.engine import (
     optimize,
 )
 from featviz.optimize.export import write_optimized
+from featviz.optimize.maco import MACO_LR
 from featviz.output.options import parse_channels
 
 
@@ -42,6 +43,8 @@ def prepare(model: str, weights: str, layer: str | None, channels: str | Sequenc
     """Build the model and check the options against it (one forward pass of a grey image);
     every usage error is raised here, before any optimisation. See :func:`optimize_layer`."""
     size = options.pop("size", None)
+    if options.get("lr") is None:  # each parameterisation's own default
+        options["lr"] = MACO_LR if options.get("param") == "maco" else OptimizeSettings.lr
     if size is not None and size < 8:
         check_settings(OptimizeSettings(size=size))
     settings = OptimizeSettings(**options)
@@ -75,7 +78,8 @@ def optimize_layer(model: str, weights: str, layer: str | None, channels: str | 
     """Optimise images for ``channels`` (``"0-63"`` or a list) of ``layer`` of ``model``, or for
     classes (``objective="class"``, ``channels`` then is ``--target``: indices or class names).
     ``options``: the fields of :class:`OptimizeSettings`; ``size`` None means the model's input
-    size. Writes under ``out`` when given. Returns the result and the files written."""
+    size, ``lr`` None (or absent) the parameterisation's default (0.05; 1.0 for ``maco``).
+    Writes under ``out`` when given. Returns the result and the files written."""
     prepared = prepare(model, weights, layer, channels, seed=seed, device=device, **options)
     result = run_prepared(prepared, on_step)
     files: list[Path] = []

@@ -3,7 +3,8 @@
 Image ``i`` of the batch belongs to channel ``channels[i // K]`` (K = ``diversity``), so one
 forward and backward pass per step serves every channel; since each image's objective depends
 only on its own activations, the gradients do not mix (the diversity term mixes only the K
-images of one channel). Per step: RGB from :class:`~featviz.optimize.param.FFTImage`, Lucid's
+images of one channel). Per step: RGB from :class:`~featviz.optimize.param.FFTImage` (or
+:class:`~featviz.optimize.maco.MACOImage` with ``param="maco"``), Lucid's
 standard transforms (:mod:`featviz.optimize.transforms`), the model's OWN normalisation
 (``mean``/``std`` of its preprocessing), the forward pass to the layer
 (:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU on), Adam on the spectrum.
@@ -34,13 +35,13 @@ from featviz.capture.drive import DrivenLayer
 from featviz.capture.hooks import capture
 from featviz.errors import LayerError, UsageError
 from featviz.optimize import transforms
-from featviz.optimize.param import FFTImage
+from featviz.optimize.maco import make_image, spectrum_of
 
 if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
 
 OBJECTIVES = ("channel", "neuron", "class")
-PARAMS = ("fft", "pixel")
+PARAMS = ("fft", "pixel", "maco")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class OptimizeSettings:
     diversity: int = 1
     diversity_weight: float = 100.0
     param: str = "fft"
+    spectrum: str | None = None  # --param maco: a `featviz spectrum` file; None: the built-in one
     transforms: bool = True
     redirect: bool = True
     checkpoints: int = 8  # objective recorded this many times (and at the end)
@@ -83,7 +85,12 @@ def check_settings(settings: OptimizeSettings) -> None:
     if settings.objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {settings.objective!r}", hint="use channel, neuron or class")
     if settings.param not in PARAMS:
-        raise UsageError(f"unknown parameterisation {settings.param!r}", hint="use fft or pixel")
+        raise UsageError(f"unknown parameterisation {settings.param!r}", hint="use fft, pixel or maco")
+    if settings.spectrum is not None:
+        if settings.param != "maco":
+            raise UsageError(f"--spectrum is for --param maco, not --param {settings.param}",
+                             hint="add --param maco, or leave --spectrum out")
+        spectrum_of(settings.spectrum)  # a missing or malformed file is refused here, before any step
     if settings.steps < 1:
         raise UsageError(f"--steps {settings.steps}: at least one step is needed", hint="the default is 512")
     if settings.size < 8:
@@ -93,7 +100,8 @@ def check_settings(settings: OptimizeSettings) -> None:
         raise UsageError(f"--diversity {settings.diversity}: at least one image per channel",
                          hint="use --diversity 1 (no diversity) or more")
     if not settings.lr > 0:
-        raise UsageError(f"--lr {settings.lr}: the learning rate must be positive", hint="the default is 0.05")
+        raise UsageError(f"--lr {settings.lr}: the learning rate must be positive",
+                         hint="the default is 0.05 (1.0 with --param maco)")
 
 
 def check_units(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int], settings: OptimizeSettings,
@@ -190,7 +198,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
     unit_list = [int(u) for u in units for _ in range(k)]
     batch = len(unit_list)
     generator = torch.Generator().manual_seed(settings.seed)
-    image = FFTImage(batch, settings.size, generator, fft=settings.param == "fft").to(device)
+    image = make_image(settings.param, batch, settings.size, generator, settings.spectrum).to(device)
     optimiser = torch.optim.Adam(image.parameters(), lr=settings.lr)
     unit_t = torch.tensor(unit_list, device=device)
     mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)

@@ -57,11 +57,14 @@ def estimate_output(channels_per_layer: Sequence[int], options: RenderOptions, s
     lists them (plus the summary), and bytes estimated from :data:`BYTES_PER_TILE_PIXEL`.
     ``se_layers``: how many of the layers draw ``se_reweight.png`` (``--channel learned``).
     ``heads_per_layer``: with ``--heads``, each block's head count (heads/*.png, the mean, the
-    masks with ``--heads-threshold``, attention_heads.npy with ``--save-raw``)."""
+    masks with ``--heads-threshold``, attention_heads.npy with ``--save-raw``). ``--vit-stats``,
+    ``--artifacts`` and ``--pca-tokens`` add their files (:mod:`featviz.output.vitfiles`)."""
     drawn = [drawn_count(c, options) for c in channels_per_layer]
     in_grid = [d if options.max_channels is None else min(d, options.max_channels) for d in drawn]
     extra = (1 if options.stn else 0) + (2 if options.save_raw else 0)
     files = sum(drawn) + len(drawn) * (FILES_PER_LAYER + extra) + se_layers
+    # --vit-stats and --artifacts: a JSON and a picture each in the photo's folder; --pca-tokens: pca.png per layer
+    files += 2 * options.vit_stats + 2 * (options.artifacts is not None) + len(drawn) * options.pca_tokens
     for heads in heads_per_layer if options.heads else ():
         files += (heads + 1) * (2 if options.heads_threshold is not None else 1) + (1 if options.save_raw else 0)
     tile_bytes = options.size * options.size * BYTES_PER_TILE_PIXEL

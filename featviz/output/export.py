@@ -37,6 +37,7 @@ from featviz.output.records import ExportRecords, ExportReport, _PendingResult, 
 from featviz.output.report import REPORT, ReportWriter
 from featviz.output.result import Producer, result_files
 from featviz.output.resume import photo_fingerprint
+from featviz.output.vitrun import write_run_average
 
 if TYPE_CHECKING:
 
@@ -73,6 +74,10 @@ class Exporter(ExportRecords):
         stopping cleanly when OUT stops taking files during the run (disk full, read-only)."""
         check_output_folder(self.out, (MANIFEST, REPORT) if self.write_manifest else ())
         remove_stale_temporaries(self.out)  # a killed run may have left the report half-written
+        visualizer = self.visualizer
+        if visualizer.options.pca_tokens and not visualizer.pca_bases:  # one basis, before the first photo
+            visualizer.fit_token_pca([image.path for image in (images if self.pca_photos is None
+                                                                else self.pca_photos)])
         self._fatal = None
         self._report_writer = ReportWriter(self.out) if self.write_manifest else None
         try:
@@ -86,6 +91,13 @@ class Exporter(ExportRecords):
                 self._report_writer = None
         if self.stopped is not None:
             raise self.stopped
+        if visualizer.options.vit_stats and self.write_manifest:  # the run's mean, from every done photo
+            try:
+                write_run_average(self.out, visualizer.loaded.name, visualizer.loaded.weights,
+                                  visualizer.options.png_level)
+            except OSError as exc:
+                raise OutputError(f"cannot write the run's attention statistics into {self.out} ({exc})",
+                                  hint="free space or fix the output folder, then rerun with --skip-existing") from None
         return report
 
     @property

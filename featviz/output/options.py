@@ -8,6 +8,7 @@ by :meth:`RenderOptions.validate` before any photo is read, so that a bad value 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from featviz.errors import UsageError
@@ -81,6 +82,10 @@ class RenderOptions:
     rollout_fusion: str = "mean"
     rollout_discard: float = 0.0
     rollout_start: int = 0
+    vit_stats: bool = False  # per block and head: mean attention distance, entropy, prefix mass (per photo + run)
+    artifacts: float | None = None  # k of the high-norm token test (median + k·MAD); None: no test
+    pca_tokens: bool = False  # PCA of the layer's patch tokens to RGB, one basis over the run's photos
+    pca_foreground: float | None = None  # DINOv2's foreground: first-component score above this
 
     @property
     def spatial_mode(self) -> str:
@@ -160,3 +165,16 @@ class RenderOptions:
                              hint="give the fraction of the lowest attention entries to drop, in [0, 1), e.g. 0.9")
         if self.rollout_start < 0:
             raise UsageError(f"--rollout-start must be a block number from 0, got {self.rollout_start}")
+        self._validate_tokens()
+
+    def _validate_tokens(self) -> None:
+        """``--artifacts``, ``--pca-tokens`` and ``--pca-foreground``: values no photo could satisfy."""
+        if self.artifacts is not None and not (math.isfinite(self.artifacts) and self.artifacts >= 0):
+            raise UsageError(f"--artifacts {self.artifacts} is not a valid outlier factor",
+                             hint="give k >= 0 (flag norms above median + k·1.4826·MAD), e.g. --artifacts 3")
+        if self.pca_foreground is not None and not self.pca_tokens:
+            raise UsageError("--pca-foreground masks the PCA colours, and --pca-tokens was not given",
+                             hint="add --pca-tokens")
+        if self.pca_foreground is not None and not math.isfinite(self.pca_foreground):
+            raise UsageError(f"--pca-foreground {self.pca_foreground} is not a finite score",
+                             hint="give a threshold on the first component's score, e.g. 0 as DINOv2")

@@ -41,6 +41,7 @@ from featviz.maps.attention import (
 )
 from featviz.maps.camscore import score_cams
 from featviz.maps.targets import LOGITS_HINT, class_probabilities
+from featviz.maps.tokenpcafit import RunBasis
 from featviz.models.build import load_model
 from featviz.output.estimate import OutputEstimate, estimate_output
 from featviz.output.layout import stem_keys
@@ -50,6 +51,7 @@ from featviz.output.render import sweep_picture
 from featviz.output.result import LayerResult
 from featviz.output.settings import settings_record
 from featviz.output.startup import VisualizerStartup
+from featviz.output.tokenextras import attach, fit_bases, readable_tokens
 
 __all__ = ["LayerResult", "PreparedImage", "RenderOptions", "Visualizer", "parse_channels", "same_size_groups", "sweep",
            "sweep_visualizer", "visualize"]
@@ -135,6 +137,8 @@ class Visualizer(VisualizerStartup):
 
         Returns, for each photo in order, one result per layer (in layer order).
         """
+        if self.options.pca_tokens and not self.pca_bases:  # no basis yet: the one of these photos
+            self.fit_token_pca(batch)
         results: list[list[LayerResult]] = []
         for group in same_size_groups(batch):
             results.extend(self._forward_group(group))
@@ -193,7 +197,16 @@ class Visualizer(VisualizerStartup):
                 self._explain(ref.path, batch, group, [results[position] for results in per_image])
             if ref.path in self.transformers:
                 self._transformer(ref.path, stacked, group, [results[position] for results in per_image])
+        attach(per_image, self.layers, stacked, self.token_runner, self.pca_bases, self.options)  # --vit-stats ...
         return per_image
+
+    def fit_token_pca(self, sources: Sequence[Any]) -> dict[str, RunBasis]:
+        """``--pca-tokens``: one basis per layer over ``sources`` (paths, PIL images or prepared
+        photos) in that order, used for every later photo; unreadable photos are left out."""
+        self.pca_bases = fit_bases(self.layers, list(sources), readable_tokens(
+            lambda s: s if isinstance(s, PreparedImage) else self.prepare(s),
+            lambda batch, ref: self.feature_maps(batch.to(self.device), [ref])[ref.path]))
+        return self.pca_bases
 
     def _transformer(self, path: str, stacked: torch.Tensor, group: Sequence[PreparedImage],
                      results: list[LayerResult]) -> None:
@@ -210,8 +223,11 @@ class Visualizer(VisualizerStartup):
     def settings(self, ref: LayerRef) -> dict[str, Any]:
         """What decides this layer's results (recorded in each summary; ``--skip-existing``
         redoes a folder whose record differs)."""
-        return settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
-                               [layer.path for layer in self.layers])
+        record = settings_record(self.loaded.name, self.loaded.weights, ref.path, self.preprocess, self.options,
+                                 [layer.path for layer in self.layers])
+        if ref.path in self.pca_bases:  # --pca-tokens: colours drawn with another basis are redone
+            record["pca_basis"] = self.pca_bases[ref.path].digest()
+        return record
 
     def _score(self, explained: Any, stacked: torch.Tensor, group: Sequence[PreparedImage]) -> None:
         """``--cam-score``: deletion and insertion of every map of the batch (one call per layer,

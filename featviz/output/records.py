@@ -95,7 +95,7 @@ class ExportRecords:
                  skip_existing: bool = False, manifest: bool = True,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
                  on_image_done: Callable[[], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> None:
+                 stop: Callable[[], bool] | None = None, pca_photos: Sequence[InputImage] | None = None) -> None:
         if batch_size is None:
             batch_size = default_batch_size(visualizer.device)
         if batch_size < 1:
@@ -111,6 +111,7 @@ class ExportRecords:
         self.on_record = on_record
         self.on_image_done = on_image_done
         self.stop = stop
+        self.pca_photos = pca_photos  # --pca-tokens: the photos its basis is fitted over (default: the run's)
         self.report = ExportReport()
         self._lock = threading.Lock()
         self._layers_left: dict[str, int] = {}

@@ -33,6 +33,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("channel_weights.png", "Channel weights"),
     ("stn_grid.png", "STN sampling grid"),
     ("se_reweight.png", "SE re-weighting"),
+    ("pca.png", "Token PCA colours"),
 )
 #: Other files of a result that get a plain link.
 LINKS: tuple[str, ...] = (SUMMARY, "channel_weights.csv", "activations.npy", "attention.npz")

@@ -45,12 +45,15 @@ from featviz.output.render import (
     side_by_side_grids,
 )
 from featviz.output.resultfiles import Producer, result_files, write_result
+from featviz.output.vitfiles import facts_record
 
 if TYPE_CHECKING:
     from featviz.capture.layers import LayerRef
     from featviz.capture.tokens import TokenLayout
     from featviz.maps.explain import CamMap
+    from featviz.maps.tokenrun import PhotoTokenFacts
     from featviz.models.preprocess import CropBox
+    from featviz.output.vitfiles import PcaColours
 
 __all__ = ["LayerResult", "Producer", "RenderOptions", "result_files", "write_result"]
 
@@ -89,6 +92,8 @@ class LayerResult:
     cams: list[CamMap] = field(default_factory=list)  # --cam: class activation maps (featviz.maps.explain)
     heads: torch.Tensor | None = None  # --heads: float32 (heads, rows, cols), the block's class-token attention
     heads_layout: TokenLayout | None = None  # --heads: the token layout the maps were read with
+    token_facts: PhotoTokenFacts | None = None  # --vit-stats/--artifacts: every block (first layer's result only)
+    pca: PcaColours | None = None  # --pca-tokens: this layer's patch tokens in the run's PCA colours
 
     @property
     def num_channels(self) -> int:
@@ -337,6 +342,8 @@ class LayerResult:
             **({"cams": self.cam_records()} if self.cams else {}),
             **({"heads": heads_record(self.heads, self.layer.path, self.options.heads_threshold,
                                       self.options.heads_upsample)} if self.heads is not None else {}),
+            **({"pca": self.pca.record} if self.pca is not None else {}),
+            **({"token_facts": facts_record(self.token_facts)} if self.token_facts is not None else {}),
             "files": list(files),
         }
 

@@ -26,6 +26,7 @@ from featviz.output.layout import (
     remove_stale_temporaries,
 )
 from featviz.output.render import OverlayBase
+from featviz.output.vitfiles import PCA_PNG, photo_files
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -73,6 +74,13 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         if options.save_raw:
             raw_heads = heads.float().cpu().numpy()
             files.append(("attention_heads.npy", lambda: npy_bytes(raw_heads)))
+    if result.pca is not None:  # --pca-tokens
+        pca, size = result.pca, result.options.size
+        files.append((PCA_PNG, lambda: png_bytes(pca.picture(size), level)))
+    if result.token_facts is not None:  # --vit-stats/--artifacts: the photo's files, one folder up
+        files.extend(photo_files(result.token_facts, result.photo, result.box, result.input_size,
+                                 model=result.model_name, weights=result.weights, level=level,
+                                 title=f"{result.model_name}: {result.key}"))
     if result.options.save_raw and result.cams:
         raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
                for cam in result.cams}

@@ -23,6 +23,7 @@ _NAMES = {
     "preprocess.resize": "--resize", "preprocess.crop": "--crop", "preprocess.mean": "the weights' mean",
     "preprocess.std": "the weights' std", "preprocess.interpolation": "the weights' interpolation",
     "drawing.summary_top": "summary_top",
+    "pca_basis": "the --pca-tokens basis (fitted over another set of photos)",
 }
 
 

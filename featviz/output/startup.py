@@ -27,10 +27,12 @@ from featviz.maps.explain import build_explainers
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.models.build import load_model
 from featviz.output.options import RenderOptions
+from featviz.output.tokenextras import check_pca_layers, needs_block, token_runner
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from featviz.maps.tokenpcafit import RunBasis
     from featviz.models.build import LoadedModel
 
 
@@ -58,13 +60,17 @@ class VisualizerStartup:
         self.calls: dict[str, int] = self._count_calls()
         if layers is None and default_layers is not None:  # sweep's stages, one per call of a repeated one
             layers = default_layers(self.loaded.module, self.calls)
+        # --vit-stats, --artifacts: every block measured once on seeded noise (a CNN fails here)
+        self.token_runner = token_runner(self.loaded.module, self._example(), self.options, self.loaded.name)
+        self.pca_bases: dict[str, RunBasis] = {}  # --pca-tokens: layer path -> the run's basis (fit_token_pca)
         # the layer featviz chose because none was named (class maps: the last feature map; transformer
         # maps: the last block), for the CLI to say
         self.default_layer: LayerRef | None = None
         self.default_layer_is_block = False
-        if layers is None and (self.options.cam or self.options.heads):
+        block_default = bool(vit_methods) or self.options.heads or needs_block(self.options)
+        if layers is None and (self.options.cam or block_default):
             module, name = self.loaded.module, self.loaded.name
-            blocks = [b.name for b in attention_blocks(module, name)] if vit_methods or self.options.heads else []
+            blocks = [b.name for b in attention_blocks(module, name)] if block_default else []
             maps = [] if blocks else feature_map_paths(module, self._blank())
             self.default_layer = default_cam_layer(module, maps, model_name=name, blocks=blocks)
             self.default_layer_is_block = bool(blocks)
@@ -80,6 +86,8 @@ class VisualizerStartup:
         self.transformers: dict[str, Any] = (self._transformer_explainers(vit_methods)
                                              if self.options.heads or vit_methods else {})
         self._check_layers()
+        if self.options.pca_tokens:
+            check_pca_layers(self.layers, self.layouts, self.loaded.name)
         cam_methods = [m for m in self.options.cam if not is_transformer_method(m)]
         self.explainers: dict[str, Any] = self._class_explainers(cam_methods) if cam_methods else {}
 
@@ -112,9 +120,10 @@ class VisualizerStartup:
         picked = [ref for ref in self.layers if ref.call is not None]
         options = self.options
         if picked and (options.channel == "learned" or options.spatial == "learned" or options.heads
-                       or transformer_maps):
+                       or transformer_maps or needs_block(options)):
             raise UsageError(f"layer {picked[0].path}: a picked call (@K) works with the activation views and the "
-                             "CAM family, not with learned gates, --heads, rollout or relevance",
+                             "CAM family, not with learned gates, --heads, rollout, relevance or the token "
+                             "statistics (--vit-stats, --artifacts, --pca-tokens)",
                              hint=f"name the module without @K, or the block around it: `featviz layers --model "
                                   f"{self.loaded.name} --all` lists them")
         if self.calls:
