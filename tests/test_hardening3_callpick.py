@@ -131,9 +131,10 @@ def test_ablation_cam_at_the_second_call_replaces_only_that_call(resnet: nn.Modu
             handle.remove()
 
     y = logit_with(None)
-    reference = torch.tensor([(y - logit_with(k)) / y for k in range(64)])
+    checked = list(range(0, 64, 4))  # 16 of the 64 channels: one reference forward each
+    reference = torch.tensor([(y - logit_with(k)) / y for k in checked])
     assert featviz_weights is not None
-    torch.testing.assert_close(featviz_weights, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(featviz_weights[checked], reference, rtol=1e-4, atol=1e-5)
     # on main the replacement hit both calls: weights near 2.0; here they are the second call's
     assert float(featviz_weights.abs().mean()) < 1.0
 
