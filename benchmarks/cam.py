@@ -23,8 +23,16 @@ after min-max scaling (featviz vs torch-cam's raw maps and vs pytorch-grad-cam's
 ``get_cam_image``): they must agree to 1e-4. Score-CAM is not compared: featviz follows the
 authors' code, both peers softmax logits over channels (see the README, "Explaining a class").
 
-Last, the cost of ``--cam gradcam`` in an export: ``Exporter`` over the same photos at layer4,
-with and without ``cam=("gradcam",)``, images/s.
+Last, the cost of ``--cam gradcam`` in an export: ``Exporter`` over the same photos at the SAME
+layer (``--export-model``/``--export-layer``, default ResNet-50 layer4; naming the layer matters:
+without ``--layer`` the CLI's ``--cam`` moves the default from layer 0 to the last feature map,
+which changes how many channel files are written), with and without ``cam=("gradcam",)``, in
+interleaved rounds. Reported per round: wall seconds and the process's CPU seconds (all threads,
+``time.process_time``); on a shared machine the CPU seconds barely move with other processes'
+load while wall time does. ``--export-only`` skips the peers; ``--export-photos sample`` exports
+the five sample images at their own resolutions (the overlays are drawn at photo resolution).
+
+    python benchmarks/cam.py --export-only --export-model resnet18 --export-layer layer4 --export-photos sample
 
 The machine this was written on was shared by several jobs: numbers are "measured under load".
 """
@@ -143,30 +151,86 @@ def images_per_second(run: object, tensors: torch.Tensor, batch_size: int) -> fl
     return tensors.shape[0] / (time.perf_counter() - started)
 
 
-def export_overhead(paths: list[Path], folder: Path, rounds: int) -> dict[str, list[float]]:
-    """images/s of exports of ResNet-50 layer4 without and with --cam gradcam, in interleaved
-    rounds (the order alternates): layer4 writes 2,048 channel PNGs per photo, so the disk's
-    pace varies from round to round more than --cam changes it; compare best and median."""
+def export_overhead(paths: list[Path], folder: Path, rounds: int, model: str = "resnet50",
+                    layer: str = "layer4") -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of exports of ``model``'s ``layer`` without and with --cam gradcam, in
+    interleaved rounds (the order alternates; one warm-up export each first). A deep layer writes
+    thousands of channel PNGs per photo, so the disk's pace varies from round to round more than
+    --cam changes it: compare CPU seconds, and the median of the wall times."""
     from featviz.inputs.discover import InputImage
     from featviz.output.export import Exporter
     from featviz.output.pipeline import RenderOptions, Visualizer
 
     inputs = [InputImage(path=p, key=Path(p.stem)) for p in paths]
-    visualizers = {name: Visualizer("resnet50", "none", ["layer4"],
-                                    options=RenderOptions(cam=cam, target=(str(TARGET),)))
+    visualizers = {name: Visualizer(model, "none", [layer], options=RenderOptions(cam=cam, target=(str(TARGET),)))
                    for name, cam in (("plain", ()), ("cam", ("gradcam",)))}
     for visualizer in visualizers.values():  # warm-up
         Exporter(visualizer, folder / "warm-up", batch_size=1).run(inputs[:1])
         shutil.rmtree(folder / "warm-up")
-    rates: dict[str, list[float]] = {name: [] for name in visualizers}
+    taken: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in visualizers}
     for round_ in range(rounds):
         for name in (("plain", "cam") if round_ % 2 == 0 else ("cam", "plain")):
             out = folder / f"export-{name}"
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             Exporter(visualizers[name], out, batch_size=1).run(inputs)
-            rates[name].append(len(inputs) / (time.perf_counter() - started))
+            taken[name]["wall"].append(time.perf_counter() - started)
+            taken[name]["cpu"].append(time.process_time() - cpu)
             shutil.rmtree(out)
-    return rates
+    return taken
+
+
+def report_export(taken: dict[str, dict[str, list[float]]], model: str, layer: str, count: int) -> None:
+    """Print every round and the extra time of --cam by the median of each measure."""
+    for measure in ("wall", "cpu"):
+        plain, cam = taken["plain"][measure], taken["cam"][measure]
+        print(f"export {model} {layer}, {count} photos, {measure} s per round: without --cam "
+              f"{[round(v, 2) for v in plain]}, with --cam gradcam {[round(v, 2) for v in cam]}; extra "
+              f"{100 * (statistics.median(cam) / statistics.median(plain) - 1):+.0f}% by the median, "
+              f"{100 * (min(cam) / min(plain) - 1):+.0f}% by the best round")
+
+
+def export_parts(model: str, layer: str, repeats: int = 5) -> None:
+    """What ``--cam gradcam`` adds to one photo's export, part by part, in CPU milliseconds of the
+    thread that does the work (best of ``repeats``; the sample images at their own sizes): the
+    gradient pass against the capture pass it replaces, and the overlays as the export's
+    producers draw and encode them (spatial, channel and the class map, in that order, each
+    result's producers made afresh)."""
+    from featviz.output.pipeline import RenderOptions, Visualizer
+    from featviz.output.resultfiles import result_files
+
+    def best(run: object) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.thread_time()
+            run()  # type: ignore[operator]
+            times.append(time.thread_time() - started)
+        return 1000 * min(times)
+
+    visualizer = Visualizer(model, "none", [layer], options=RenderOptions(cam=("gradcam",), target=(str(TARGET),)))
+    explainer = visualizer.explainers[visualizer.layers[0].path]
+    totals = dict.fromkeys(("capture pass", "gradient pass", "spatial_attention.png", "channel_attention.png",
+                            "cam overlay png"), 0.0)
+    for path in sorted((ROOT / "sample_images").glob("*.jpg")):
+        prepared = visualizer.prepare(path)
+        batch = prepared.tensor[None]
+        totals["capture pass"] += best(lambda batch=batch: visualizer._capture(batch))
+        totals["gradient pass"] += best(lambda batch=batch: explainer.explain(batch))
+        [[result]] = visualizer.forward([prepared])
+
+        def overlays(result: object = result) -> dict[str, float]:
+            spent = {}
+            for name, producer in result_files(result):  # type: ignore[arg-type]
+                if name.endswith("_attention.png") or name.startswith("cam/"):
+                    started = time.thread_time()
+                    producer()
+                    spent["cam overlay png" if name.startswith("cam/") else name] = time.thread_time() - started
+            return spent
+
+        runs = [overlays() for _ in range(repeats)]
+        for name in runs[0]:
+            totals[name] += 1000 * min(run[name] for run in runs)
+    print(f"parts over the 5 sample images, {model} {layer}, CPU ms (best of {repeats}): "
+          + ", ".join(f"{name} {value:.0f}" for name, value in totals.items()))
 
 
 def main() -> None:
@@ -177,6 +241,14 @@ def main() -> None:
                         help="Interleaved rounds, best kept [default: 3, --quick 2]")
     parser.add_argument("--methods", default="gradcam,scorecam", help="Which class maps to time (comma-separated)")
     parser.add_argument("--no-export", action="store_true", help="Skip the cost of --cam in an export")
+    parser.add_argument("--export-only", action="store_true", help="Only the cost of --cam in an export")
+    parser.add_argument("--export-model", default="resnet50", help="Model of the export part [default: resnet50]")
+    parser.add_argument("--export-layer", default="layer4", help="Layer of the export part [default: layer4]")
+    parser.add_argument("--export-photos", choices=["cut", "sample"], default="cut",
+                        help="cut: the benchmark's photos; sample: the five sample images at full size")
+    parser.add_argument("--export-rounds", type=int, default=None, help="Rounds of the export part [2, --quick 2]")
+    parser.add_argument("--export-parts", action="store_true",
+                        help="Only what --cam adds to one photo, part by part (CPU ms, the sample images)")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rounds = args.rounds or (2 if args.quick else 3)
@@ -184,10 +256,16 @@ def main() -> None:
     from featviz.output.pipeline import Visualizer
 
     torch.set_grad_enabled(True)
+    if args.export_parts:
+        export_parts(args.export_model, args.export_layer)
+        return
     count = 4 if args.quick else 32
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
         paths = photos(folder, count)
+        if args.export_only:
+            export_part(args, paths, folder)
+            return
         visualizer = Visualizer("resnet50", "none", ["layer4"])
         model = visualizer.loaded.module.eval()
         tensors = torch.stack([visualizer.prepare(p).tensor for p in paths])
@@ -220,13 +298,15 @@ def main() -> None:
                       f"{rates['torch-cam']:>10.2f}  {rates['featviz'] / faster:>21.2f}x")
         if args.no_export:
             return
-        rates = export_overhead(paths[: (2 if args.quick else 4)], folder, rounds=2 if args.quick else 4)
-        best = {name: max(values) for name, values in rates.items()}
-        median = {name: statistics.median(values) for name, values in rates.items()}
-        print(f"export layer4, images/s per round: without --cam {[round(r, 3) for r in rates['plain']]}, "
-              f"with --cam gradcam {[round(r, 3) for r in rates['cam']]}; extra time "
-              f"{100 * (best['plain'] / best['cam'] - 1):+.0f}% by the best round, "
-              f"{100 * (median['plain'] / median['cam'] - 1):+.0f}% by the median")
+        export_part(args, paths, folder)
+
+
+def export_part(args: argparse.Namespace, paths: list[Path], folder: Path) -> None:
+    chosen = (sorted((ROOT / "sample_images").glob("*.jpg")) if args.export_photos == "sample"
+              else paths[: (2 if args.quick else 4)])
+    rounds = args.export_rounds or (2 if args.quick else 4)
+    taken = export_overhead(chosen, folder, rounds, args.export_model, args.export_layer)
+    report_export(taken, args.export_model, args.export_layer, len(chosen))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class DrivenLayer:
         self.redirect = redirect
         self.output: torch.Tensor | None = None
         self._acts: torch.Tensor | None = None
+        self._calls = 0  # calls of the layer's module in the current pass
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[torch.nn.Parameter, bool]] = []
@@ -123,8 +124,9 @@ class DrivenLayer:
             self._stack = None
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        if self._acts is not None:  # a module called twice: its first output counts
-            return
+        self._calls += 1
+        if self._acts is not None or self._calls != ((self.layer.call if self.layer else None) or 1):
+            return  # a module that runs several times: only the picked call (``layer@K``, else the first)
         tensor = output if isinstance(output, torch.Tensor) else next(
             (v for v in (output if isinstance(output, (tuple, list)) else ()) if isinstance(v, torch.Tensor)), None)
         if tensor is None:
@@ -138,7 +140,7 @@ class DrivenLayer:
         """Forward ``images`` (float32 (N, 3, H, W), normalised, requiring grad); the layer's
         output (float (N, C, ...)) with its graph, or None without a layer. ``redirect``: this
         pass's redirected ReLU, overriding the constructor's (None: the constructor's)."""
-        self._acts, self.output = None, None
+        self._acts, self.output, self._calls = None, None, 0
         with ExitStack() as stack:
             if self.redirect if redirect is None else redirect:
                 stack.enter_context(_RedirectMode())

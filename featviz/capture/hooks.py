@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from featviz.capture.calls import CallCounter
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
 from featviz.capture.layouts import PLAIN, MapLayout, map_layout
@@ -70,6 +71,7 @@ class ActivationCapture:
         self.copy = copy
         self.activations: dict[str, torch.Tensor] = {}
         self.output: torch.Tensor | None = None  # the model's output, when the pass ran to the end
+        self._calls: dict[str, int] = {}  # layer path -> calls of its module so far in this pass
         self._stack: ExitStack | None = None
         self._training: list[tuple[nn.Module, bool]] = []
 
@@ -80,7 +82,7 @@ class ActivationCapture:
         if not is_script(self.model):
             try:
                 for ref in self.layers:
-                    handle = ref.module.register_forward_hook(self._make_hook(ref.path))
+                    handle = ref.module.register_forward_hook(self._make_hook(ref.path, ref.call or 1))
                     self._stack.callback(handle.remove)
                     if ref.path in self.inputs_of:  # before the module runs: it may change its input in place
                         handle = ref.module.register_forward_pre_hook(self._make_input_hook(ref.path))
@@ -96,9 +98,13 @@ class ActivationCapture:
         _release(self._stack, self._training)
         self._stack = None
 
-    def _make_hook(self, path: str) -> Any:
+    def _make_hook(self, path: str, call: int) -> Any:
+        """The hook that keeps the ``call``-th output (from 1) of the module as ``path``; a module
+        that runs several times is checked by :mod:`featviz.capture.calls` before (a layer named
+        without a call is its first)."""
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if path in self.activations:  # a module called twice: keep its first output
+            self._calls[path] = self._calls.get(path, 0) + 1
+            if self._calls[path] != call:  # another call of the module: never mixed in
                 return
             tensor = _as_tensor(output, path)
             if not self.keep_graph:
@@ -126,6 +132,7 @@ class ActivationCapture:
         keyed by layer path, in the order the layers were requested."""
         self.activations = {}
         self.output = None
+        self._calls = {}
         with torch.set_grad_enabled(self.keep_graph):
             if is_script(self.model):
                 self._run_stack(batch)
@@ -240,10 +247,13 @@ def describe_layers(
     """Rows for ``featviz layers``: index, path, type and output shape for ``example``, and the
     feature map each output is drawn as (:mod:`featviz.capture.layouts`): ``map_shape`` [C, H, W]
     (None: no feature map) and ``layout`` (``"tokens"``, ``"channels_last"``, ``"nchw"``, or None;
-    ``tokens``: prefix and grid, ``layout_error``: why featviz cannot tell).
+    ``tokens``: prefix and grid, ``layout_error``: why featviz cannot tell), and ``calls``: how
+    many times the module ran in the pass (2 for a ResNet block's ``relu``: pick one with
+    ``--layer PATH@K``; 0 when never reached; None for a TorchScript model, which takes no hooks).
 
     ``example``: float32 (1, 3, H, W) on the model's device. Shapes come from one forward pass
-    with hooks on every listed module; a module the forward pass never reaches has shape None.
+    with hooks on every listed module (the shape of a module's first call; its calls are
+    counted in the same pass); a module the forward pass never reaches has shape None.
     """
     stack = feature_stack(model)
     index_of = {path: i for i, (path, _) in enumerate(stack)}
@@ -251,7 +261,13 @@ def describe_layers(
         listed = [(name, module) for name, module in model.named_modules() if name]
     else:
         listed = stack
-    shapes = output_shapes(model, [LayerRef(p, index_of.get(p), m) for p, m in listed], example)
+    refs = [LayerRef(p, index_of.get(p), m) for p, m in listed]
+    counter = None
+    if is_script(model):
+        shapes = output_shapes(model, refs, example)
+    else:
+        with CallCounter(model) as counter:
+            shapes = output_shapes(model, refs, example)
     size = (int(example.shape[-2]), int(example.shape[-1]))
     rows = []
     for path, module in listed:
@@ -263,6 +279,7 @@ def describe_layers(
             "output_shape": shapes.get(path),
             "map_shape": None,
             "layout": None,
+            "calls": None if counter is None else counter.calls.get(path, 0),
         }
         if shapes.get(path) is not None:
             row.update(_map_facts(model, ref, shapes[path], size))
@@ -369,9 +386,13 @@ class GradientCapture:
             raise LayerError(f"layer {self.layer.path} produced {type(output).__name__}, not a tensor",
                              hint="class attention needs a layer whose output is one feature map")
         self._calls += 1
-        if self._calls > 1:  # never mix calls (featviz.capture.calls): a replacement would hit both
+        wanted = self.layer.call or 1
+        if self._calls > 1 and self.layer.call is None:  # never mix calls (featviz.capture.calls)
             raise LayerError(f"layer {self.layer.path} runs more than once in one forward pass",
-                             hint="choose a module that runs once, such as the block around it")
+                             hint=f"pick one call with --layer {self.layer.path}@K (K from 1), or choose a "
+                                  "module that runs once, such as the block around it")
+        if self._calls != wanted:  # another call of the module: it runs untouched
+            return None
         self.output_shape = tuple(output.shape)
         self.layout = map_layout(self.model, self.layer, self.output_shape, self._input_size)
         layout = self.layout or PLAIN
@@ -390,7 +411,10 @@ class GradientCapture:
         self._input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
         with torch.enable_grad() if self.with_grad else torch.no_grad():
             output = _as_tensor(self.model(batch), "output")
-        if self.activations is None and self.replace is None:
-            raise LayerError(f"layer {self.layer.path} was never run by the model's forward pass",
-                             hint="choose a module that the forward pass calls (see `featviz layers`)")
+        if self._calls < (self.layer.call or 1):
+            raise LayerError(f"layer {self.layer.path} was never run by the model's forward pass"
+                             if self._calls == 0 else
+                             f"layer {self.layer.path}: {self.layer.module_path} ran only {self._calls} "
+                             f"time(s) in this forward pass",
+                             hint="choose a module that the forward pass calls (see `featviz layers --all`)")
         return output

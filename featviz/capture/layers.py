@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,19 +19,41 @@ if TYPE_CHECKING:
     from torch import nn
 
 _INDEX = re.compile(r"^[+-]?\d+$")
+#: ``--layer layer1.0.relu@2``: the second call of a module that runs more than once in a pass.
+#: PyTorch forbids only "." and "" in a module's name, so a module may be *named* ``x@2`` (never
+#: in torchvision or timm, whose names are attributes and indices); :func:`resolve_layers`
+#: refuses a spec that names such a module and a call of another one.
+CALL_SUFFIX = re.compile(r"^(?P<base>.+)@(?P<call>[^@]*)$")
 
 
 @dataclass(frozen=True)
 class LayerRef:
-    """One module to capture: its dotted path, its feature-stack index (if any) and the module."""
+    """One module to capture: its dotted path, its feature-stack index (if any) and the module.
+
+    ``call``: which call of the module, counted from 1, when it runs more than once in one
+    forward pass and one was picked (``layer1.0.relu@2``); None: its only call. ``path`` is
+    then ``<module path>@<call>``, the name its results, folders and summaries carry, and
+    :attr:`module_path` is the module's own dotted path.
+    """
 
     path: str
     index: int | None
     module: nn.Module
+    call: int | None = None
 
     @property
     def type_name(self) -> str:
         return _type_name(self.module)
+
+    @property
+    def module_path(self) -> str:
+        """The module's dotted path, without the ``@K`` of a picked call."""
+        return self.path if self.call is None else self.path[: -len(f"@{self.call}")]
+
+
+def with_call(ref: LayerRef, call: int) -> LayerRef:
+    """``ref``'s module, its ``call``-th call (1-based): the path gets ``@call``."""
+    return LayerRef(f"{ref.module_path}@{call}", ref.index, ref.module, call)
 
 
 def is_script(module: Any) -> bool:
@@ -97,18 +119,24 @@ def split_specs(specs: Iterable[str | int]) -> list[str]:
 
 
 def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str = "the model",
-                   feature_maps: Collection[str] | None = None) -> list[LayerRef]:
+                   feature_maps: Collection[str] | None = None,
+                   calls: Mapping[str, int] | None = None) -> list[LayerRef]:
     """Turn layer specs (indices, negative indices, dotted paths, ``all``) into modules.
 
     ``feature_maps``: the feature-stack paths whose output is a feature map (N, C, H, W) larger
     than 1x1, when known (:func:`featviz.capture.hooks.feature_map_paths`). Then ``all`` means those
     layers (not ResNet's global pool or classifier), and a negative index counts back from the
     last of them (ResNet's -1 is layer4); non-negative indices always count the whole stack.
-    The result keeps the order given, without duplicates. Raises :class:`LayerError` with the
-    valid range or the closest module names.
+
+    A spec may end in ``@K`` (``layer1.0.relu@2``, ``3@2``): the K-th call (from 1) of a module
+    that runs more than once in one pass (:mod:`featviz.capture.calls` checks K against the
+    count). ``calls``: calls per module path in one pass, when counted
+    (:func:`featviz.capture.calls.count_calls`); then ``all`` lists each call of an entry that
+    runs more than once as a layer of its own (``name@1``, ``name@2``), since each call is a
+    different feature map. The result keeps the order given, without duplicates. Raises
+    :class:`LayerError` with the valid range or the closest module names.
     """
     stack = feature_stack(model)
-    index_of = {path: i for i, (path, _) in enumerate(stack)}
     parts = split_specs(specs)
     if not parts:
         raise LayerError("no layer was given", hint="pass --layer K, a module path, or all")
@@ -116,18 +144,52 @@ def resolve_layers(model: nn.Module, specs: Iterable[str | int], model_name: str
     refs: list[LayerRef] = []
     for part in parts:
         if part.lower() == "all":
-            refs.extend(LayerRef(p, i, m) for i, p, m in mapped)
-        elif _INDEX.match(part) and int(part) < 0 and feature_maps is not None:
-            refs.append(_from_end(stack, mapped, int(part), model_name))
-        elif _INDEX.match(part):
-            refs.append(_by_index(stack, int(part), model_name))
+            for i, p, m in mapped:
+                count = (calls or {}).get(p, 1)
+                ref = LayerRef(p, i, m)
+                refs.extend([ref] if count <= 1 else [with_call(ref, k) for k in range(1, count + 1)])
         else:
-            module = _by_path(model, part, model_name)
-            refs.append(LayerRef(part, index_of.get(part), module))
+            refs.append(_resolve_one(model, stack, mapped, part, model_name, feature_maps is not None))
     unique: dict[str, LayerRef] = {}
     for ref in refs:
         unique.setdefault(ref.path, ref)
     return list(unique.values())
+
+
+def _resolve_one(model: nn.Module, stack: Sequence[tuple[str, nn.Module]],
+                 mapped: Sequence[tuple[int, str, nn.Module]], part: str, model_name: str,
+                 from_maps: bool) -> LayerRef:
+    """One spec that is not ``all``: an index, a module path, either with ``@K``."""
+    suffix = CALL_SUFFIX.match(part)
+    names = _module_names(model)
+    if suffix is not None and part in names:  # a module really named "x@2"
+        if suffix["base"] in names or _INDEX.match(suffix["base"]):
+            raise LayerError(f"layer {part!r} is ambiguous: {model_name} has a module of that name, and "
+                             f"{part!r} also means call {suffix['call']} of {suffix['base']}",
+                             hint="rename the module (featviz reads @K after a layer as its K-th call)")
+        suffix = None
+    if suffix is None:
+        return _plain(model, stack, mapped, part, model_name, from_maps)
+    call = suffix["call"]
+    if not call.isdigit() or int(call) < 1:
+        raise LayerError(f"layer {part!r}: @ must be followed by a call number, counted from 1 ({call!r} is not one)",
+                         hint=f"e.g. --layer {suffix['base']}@2 for the second call of {suffix['base']}")
+    return with_call(_plain(model, stack, mapped, suffix["base"], model_name, from_maps), int(call))
+
+
+def _plain(model: nn.Module, stack: Sequence[tuple[str, nn.Module]], mapped: Sequence[tuple[int, str, nn.Module]],
+           part: str, model_name: str, from_maps: bool) -> LayerRef:
+    """An index or a module path, without a call."""
+    if _INDEX.match(part) and int(part) < 0 and from_maps:
+        return _from_end(stack, mapped, int(part), model_name)
+    if _INDEX.match(part):
+        return _by_index(stack, int(part), model_name)
+    index_of = {path: i for i, (path, _) in enumerate(stack)}
+    return LayerRef(part, index_of.get(part), _by_path(model, part, model_name))
+
+
+def _module_names(model: nn.Module) -> set[str]:
+    return {name for name, _ in model.named_modules() if name}
 
 
 def _from_end(stack: Sequence[tuple[str, nn.Module]], mapped: Sequence[tuple[int, str, nn.Module]], index: int,
@@ -181,23 +243,28 @@ _NOT_STAGES = ("BatchNorm", "GroupNorm", "LayerNorm", "ReLU", "SiLU", "GELU", "H
                "MaxPool", "AvgPool", "Identity", "Flatten", "Linear")
 
 
-def sweep_layers(model: nn.Module) -> list[str]:
+def sweep_layers(model: nn.Module, calls: Mapping[str, int] | None = None) -> list[str]:
     """Default stages of ``featviz sweep``, shallow to deep.
 
     A ``features`` stack with ReLUs and pools (AlexNet, VGG): the output after each of them.
     A timm model: its ``feature_info`` stages. Otherwise the feature-stack entries that do real
     work (convolutions and blocks, not norms, activations, pools or the classifier): ResNet gives
-    conv1, layer1 .. layer4.
+    conv1, layer1 .. layer4. ``calls`` (calls per module path in one pass, when counted): a stage
+    that runs more than once becomes one stage per call (``name@1``, ``name@2``), as in
+    :func:`resolve_layers`' ``all``.
     """
     stages = feature_info_stages(model)
-    if stages:  # the model says what its stages are
-        return [path for path, _ in stages]
     stack = feature_stack(model)
-    if stack and stack[0][0].startswith("features."):
-        breaks = [path for path, module in stack if _type_name(module) in _STAGE_BREAKS]
-        if breaks:
-            return breaks
-    return [path for path, module in stack if not any(word in _type_name(module) for word in _NOT_STAGES)]
+    if stages:  # the model says what its stages are
+        chosen = [path for path, _ in stages]
+    elif stack and stack[0][0].startswith("features.") and any(
+            _type_name(module) in _STAGE_BREAKS for _, module in stack):
+        chosen = [path for path, module in stack if _type_name(module) in _STAGE_BREAKS]
+    else:
+        chosen = [path for path, module in stack if not any(word in _type_name(module) for word in _NOT_STAGES)]
+    counts = calls or {}
+    return [name for path in chosen
+            for name in ([path] if counts.get(path, 1) <= 1 else [f"{path}@{k}" for k in range(1, counts[path] + 1)])]
 
 
 def _type_name(module: nn.Module) -> str:

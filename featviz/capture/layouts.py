@@ -124,7 +124,7 @@ def _declares_nhwc(model: nn.Module) -> bool:
 
 def _four_d(model: nn.Module, ref: LayerRef) -> MapLayout:
     """The layout of a 4-D output, from what the model and module say (see the module doc)."""
-    module, path = ref.module, ref.path
+    module, path = ref.module, ref.module_path
     own = _format(module)
     if own in ("NHWC", "NCHW"):
         return MapLayout(CHANNELS_LAST) if own == "NHWC" else PLAIN

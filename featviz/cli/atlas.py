@@ -38,7 +38,8 @@ from featviz.errors import UsageError
 @model_options
 @preprocess_options
 @click.option("--layer", "-l", "layers", multiple=True, default=("0",), show_default=True,
-              help="Feature-stack index, dotted module path or all; repeatable and comma-separated.")
+              help="Feature-stack index, dotted module path or all; PATH@K: the K-th call of a module that "
+                   "runs more than once; repeatable and comma-separated.")
 @click.option("--out", "-o", "out", default="featviz-atlas", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000), help="Images kept per channel.")

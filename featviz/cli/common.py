@@ -223,7 +223,8 @@ preprocess_options = in_section("Model",
 render_options = _compose(
     in_section("Layer",
         click.option("--layer", "-l", "layers", multiple=True,
-                     help="Feature-stack index (negative from the end), dotted module path, or all; repeatable and "
+                     help="Feature-stack index (negative from the end), dotted module path, or all; PATH@K: the "
+                          "K-th call of a module that runs more than once (layer1.0.relu@2); repeatable and "
                           "comma-separated [default: 0; with --cam, the last feature map before global pooling, "
                           "e.g. ResNet's layer4]."),
     ),

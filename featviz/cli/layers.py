@@ -36,7 +36,9 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
     """List the layers --layer can name: index, module path, type and output shape.
 
     Shapes are for the model's input size (its weights' crop, else 224). Pretrained weights are
-    not downloaded for this: only a state-dict file is loaded, to check that it fits.
+    not downloaded for this: only a state-dict file is loaded, to check that it fits. A module
+    that runs more than once in a pass (a ResNet block's relu) is marked [runs 2×]: name one of
+    its calls with --layer PATH@K (K from 1).
     """
     import torch
 
@@ -83,6 +85,8 @@ def layers(model: str, model_kwargs: dict[str, Any] | None, weights: str, weight
             shape += "  (layout unknown: not drawn)"
         mark = "".join(f"  [{kind} attention]" for kind in row["attention"] if kind != "channel")
         mark += "  [SE block]" if "channel" in row["attention"] else ""  # a learned channel gate
+        if (row.get("calls") or 0) > 1:  # one module object, several outputs: pick one with PATH@K
+            mark += f"  [runs {row['calls']}×]"
         click.echo(f"{index:>5}  {row['path']:<{width}}  {row['type']:<{type_width}}  {shape}{mark}")
     if kinds and not include_all:
         first = next(iter(kinds))

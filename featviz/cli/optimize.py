@@ -21,7 +21,8 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
               help="Seeds --weights none AND every random draw of the optimisation (same seed, same pixels).")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--layer", "-l", default=None,
-              help="Feature-stack index or dotted module path (not for --objective class).")
+              help="Feature-stack index or dotted module path, PATH@K for a module's K-th call (not for "
+                   "--objective class).")
 @click.option("--channels", default="0-15", show_default=True, help="Channels like 0-63,100.")
 @click.option("--objective", type=click.Choice(["channel", "neuron", "class"]), default="channel", show_default=True,
               help="channel: the channel's mean; neuron: its centre unit; class: a logit (--target).")

@@ -34,7 +34,8 @@ from featviz.errors import UsageError
 @model_options
 @preprocess_options
 @click.option("--layer", "-l", "layers", multiple=True,
-              help="Stages to show (indices or module paths, comma-separated) [default: after each ReLU/pool of "
+              help="Stages to show (indices or module paths, PATH@K for a module's K-th call; comma-separated) "
+                   "[default: after each ReLU/pool of "
                    "`features`, else the convolution blocks, e.g. ResNet's conv1, layer1..layer4].")
 @click.option("--spatial", type=click.Choice(["mean", "max", "meanmax"]), default=None,
               help="Spatial attention [default: mean].")

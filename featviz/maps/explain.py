@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -302,11 +302,16 @@ def find_cam_classifier(model: nn.Module, layer: LayerRef, example: torch.Tensor
 
 def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequence[str],
                      target_specs: Sequence[str], categories: Sequence[str] | None, example: torch.Tensor,
-                     cam_batch: int = DEFAULT_CAM_BATCH) -> dict[str, ClassExplainer]:
+                     cam_batch: int = DEFAULT_CAM_BATCH, calls: Mapping[str, int] | None = None,
+                     model_name: str = "the model") -> dict[str, ClassExplainer]:
     """One :class:`ClassExplainer` per layer, after every check that needs no photo: the
-    targets (names, ranges), ``cam``'s pooling + linear ending, ``eigencam``'s channels.
-    ``example``: float32 (1, 3, H, W), a stand-in photo (the caller's seeded noise). Raises
-    :class:`UsageError`."""
+    targets (names, ranges), ``cam``'s pooling + linear ending, ``eigencam``'s channels, and
+    the calls of each layer's module (:func:`featviz.capture.calls.check_single_call`: a module
+    that runs more than once needs a picked call, ``layer1.0.relu@2``, whose output alone is
+    differentiated or replaced). ``calls``: calls per module path in one pass of ``example``
+    when the caller counted them already (else counted here, one pass). ``example``: float32
+    (1, 3, H, W), a stand-in photo (the caller's seeded noise). Raises :class:`UsageError` or
+    :class:`~featviz.errors.LayerError`."""
     methods = [m.strip().lower() for m in methods]
     if is_script(model):
         raise UsageError("--cam needs gradients and hooks, which a TorchScript model does not offer",
@@ -319,9 +324,9 @@ def build_explainers(model: nn.Module, layers: Sequence[LayerRef], methods: Sequ
                          + "use " + ", ".join(formulas.METHODS))
     parse_targets(target_specs, categories)  # names and syntax, before the model runs
     explainers: dict[str, ClassExplainer] = {}
-    calls = count_calls(model, example)
+    counted = count_calls(model, example) if calls is None else calls
     for ref in layers:
-        check_single_call(calls, ref)  # a module that runs twice: refused, never mixed
+        check_single_call(counted, ref, model_name)  # a module that runs twice: its call picked, never mixed
         with GradientCapture(model, ref, with_grad=False) as recorder:
             logits = recorder.run(example)
         activations = recorder.activations

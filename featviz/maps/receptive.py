@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from featviz.capture.hooks import capture_with_graph
-from featviz.capture.layers import LayerRef
+from featviz.capture.layers import resolve_layers
 from featviz.capture.tokens import TokenLayout
 from featviz.errors import LayerError
 from featviz.models.preprocess import CropBox
@@ -140,8 +140,8 @@ def input_fields(surrogate: nn.Module, layer_path: str, input_size: tuple[int, i
 def _gradients(surrogate: nn.Module, layer_path: str, input_size: tuple[int, int],
                chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
     """d(sum over channels of unit (y, x)) / d input, one input per position: (N, 3, H, W), in
-    the surrogate's dtype."""
-    ref = LayerRef(layer_path, None, surrogate.get_submodule(layer_path))
+    the surrogate's dtype. ``layer_path`` may pick a call (``layer1.0.relu@2``): the field of that call's output."""
+    [ref] = resolve_layers(surrogate, [layer_path])
     first = next(iter(surrogate.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else torch.float32

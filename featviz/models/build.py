@@ -184,15 +184,15 @@ def _load_timm(spec: str, weights: str, seed: int, pretrained: bool,
 def _load_torchvision(name: str, weights: str, seed: int, pretrained: bool = True,
                       trust_pickle: bool = False, kwargs: Mapping[str, Any] | None = None) -> LoadedModel:
     def get_model(model_name: str, **options: Any) -> Any:
-        try:
-            return _get_model(model_name, **options, **(kwargs or {}))
+        try:  # the user's --model-kwargs win over featviz's own build arguments
+            return _get_model(model_name, **(options | dict(kwargs or {})))
         except TypeError as exc:
             raise UsageError(f"{model_name} rejects --model-kwargs: {exc}",
                              hint="pass only arguments of the model's constructor, as JSON") from exc
 
     name = _torchvision_name(name)
     if _is_none(weights):
-        module = seeded_build(lambda: get_model(name, weights=None), seed)
+        module = seeded_build(lambda: get_model(name, weights=None, **fresh_build_kwargs(name)), seed)
         # Class names still come from the default weights' metadata (no download needed).
         default = get_model_weights(name).DEFAULT
         categories = list(default.meta.get("categories") or []) or None
@@ -287,6 +287,17 @@ def pretrained_build_kwargs(name: str, weights: Any) -> dict[str, Any]:
     if name.startswith("vit_") and weights is not None:
         return {"image_size": int(weights.meta["min_size"][0])}
     return {}
+
+
+def fresh_build_kwargs(name: str) -> dict[str, Any]:
+    """What featviz passes when it builds ``name`` with random weights (``--weights none``).
+
+    GoogLeNet and Inception v3 take ``init_weights``; left at its default (None) torchvision
+    warns (FutureWarning: "The default weight initialization ... will be changed", scipy/scipy#11299)
+    and then initialises as if it were True. featviz passes ``init_weights=True``, exactly what
+    torchvision does today, so the model is the same and the warning is not raised at its cause.
+    A user's ``--model-kwargs '{"init_weights": false}'`` still wins."""
+    return {"init_weights": True} if name in AUX_HEADS else {}
 
 
 def _drop_aux_heads(name: str, module: Any, keep: bool) -> None:

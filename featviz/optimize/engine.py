@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional
 
+from featviz.capture.calls import check_single_call, count_calls
 from featviz.capture.drive import DrivenLayer
 from featviz.capture.hooks import capture
 from featviz.errors import LayerError, UsageError
@@ -127,6 +128,7 @@ def check_units(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[
         else:
             if layer is None:
                 raise UsageError(f"--objective {settings.objective} needs a layer", hint="pass --layer")
+            check_single_call(count_calls(model, blank), layer)  # a module that runs twice: its call picked
             acts = capture(model, [layer], blank)[layer.path]
             if acts.dim() != 4:
                 raise LayerError(f"layer {layer.path} has no channel maps: its output has shape {list(acts.shape)}",

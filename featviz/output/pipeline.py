@@ -340,8 +340,9 @@ def sweep_visualizer(model: str = "alexnet", weights: str | None = "DEFAULT",
     ``crop``, ``no_crop``."""
     loaded = load_model(model, weights, seed=seed, device=device, weights_file=weights_file, trust_pickle=trust_pickle,
                         model_kwargs=model_kwargs)
-    chosen = list(layers) if layers else sweep_layers(loaded.module)
-    return Visualizer(model, weights, chosen, options=options, loaded=loaded, **preprocess)
+    chosen = list(layers) if layers else None  # default: sweep_layers, each call of a repeated stage its own
+    return Visualizer(model, weights, chosen, options=options, loaded=loaded, default_layers=sweep_layers,
+                      **preprocess)
 
 
 _VISUALIZER_KEYS = {"seed", "device", "resize", "crop", "no_crop", "weights_file", "trust_pickle", "model_kwargs"}

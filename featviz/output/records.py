@@ -184,6 +184,7 @@ class ExportRecords:
                     self.report.errors.append(error)
             self._emit({
                 **name_fields(result.image_path or ""), "key": key, "layer": result.layer.path,
+                **({"call": result.layer.call} if result.layer.call is not None else {}),  # layer1.0.relu@2
                 "output": pending.directory.relative_to(self.out).as_posix(),
                 "status": "error" if error else "ok", "error": error,
                 "shape": list(result.activations.shape),
@@ -243,6 +244,7 @@ class ExportRecords:
             for ref, directory, summary in layers:
                 # the finished record again (the last line per key and layer wins): no stub
                 self._emit({**name_fields(image.path), "key": str(image.key), "layer": ref.path,
+                            **({"call": ref.call} if ref.call is not None else {}),
                             "output": directory.relative_to(self.out).as_posix(), "status": "skipped",
                             "error": None, "seconds": 0.0, **skipped_fields(summary)})
             if self.on_image_done:

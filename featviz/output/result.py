@@ -33,6 +33,7 @@ from featviz.output.notebook import grid_png, result_html, short_repr
 from featviz.output.options import RenderOptions
 from featviz.output.render import (
     NONFINITE_COLOUR,
+    OverlayBase,
     bar_chart,
     channel_tiles,
     colormap_lut,
@@ -205,13 +206,15 @@ class LayerResult:
         position = {c: i for i, c in enumerate(self.drawn_channels)}
         return self.tiles[[position[c] for c in self.grid_channels]]
 
-    def spatial_overlay(self) -> Image.Image:
+    def spatial_overlay(self, prepared: OverlayBase | None = None) -> Image.Image:
+        """``prepared``: the photo's :class:`~featviz.output.render.OverlayBase`, shared by the
+        overlays of one result (the same pixels, less work)."""
         return heat_overlay(self.photo, self.spatial, self.box, cmap=self.options.heat_cmap,
-                            alpha=self.options.alpha)
+                            alpha=self.options.alpha, prepared=prepared)
 
-    def channel_overlay(self) -> Image.Image:
+    def channel_overlay(self, prepared: OverlayBase | None = None) -> Image.Image:
         return heat_overlay(self.photo, self.channel_map, self.box, cmap=self.options.heat_cmap,
-                            alpha=self.options.alpha)
+                            alpha=self.options.alpha, prepared=prepared)
 
     def se_reweight(self) -> Image.Image:
         """Learned SE attention only: the grid of the block's input (left) beside its output
@@ -260,11 +263,11 @@ class LayerResult:
             raise UsageError("stn_grid needs stn=True and a model that calls affine_grid")
         return draw_sampling_grid(self.photo, self.stn_theta, self.box)
 
-    def cam_overlay(self, cam: CamMap) -> Image.Image:
+    def cam_overlay(self, cam: CamMap, prepared: OverlayBase | None = None) -> Image.Image:
         """``cam/<method>-<target>.png``: the class map, upsampled from the layer's H x W and
         min-max scaled, as a heat overlay on the original photo (like spatial_attention.png)."""
         return heat_overlay(self.photo, normalized_map(cam.map[None].float())[0], self.box,
-                            cmap=self.options.heat_cmap, alpha=self.options.alpha)
+                            cmap=self.options.heat_cmap, alpha=self.options.alpha, prepared=prepared)
 
     def cam_records(self) -> list[dict[str, Any]]:
         """The ``cams`` list of summary.json: one record per method and target (method, target
@@ -317,7 +320,10 @@ class LayerResult:
             "image_size": list(self.photo.size),
             "model": self.model_name,
             "weights": self.weights,
-            "layer": {"path": self.layer.path, "index": self.layer.index, "type": self.layer.type_name},
+            "layer": {"path": self.layer.path, "index": self.layer.index, "type": self.layer.type_name,
+                      # a picked call of a module that runs several times (layer1.0.relu@2)
+                      **({"call": self.layer.call, "module": self.layer.module_path}
+                         if self.layer.call is not None else {})},
             "input_size": list(self.input_size),
             "crop_box": self.box.as_list(),
             "activation_shape": list(self.activations.shape),

@@ -9,6 +9,7 @@ is a list of its own, shared by :meth:`~featviz.output.result.LayerResult.save` 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,9 +25,12 @@ from featviz.output.layout import (
     png_bytes,
     remove_stale_temporaries,
 )
+from featviz.output.render import OverlayBase
 from featviz.output.vitfiles import PCA_PNG, photo_files
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from featviz.maps.explain import CamMap
     from featviz.output.result import LayerResult
 
@@ -42,10 +46,11 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     """
     level = result.options.png_level
     tiles = result.tiles  # computed here, on the caller's thread, where the tensors live
+    base = SharedBase(result.photo)  # the dimmed photo, made once for the 2 + len(cams) overlays
     files: list[tuple[str, Producer]] = [
         ("grid.png", lambda: png_bytes(result.grid_pixels(), level)),
-        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(), level)),
-        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(), level)),
+        ("spatial_attention.png", lambda: png_bytes(result.spatial_overlay(base.get()), level)),
+        ("channel_attention.png", lambda: png_bytes(result.channel_overlay(base.get()), level)),
     ]
     for position, channel in enumerate(result.drawn_channels):
         files.append((f"channels/{channel:04d}.png", partial(png_bytes, tiles[position], level)))
@@ -59,7 +64,7 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("branch_weights.png", lambda: png_bytes(result.branch_picture(), level)))
         files.append(("branch_weights.csv", lambda: result.branch_csv().encode("utf-8")))
     for cam in result.cams:
-        files.append((f"cam/{cam.name}.png", partial(_cam_png, result, cam, level)))
+        files.append((f"cam/{cam.name}.png", partial(_cam_png, result, cam, level, base)))
     if result.heads is not None and result.heads_layout is not None:
         heads, layout, options = result.heads, result.heads_layout, result.options
         pictures = heads_pictures(result.photo, heads, result.box, result.input_size, layout,
@@ -90,9 +95,26 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
     return files
 
 
-def _cam_png(result: LayerResult, cam: CamMap, level: int) -> bytes:
+def _cam_png(result: LayerResult, cam: CamMap, level: int, base: SharedBase | None = None) -> bytes:
     """One class map's overlay as PNG bytes (run later, on an encoding thread)."""
-    return png_bytes(result.cam_overlay(cam), level)
+    return png_bytes(result.cam_overlay(cam, None if base is None else base.get()), level)
+
+
+class SharedBase:
+    """The :class:`~featviz.output.render.OverlayBase` of one photo, built by the first encoding
+    thread that needs it and then shared (a lock keeps it to one build); dropped with the
+    result's producers once its files are written."""
+
+    def __init__(self, photo: Image.Image) -> None:
+        self._photo = photo
+        self._base: OverlayBase | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> OverlayBase:
+        with self._lock:
+            if self._base is None:
+                self._base = OverlayBase(self._photo)
+            return self._base
 
 
 def write_result(result: LayerResult, directory: Path) -> list[Path]:

@@ -10,11 +10,12 @@ batch, the one-call API); its ``Visualizer`` inherits this start-up.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from featviz.capture.calls import check_calls, count_calls
 from featviz.capture.gates import CHANNEL_KINDS, SPATIAL_KINDS, find_gates, gate_for, probe_input
 from featviz.capture.gates import every_gate as all_gates
 from featviz.capture.hooks import feature_map_paths
@@ -29,6 +30,7 @@ from featviz.output.options import RenderOptions
 from featviz.output.tokenextras import check_pca_layers, needs_block, token_runner
 
 if TYPE_CHECKING:
+    from torch import nn
 
     from featviz.maps.tokenpcafit import RunBasis
     from featviz.models.build import LoadedModel
@@ -43,7 +45,8 @@ class VisualizerStartup:
                  *, seed: int = 0, device: str = "cpu", resize: int | None = None, crop: int | None = None,
                  no_crop: bool = False, options: RenderOptions | None = None,
                  loaded: LoadedModel | None = None, weights_file: str | os.PathLike[str] | None = None,
-                 trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None) -> None:
+                 trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None,
+                 default_layers: Callable[[nn.Module, Mapping[str, int]], list[str]] | None = None) -> None:
         self.options = (options or RenderOptions()).validate()
         self.loaded = loaded or load_model(model, weights, seed=seed, device=device, weights_file=weights_file,
                                            trust_pickle=trust_pickle, model_kwargs=model_kwargs)
@@ -53,6 +56,10 @@ class VisualizerStartup:
                 raise UsageError(f"{name} must be a positive number of pixels, got {value}",
                                  hint=f"e.g. {name} 224, or leave it out for the weights' own")
         vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
+        # calls per module in one pass: a module that runs twice is drawn only at a picked call (layer@K)
+        self.calls: dict[str, int] = self._count_calls()
+        if layers is None and default_layers is not None:  # sweep's stages, one per call of a repeated one
+            layers = default_layers(self.loaded.module, self.calls)
         # --vit-stats, --artifacts: every block measured once on seeded noise (a CNN fails here)
         self.token_runner = token_runner(self.loaded.module, self._example(), self.options, self.loaded.name)
         self.pca_bases: dict[str, RunBasis] = {}  # --pca-tokens: layer path -> the run's basis (fit_token_pca)
@@ -70,10 +77,11 @@ class VisualizerStartup:
             layers = [self.default_layer.path]
         layers = [0] if layers is None else list(layers)  # read more than once
         self.layers = resolve_layers(self.loaded.module, layers, model_name=self.loaded.name,
-                                     feature_maps=self._feature_maps(layers))
+                                     feature_maps=self._feature_maps(layers), calls=self.calls)
         self.gates: dict[str, tuple[Any, Any]] = {}  # layer path -> (channel gate, spatial gate), learned only
         if self.options.channel == "learned" or self.options.spatial == "learned":
             self._use_gates(every_gate="all" in [p.lower() for p in split_specs(layers)])
+        self._check_calls(bool(vit_methods))
         # --heads, rollout, relevance: blocks and capture checked first (a CNN layer is named as such)
         self.transformers: dict[str, Any] = (self._transformer_explainers(vit_methods)
                                              if self.options.heads or vit_methods else {})
@@ -92,7 +100,34 @@ class VisualizerStartup:
         """``--cam``: one :class:`featviz.maps.explain.ClassExplainer` per layer, every target and
         method checked on seeded noise before any photo is read."""
         return build_explainers(self.loaded.module, self.layers, methods, self.options.target,
-                                self.loaded.categories, self._example(), cam_batch=self.options.cam_batch)
+                                self.loaded.categories, self._example(), cam_batch=self.options.cam_batch,
+                                calls=self.calls or None, model_name=self.loaded.name)
+
+    def _count_calls(self) -> dict[str, int]:
+        """Calls per module path in one pass of the seeded stand-in input
+        (:func:`featviz.capture.calls.count_calls`), once per visualizer; empty for a TorchScript
+        model (no hooks) and for a model that cannot run at this size (:meth:`_check_layers`
+        then says so)."""
+        try:
+            return dict(count_calls(self.loaded.module, self._example()))
+        except (RuntimeError, AssertionError, ValueError):
+            return {}
+
+    def _check_calls(self, transformer_maps: bool) -> None:
+        """A layer whose module runs more than once needs a picked call (``layer1.0.relu@2``),
+        and a picked call must exist (:func:`featviz.capture.calls.check_calls`); learned gates and
+        transformer maps find their modules by path and take no call."""
+        picked = [ref for ref in self.layers if ref.call is not None]
+        options = self.options
+        if picked and (options.channel == "learned" or options.spatial == "learned" or options.heads
+                       or transformer_maps or needs_block(options)):
+            raise UsageError(f"layer {picked[0].path}: a picked call (@K) works with the activation views and the "
+                             "CAM family, not with learned gates, --heads, rollout, relevance or the token "
+                             "statistics (--vit-stats, --artifacts, --pca-tokens)",
+                             hint=f"name the module without @K, or the block around it: `featviz layers --model "
+                                  f"{self.loaded.name} --all` lists them")
+        if self.calls:
+            check_calls(self.calls, self.layers, self.loaded.name)
 
     def _transformer_explainers(self, methods: Sequence[str]) -> dict[str, Any]:
         """``--heads``, ``--cam rollout``/``relevance``: one
