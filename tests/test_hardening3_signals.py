@@ -143,7 +143,9 @@ def test_sigterm_during_atlas_writes_the_state_and_resume_continues(
             "--checkpoint-every", "100000"]
     forwards = Path(slow_env["FV_FORWARD_LOG"])
     forwards.unlink(missing_ok=True)
-    code, stderr = _terminate_after(argv, slow_env, forwards, 4, tmp_path)  # one pass is the shape probe
+    # a few passes come before the first photo (the start-up checks on a blank input, the call count, the
+    # layers' shapes): after 6, at least two photos have been folded
+    code, stderr = _terminate_after(argv, slow_env, forwards, 6, tmp_path)
     assert code == 143, stderr
     assert "stopped by SIGTERM" in stderr and "--resume" in stderr
     state = json.loads((out / "atlas-state.json").read_text(encoding="utf-8"))
