@@ -72,19 +72,21 @@ def _checked(attention: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
             hint="pass the softmax probabilities of one block, captured at the same input size as the layout",
         )
     if not attention.is_floating_point():
-        raise _NOT_FINITE
+        raise _not_finite()
     a = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))
     rows = a.sum(-1)  # (N, heads, T)
     if not bool(torch.isfinite(rows).all()) and not bool(torch.isfinite(a).all()):  # else: finite values overflowed
-        raise _NOT_FINITE
+        raise _not_finite()
     if a.numel() and (float(a.amin()) < 0 or float((rows - 1).abs().amax()) > _ROW_SUM_TOLERANCE):
         raise FeatvizError("the attention rows are not probabilities (negative values, or rows not summing to 1)",
                            hint="capture the attention after the softmax, not the logits")
     return a
 
 
-_NOT_FINITE = FeatvizError("the attention holds non-finite values or is not a float tensor",
-                           hint="capture the probabilities after the softmax, in float32")
+def _not_finite() -> FeatvizError:
+    """A fresh error each time (a raised exception keeps its traceback: never re-raise one instance)."""
+    return FeatvizError("the attention holds non-finite values or is not a float tensor",
+                        hint="capture the probabilities after the softmax, in float32")
 
 
 def patch_centres(layout: TokenLayout) -> torch.Tensor:
