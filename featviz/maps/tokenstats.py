@@ -101,18 +101,19 @@ def patch_centres(layout: TokenLayout) -> torch.Tensor:
 def patch_distances(layout: TokenLayout) -> torch.Tensor:
     """Euclidean distances between patch centres in input pixels, float64 (P, P), ≥ 0 (a fresh
     tensor: the caller may change it)."""
-    return _distances(layout.grid, layout.patch, torch.float64).clone()
+    return _distances(layout.grid, layout.patch, torch.float64, torch.device("cpu")).clone()
 
 
 @functools.lru_cache(maxsize=16)
-def _distances(grid: tuple[int, int], patch: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def _distances(grid: tuple[int, int], patch: tuple[int, int], dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
     """The (P, P) distance matrix of one grid and patch size, computed in float64 (the exact
     ``hypot`` of the centres' differences, not ``cdist``'s matrix-product shortcut) and cast to
-    ``dtype``; cached because every block of every photo of a run uses the same one. Never
-    handed out uncopied."""
+    ``dtype`` on ``device`` (the attention's); cached because every block of every photo of a run
+    uses the same one. Never handed out uncopied."""
     centres = patch_centres(TokenLayout(prefix=0, grid=grid, patch=patch))
     difference = centres[:, None, :] - centres[None, :, :]  # (P, P, 2)
-    return torch.hypot(difference[..., 0], difference[..., 1]).to(dtype)
+    return torch.hypot(difference[..., 0], difference[..., 1]).to(device=device, dtype=dtype)
 
 
 def _mean_distance(a: torch.Tensor, layout: TokenLayout, renormalise: bool) -> torch.Tensor:
@@ -120,7 +121,7 @@ def _mean_distance(a: torch.Tensor, layout: TokenLayout, renormalise: bool) -> t
     p = layout.prefix
     patches = a[:, :, p:, p:]  # (N, heads, P, P), a view
     # Σ_k a_qk ‖c_q − c_k‖ for every query q: one row-wise dot product with the cached distances
-    distances = _distances(layout.grid, layout.patch, a.dtype)  # (P, P)
+    distances = _distances(layout.grid, layout.patch, a.dtype, a.device)  # (P, P)
     weighted: torch.Tensor = torch.linalg.vecdot(patches, distances)  # (N, heads, P)
     if renormalise:
         mass = patches.sum(-1)
