@@ -15,6 +15,9 @@ capture + rollout  the same + ``rollout_row`` + ``patch_values`` (featviz ``--ca
 rollout alone      ``rollout_row`` + ``patch_values`` on attention captured beforehand (its own cost)
 statistics alone   ``attention_statistics`` (mean distance, entropy, prefix mass of every block and
                    head) on attention captured beforehand (its own cost)
+statistics (base)  with ``--statistics-baseline FILE``: the same, by another tokenstats.py (e.g. an
+                   older one: ``git show f281868:featviz/maps/tokenstats.py > /tmp/old.py``),
+                   timed in the same interleaved rounds, for a before/after ratio
 relevance          ``TransformerExplainer.explain`` with relevance for the top class: one forward
                    with capture and one backward (featviz ``--cam relevance``)
 grad-cam tokens    pytorch-grad-cam's ``GradCAM`` on ``blocks[-1].norm1`` with the usual token
@@ -44,7 +47,7 @@ def _inputs(paths: list[Path]) -> list[torch.Tensor]:
     return [preprocess(load_image(p))[None] for p in paths]
 
 
-def _variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], object]]:
+def _variants(model: torch.nn.Module, baseline: Path | None = None) -> dict[str, Callable[[torch.Tensor], object]]:
     from featviz.capture.selfattention import attention_blocks, self_attention
     from featviz.capture.tokens import token_layout
     from featviz.maps.targets import Target
@@ -97,6 +100,22 @@ def _variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], obje
     variants = {"fused forward": fused, "unfused forward": unfused, "capture": capture,
                 "capture + rollout": capture_rollout, "rollout alone": rollout_alone,
                 "statistics alone": statistics_alone, "relevance": relevance}
+    if baseline is not None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("tokenstats_baseline", baseline)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+
+        def statistics_baseline(x: torch.Tensor) -> object:
+            key = x.data_ptr()
+            if key not in kept:
+                kept[key] = self_attention(model, x).attentions
+            return module.attention_statistics(kept[key], layout)
+
+        variants["statistics (base)"] = statistics_baseline
     try:
         from pytorch_grad_cam import GradCAM
     except ImportError:
@@ -119,7 +138,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
     inputs = _inputs(bench.paths)
-    variants = _variants(model)
+    variants = _variants(model, args.statistics_baseline)
     for function in variants.values():  # warm-up
         function(inputs[0])
     best = {name: float("inf") for name in variants}
@@ -144,6 +163,10 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
           f"end to end: {100 * (best['capture + rollout'] / best['capture'] - 1):+.1f} %)")
     both = best["rollout alone"] + best["statistics alone"]
     print(f"rollout + statistics add {100 * both / best['capture']:.1f} % to capture (both alone / capture)")
+    if "statistics (base)" in best:
+        print(f"statistics: {best['statistics (base)'] / best['statistics alone']:.1f}x faster than the baseline "
+              f"({100 * best['statistics (base)'] / best['capture']:.1f} % -> "
+              f"{100 * best['statistics alone'] / best['capture']:.1f} % of capture)")
     if "grad-cam tokens" in best:
         print(f"relevance: {best['grad-cam tokens'] / best['relevance']:.2f}x pytorch-grad-cam's token Grad-CAM "
               "(photos per second)")
@@ -151,7 +174,8 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--statistics-baseline", type=Path, default=None, metavar="FILE",
+                        help="another tokenstats.py to time beside featviz's, in the same rounds")
 
 
 if __name__ == "__main__":

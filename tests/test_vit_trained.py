@@ -6,7 +6,8 @@ Unlike tests/test_vit_example.py (test-local capture and rollout), every map her
 ``--cam-score``), the code the CLI runs; the random map is scored by the same
 :func:`featviz.maps.camscore.score_cams`. The numbers the assertions hold were measured with
 docs/make_vit_row.py (table in docs/vit-attention.md): on the 60 held-out photos of seed 123
-the heads' mean and rollout peak inside the disc's box in 60 of 60, relevance in 51 of 60.
+the heads' mean peaks inside the disc's box in 59 of 60, rollout and relevance in 60 of 60
+(weights of 2026-12-03; the earlier weights: 60, 60 and 51 of 60).
 """
 
 from __future__ import annotations
@@ -84,27 +85,67 @@ def hits(held_out) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("method", ["heads mean", "rollout"])
-def test_heads_mean_and_rollout_peak_inside_the_disc_in_90_percent(hits: dict[str, int], method: str) -> None:
+@pytest.mark.parametrize("method", ["heads mean", "rollout", "relevance"])
+def test_heads_mean_rollout_and_relevance_peak_inside_the_disc_in_90_percent(hits: dict[str, int],
+                                                                             method: str) -> None:
+    """The issue's target. Relevance reached it once the example was trained with more clutter
+    (examples/vit_shapes.py: 0-48 dots per training photo, 800 steps); with the earlier weights
+    it peaked inside the box in 51 of 60, its misses on clutter dots."""
     assert hits[method] >= 0.9 * HELD_OUT, f"{method} peaked inside the disc's box in {hits[method]} of {HELD_OUT}"
 
 
-def test_relevance_peaks_inside_the_disc_in_most_photos(hits: dict[str, int]) -> None:
-    """Measured 51 of 60 (85 %; 177 of 200 = 88.5 % on 200 photos): its misses peak on a clutter
-    dot of the class's colour. The issue's 90 % is held by the strict xfail below."""
-    assert hits["relevance"] >= 0.8 * HELD_OUT, f"relevance peaked inside the box in {hits['relevance']} of {HELD_OUT}"
+def _chefer_relevance(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chefer, Gur & Wolf's rule written out on a hand-written forward of timm's blocks (no
+    featviz, no hooks): A_b = softmax(q kᵀ / √d) of every block b, y the predicted class's logit,
+    R = I, R ← R + mean_h((∂y/∂A_b ⊙ A_b)⁺)·R from block 0 to the LAST block (the paper's choice;
+    the Visualizer's layer ``blocks.3`` is the last block); the class token's row over the
+    patches. Returns the maps float32 (N, 8, 8), the predicted classes (N,) and the logits (N, 3)."""
+    tokens = model.patch_embed(x)
+    tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), tokens], 1) + model.pos_embed
+    attentions = []
+    for block in model.blocks:
+        h = block.norm1(tokens)
+        n, t, d = h.shape
+        heads = block.attn.num_heads
+        q, k, v = block.attn.qkv(h).reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+        attentions.append(a)
+        tokens = tokens + block.attn.proj((a @ v).transpose(1, 2).reshape(n, t, d))
+        tokens = tokens + block.mlp(block.norm2(tokens))
+    logits = model.head(model.norm(tokens)[:, 0])
+    predicted = logits.argmax(1)
+    gradients = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), attentions)
+    r = torch.eye(t).expand(n, t, t)
+    for a, g in zip(attentions, gradients, strict=True):
+        r = r + (g * a).clamp(min=0).mean(1) @ r
+    return r[:, 0, 1:].detach().reshape(n, 8, 8), predicted, logits.detach()
 
 
-@pytest.mark.xfail(strict=True, reason="measured 51 of 60 (85 %): relevance misses the issue's 90 % on this example")
-def test_relevance_peaks_inside_the_disc_in_90_percent(hits: dict[str, int]) -> None:
-    assert hits["relevance"] >= 0.9 * HELD_OUT
+def test_relevance_on_the_trained_example_equals_the_rule_written_out(held_out) -> None:
+    """featviz's relevance (Visualizer, ``--cam relevance`` at ``blocks.3``) on the trained weights
+    equals Chefer et al.'s rule computed independently: so where it misses the disc, the miss is
+    the network's, not featviz's."""
+    vis = _visualizer()
+    photos = held_out[:12]
+    results = [per[0] for per in vis.forward([vis.prepare(Image.fromarray(p)) for p, _, _ in photos])]
+    model = vis.loaded.module
+    assert all(block.attn.fused_attn for block in model.blocks)  # featviz restored timm's flag
+    shapes = _shapes()
+    x = torch.stack([shapes.to_tensor(p) for p, _, _ in photos])
+    expected, predicted, logits = _chefer_relevance(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-5)  # the forward written out is timm's
+    for result, want, cls in zip(results, expected, predicted, strict=True):
+        relevance = next(cam for cam in result.cams if cam.method == "relevance")
+        assert relevance.target == int(cls)
+        torch.testing.assert_close(relevance.map, want, rtol=1e-4, atol=1e-6)
 
 
 def test_learned_maps_beat_a_random_map_at_deletion_through_cam_score(held_out) -> None:
     """--cam-score (the Visualizer scores rollout and relevance itself) against a random map at
     the patch grid scored by the same function, for the same predicted class: mean deletion AUC,
-    lower is better. Measured on 60 photos, 16 steps: heads mean 0.203, rollout 0.285,
-    relevance 0.297, random 0.771."""
+    lower is better. Measured on 60 photos, 16 steps: heads mean 0.265, rollout 0.345,
+    relevance 0.177, random 0.758."""
     vis = _visualizer(cam_score=True, cam_score_steps=8)
     prepared = [vis.prepare(Image.fromarray(p), key=f"p{i}") for i, (p, _, _) in enumerate(held_out[:SCORED])]
     results = [per[0] for per in vis.forward(prepared)]
