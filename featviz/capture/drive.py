@@ -23,7 +23,8 @@ import torch
 from torch.nn import functional
 from torch.overrides import TorchFunctionMode
 
-from featviz.capture.layers import LayerRef, is_script
+from featviz.capture.frozen import frozen
+from featviz.capture.layers import LayerRef
 from featviz.errors import LayerError
 
 if TYPE_CHECKING:
@@ -90,38 +91,23 @@ class DrivenLayer:
         self._acts: torch.Tensor | None = None
         self._calls = 0  # calls of the layer's module in the current pass
         self._stack: ExitStack | None = None
-        self._training: list[tuple[nn.Module, bool]] = []
-        self._flags: list[tuple[torch.nn.Parameter, bool]] = []
 
     def __enter__(self) -> DrivenLayer:
-        if is_script(self.model):
-            raise LayerError("optimising an image needs Python hooks, which a TorchScript model does not take",
-                             hint="load the model as a torchvision name or a package.module:factory")
-        self._training = [(m, m.training) for m in self.model.modules()]
-        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
         self._stack = ExitStack()
         try:
-            self.model.eval()
-            for parameter, _ in self._flags:
-                parameter.requires_grad_(False)
+            self._stack.enter_context(frozen(self.model, "optimising an image"))
             if self.layer is not None:
                 handle = self.layer.module.register_forward_hook(self._hook)
-                self._stack.callback(handle.remove)
+                self._stack.callback(handle.remove)  # removed before the model is given back
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._stack is not None:
-                self._stack.close()
-        finally:
-            for module, flag in self._training:
-                module.train(flag)
-            for parameter, flag in self._flags:
-                parameter.requires_grad_(flag)
-            self._stack = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self._calls += 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from featviz.capture.calls import CallCounter
+from featviz.capture.frozen import frozen
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
 from featviz.capture.layouts import PLAIN, MapLayout, map_layout
@@ -351,35 +352,23 @@ class GradientCapture:
         self.output_shape: tuple[int, ...] | None = None  # the layer's own output shape
         self._input_size: tuple[int, int] = (0, 0)
         self._stack: ExitStack | None = None
-        self._training: list[tuple[nn.Module, bool]] = []
-        self._flags: list[tuple[Any, bool]] = []
         self._calls = 0  # calls of the layer in the current pass
 
     def __enter__(self) -> GradientCapture:
-        if is_script(self.model):
-            raise LayerError("class attention needs Python hooks, which a TorchScript model does not take",
-                             hint="load the model as a torchvision name or a package.module:factory")
-        self._training = [(m, m.training) for m in self.model.modules()]
-        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
         self._stack = ExitStack()
         try:
-            self.model.eval()
-            for parameter, _ in self._flags:
-                parameter.requires_grad_(False)
+            self._stack.enter_context(frozen(self.model, "class attention"))
             handle = self.layer.module.register_forward_hook(self._hook)
-            self._stack.callback(handle.remove)
+            self._stack.callback(handle.remove)  # removed before the model is given back
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
-            _release(self._stack, self._training)
-        finally:
-            for parameter, flag in self._flags:
-                parameter.requires_grad_(flag)
-            self._stack = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
         if not isinstance(output, torch.Tensor):
