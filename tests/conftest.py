@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,17 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest
     yield write
     for name in written:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test module (its module-scoped fixtures too), the count restored
+    after: the tiny models of the optimisation and trained-example tests only lose time to threads
+    on a busy machine (measured 10-20x slower with two threads on the shared 2-core machine). Use
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

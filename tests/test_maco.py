@@ -21,19 +21,13 @@ from featviz.optimize.maco import MACO_LR, MACOImage
 from featviz.optimize.spectrum import default_spectrum, load_spectrum, resample
 from tinymodels import TinyFeatures
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
+
 ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Lucid's colour matrix, restated (lucid/optvis/param/color.py): RGB = M_norm @ decorrelated
 LUCID_SVD_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 LUCID_NORMALIZED = LUCID_SVD_SQRT / np.max(np.linalg.norm(LUCID_SVD_SQRT, axis=0))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def smooth_photo(seed: int, height: int, width: int) -> np.ndarray:

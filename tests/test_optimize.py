@@ -28,16 +28,10 @@ from featviz.optimize.param import (
 )
 from tinymodels import TinyFeatures
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions only lose time to threads on a busy machine (measured 20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # Lucid's definitions, restated from lucid/optvis/param/color.py and spatial.py (numpy)
 LUCID_SVD_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)

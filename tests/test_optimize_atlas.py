@@ -16,15 +16,9 @@ import tinymodels
 from featviz.cli.main import main
 from featviz.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
+
 TINY = ["--model", "tinymodels:tiny_features", "--weights", "none"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_optimised_images_join_the_atlas_with_r(tmp_path: Path) -> None:

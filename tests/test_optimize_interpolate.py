@@ -15,16 +15,10 @@ from PIL import Image
 import tinymodels
 from featviz.cli.main import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY = ["optimize", "--model", "tinymodels:tiny_features", "--weights", "none", "--layer", "features.3", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def spatial_means(frames: np.ndarray) -> torch.Tensor:

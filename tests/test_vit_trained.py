@@ -13,7 +13,6 @@ the heads' mean peaks inside the disc's box in 59 of 60, rollout and relevance i
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +25,8 @@ from featviz.maps.camscore import score_cams
 from featviz.maps.explain import CamBatch, CamMap
 from featviz.output.options import RenderOptions
 from featviz.output.pipeline import Visualizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "vit_shapes.py"
@@ -40,15 +41,6 @@ def _shapes() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: on the shared 2-core machine a loaded two-thread run was ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +41,7 @@ from featviz.output.options import RenderOptions
 from featviz.output.pipeline import Visualizer
 from vitmodels import timm_reference, tiny_timm_vit, torchvision_reference
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: on the shared 2-core machine a loaded two-thread run was ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
