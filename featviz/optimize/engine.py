@@ -206,6 +206,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
     unit_t = torch.tensor(unit_list, device=device)
     mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    shift, gain_t = -mean_t / std_t, 1 / std_t  # (x - mean) / std as one addcmul per step
     sign = -1.0 if settings.negative else 1.0
     mix_t = None if mix is None else mix.float().repeat_interleave(k, dim=0).to(device)
     every = max(1, settings.steps // max(1, settings.checkpoints))
@@ -218,7 +219,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
             rgb = image()
             seen = ((transforms.jitter_only if settings.jitter_only else transforms.standard)(rgb, generator)
                     if settings.transforms else rgb)
-            acts = driven.run((seen - mean_t) / std_t, redirect=settings.redirect and step <= REDIRECT_STEPS)
+            acts = driven.run(torch.addcmul(shift, seen, gain_t), redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))
             gain = sign * values
