@@ -12,8 +12,8 @@ piece's cost:
 1. floor: a leaf tensor of the step's size -> forward to the layer -> backward of the objective;
 2. floor + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass; the
    engine turns it on for the first 16 steps only, as Lucid does);
-3. floor + transforms and normalisation (a leaf RGB image at --size -> pad, jitter, scale,
-   rotate, jitter -> (x - mean) / std -> 1.);
+3. floor + transforms and normalisation (a leaf RGB image at --size -> pad with jitter, then
+   scale, rotation and the last jitter as one resampling -> (x - mean) / std -> 1.);
 4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step): the
    engine's whole step after step 16.
 
@@ -62,6 +62,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     units = torch.arange(channels)
     rows = torch.arange(channels)
     mean_t, std_t = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    shift, gain = -mean_t / std_t, 1 / std_t  # the engine's normalisation: one addcmul
     sizes = transformed_sizes(channels, size, steps)
 
     def objective(acts: torch.Tensor | None) -> torch.Tensor:
@@ -85,7 +86,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
-                objective(driven.run((transforms.standard(rgb, generator) - mean_t) / std_t)).backward()
+                objective(driven.run(torch.addcmul(shift, transforms.standard(rgb, generator), gain))).backward()
             return time.perf_counter() - start, time.process_time() - cpu
 
     def engine_step() -> tuple[float, float]:
@@ -97,7 +98,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
             for _ in sizes:
                 seen = transforms.standard(image(), generator)
                 optimiser.zero_grad(set_to_none=True)
-                objective(driven.run((seen - mean_t) / std_t)).backward()
+                objective(driven.run(torch.addcmul(shift, seen, gain))).backward()
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 

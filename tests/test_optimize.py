@@ -243,7 +243,7 @@ def test_jitter_only_is_a_crop_of_4_pixels_less_at_the_generators_offset() -> No
 
 
 @pytest.mark.parametrize(("choice", "flags"), [("standard", (True, False)), ("jitter", (True, True)),
-                                               ("none", (False, False))])
+                                               ("none", (False, False)), ("auto", (True, True))])
 def test_the_cli_transforms_choice_reaches_the_engine(tmp_path: Path, choice: str, flags: tuple[bool, bool]) -> None:
     result = invoke(tmp_path, "--layer", "features.3", "--channels", "0", "--steps", "2", "--size", "16",
                     "--transforms", choice)
@@ -321,3 +321,10 @@ def test_the_standard_transforms_are_lucids_chain_with_one_interpolation_less() 
         assert (ours - expected)[untouched].abs().max() < 0.005, seed
         assert (ours - expected).abs().max() < 0.03, seed
     assert 0 < exact < 40  # both cases were drawn
+
+
+def test_the_default_transforms_are_jitter_below_128_px_and_lucids_from_128_on() -> None:
+    assert [OptimizeSettings(size=s).uses_jitter_only() for s in (16, 64, 127, 128, 224)] == [True] * 3 + [False] * 2
+    assert not OptimizeSettings(size=64, jitter_only=False).uses_jitter_only()
+    assert OptimizeSettings(size=224, jitter_only=True).as_json()["jitter_only"] is True
+    assert OptimizeSettings(size=64).as_json()["jitter_only"] is True  # the JSON records the set that ran
