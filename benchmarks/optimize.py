@@ -23,6 +23,7 @@ rounds is reported.
     python benchmarks/optimize.py            # AlexNet features.3 (weights none), 64 channels, 224 px, 128 steps
     python benchmarks/optimize.py --quick    # 16 channels, 64 px, 8 steps
     python benchmarks/optimize.py --quick --profile   # + torch.profiler's top operators of the engine's step
+    python benchmarks/optimize.py --quick --threads 1 # one torch thread (steadier on a shared machine)
 """
 
 from __future__ import annotations
@@ -116,13 +117,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
     parser.add_argument("--size", type=int, default=None, help="Override the image side.")
     parser.add_argument("--channels", type=int, default=None, help="Override the number of channels.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a shared machine 1 is steadier: with 2, a "
+                             "descheduled thread leaves the other waiting, and wall and CPU times swing by 9x.")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
     steps, size, channels = args.steps or steps, args.size or size, args.channels or channels
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
     ref = resolve_layers(model, ["features.3"])[0]
-    settings = OptimizeSettings(steps=steps, size=size)
+    settings = OptimizeSettings(steps=steps, size=size, jitter_only=False)  # Lucid's set at any size, as the ladder
     optimize(model, ref, [0], OptimizeSettings(steps=2, size=size), MEAN, STD)  # warm-up
 
     start = time.perf_counter()
