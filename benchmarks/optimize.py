@@ -12,8 +12,8 @@ piece's cost:
 1. floor: a leaf tensor of the step's size -> forward to the layer -> backward of the objective;
 2. floor + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass; the
    engine turns it on for the first 16 steps only, as Lucid does);
-3. floor + transforms and normalisation (a leaf RGB image at --size -> pad, jitter, scale,
-   rotate, jitter -> (x - mean) / std -> 1.);
+3. floor + transforms and normalisation (a leaf RGB image at --size -> pad with jitter, then
+   scale, rotation and the last jitter as one resampling -> (x - mean) / std -> 1.);
 4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step): the
    engine's whole step after step 16.
 
@@ -23,6 +23,7 @@ rounds is reported.
     python benchmarks/optimize.py            # AlexNet features.3 (weights none), 64 channels, 224 px, 128 steps
     python benchmarks/optimize.py --quick    # 16 channels, 64 px, 8 steps
     python benchmarks/optimize.py --quick --profile   # + torch.profiler's top operators of the engine's step
+    python benchmarks/optimize.py --quick --threads 1 # one torch thread (steadier on a shared machine)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     units = torch.arange(channels)
     rows = torch.arange(channels)
     mean_t, std_t = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    shift, gain = -mean_t / std_t, 1 / std_t  # the engine's normalisation: one addcmul
     sizes = transformed_sizes(channels, size, steps)
 
     def objective(acts: torch.Tensor | None) -> torch.Tensor:
@@ -85,7 +87,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
-                objective(driven.run((transforms.standard(rgb, generator) - mean_t) / std_t)).backward()
+                objective(driven.run(torch.addcmul(shift, transforms.standard(rgb, generator), gain))).backward()
             return time.perf_counter() - start, time.process_time() - cpu
 
     def engine_step() -> tuple[float, float]:
@@ -97,7 +99,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
             for _ in sizes:
                 seen = transforms.standard(image(), generator)
                 optimiser.zero_grad(set_to_none=True)
-                objective(driven.run((seen - mean_t) / std_t)).backward()
+                objective(driven.run(torch.addcmul(shift, seen, gain))).backward()
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 
@@ -115,13 +117,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
     parser.add_argument("--size", type=int, default=None, help="Override the image side.")
     parser.add_argument("--channels", type=int, default=None, help="Override the number of channels.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a shared machine 1 is steadier: with 2, a "
+                             "descheduled thread leaves the other waiting, and wall and CPU times swing by 9x.")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
     steps, size, channels = args.steps or steps, args.size or size, args.channels or channels
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
     ref = resolve_layers(model, ["features.3"])[0]
-    settings = OptimizeSettings(steps=steps, size=size)
+    settings = OptimizeSettings(steps=steps, size=size, jitter_only=False)  # Lucid's set at any size, as the ladder
     optimize(model, ref, [0], OptimizeSettings(steps=2, size=size), MEAN, STD)  # warm-up
 
     start = time.perf_counter()

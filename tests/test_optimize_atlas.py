@@ -31,7 +31,10 @@ def test_optimised_images_join_the_atlas_with_r(tmp_path: Path) -> None:
     made = CliRunner().invoke(main, ["atlas", str(folder), *TINY, "--resize", "32", "--crop", "32", "--layer", "3",
                                      "--top", "2", "--out", str(out), "--quiet"], catch_exceptions=False)
     assert made.exit_code == 0, made.output
+    # Lucid's set, as when this test was written: with the 32 px default (jitter only) and 5 steps
+    # the tiny random model's r is about 0.035, where the PNG's 1/255 rounding moves it by 5.5 %
     result = CliRunner().invoke(main, ["optimize", *TINY, "--layer", "features.3", "--channels", "0-2", "--steps", "5",
+                                       "--transforms", "standard",
                                        "--size", "32", "--atlas", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     document = json.loads((out / "features.3" / "atlas.json").read_text())

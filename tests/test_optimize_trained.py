@@ -1,10 +1,13 @@
-"""featviz optimize on a network that learned something (issue 19): on the trained
-``examples/cbam_shapes`` network, each channel of ``conv2`` reaches with its optimised image at
-least the best mean activation over 300 held-out synthetic photos, and each channel's own image
-is the best of the set for that channel (the issue asks 90 %): with Lucid's standard transforms
-24 of 32 channels at 64 steps (the test holds 70 %); with ``--transforms jitter`` (no pad, no
-resampling: the standard set is sized for ~224 px) 31 of 32 (the test holds 90 %). See
-docs/optimize.md, "Own image, best image"."""
+"""featviz optimize on a network that learned something (issue 19), the issue's check at the
+issue's size: on the trained ``examples/cbam_shapes`` network (its photos and input are 64 px),
+each live channel of ``conv2`` reaches with its optimised image at least the best mean
+activation over 300 held-out synthetic photos, and each channel's own image is the best of the
+set for that channel, both for at least 90 % of the live channels, with the DEFAULT settings
+(at 64 px: ``--transforms auto``, i.e. jitter only) except the steps: 64 instead of 512, so that
+it takes a few seconds on one thread. Measured (seeds 0, 1, 2): 32 of 32 reach the best photo;
+own image best 29, 29, 29 of 32 at 64 steps. Lucid's standard transforms at 64 px: 23, 22, 21 at
+64 steps (24, 23, 20 with featviz's one resampling), 29, 27, 29 at 512: this test fails with them.
+See docs/optimize.md, "Own image, best image"."""
 
 from __future__ import annotations
 
@@ -23,36 +26,37 @@ from featviz.optimize.engine import OptimizeSettings, activation_of, optimize
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "cbam_shapes.py"
 WEIGHTS = ROOT / "examples" / "cbam_shapes.safetensors"
+SIZE = 64  # the example's photos and the model's input (examples/cbam_shapes.py: SIDE)
 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[torch.nn.Module, LayerRef, tuple[float, ...], tuple[float, ...], torch.Tensor]:
     """The trained model, conv2, its normalisation and the best spatial mean of each channel over
-    300 held-out synthetic photos (float32 (32,))."""
+    300 held-out synthetic 64 px photos (float32 (32,))."""
     spec = importlib.util.spec_from_file_location("cbam_shapes_for_optimize", SCRIPT)
     shapes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shapes)
+    assert shapes.SIDE == SIZE
     loaded = load_model(f"{SCRIPT}:build", str(WEIGHTS))
     model, pre = loaded.module, loaded.preprocess
     ref = resolve_layers(model, ["conv2"])[0]
     rng = np.random.default_rng(2024)  # not the training seed
-    photos = torch.stack([torch.from_numpy(shapes.photo(rng, 32, 32)[0]).permute(2, 0, 1).float() / 255
+    photos = torch.stack([torch.from_numpy(shapes.photo(rng, SIZE, SIZE)[0]).permute(2, 0, 1).float() / 255
                           for _ in range(300)])
     best_photo = activation_of(model, ref, photos, pre.mean, pre.std).max(dim=0).values  # (32,)
     return model, ref, tuple(pre.mean), tuple(pre.std), best_photo
 
 
-@pytest.mark.parametrize(("jitter_only", "own_share"), [(False, 0.7), (True, 0.9)])
-def test_optimised_images_beat_the_best_photo_for_nearly_every_live_channel(trained, jitter_only: bool,
-                                                                            own_share: float) -> None:
+def test_optimised_images_beat_the_best_photo_and_are_their_channels_best_at_64_px(trained) -> None:
     model, ref, mean, std, best_photo = trained
     live = best_photo > 0
+    settings = OptimizeSettings(steps=64, size=SIZE)  # the defaults but the steps
+    assert settings.uses_jitter_only()  # the default at 64 px
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        result = optimize(model, ref, list(range(32)), OptimizeSettings(steps=64, size=32, jitter_only=jitter_only),
-                          mean, std)
+        result = optimize(model, ref, list(range(32)), settings, mean, std)
         seconds = time.perf_counter() - start
         acts = activation_of(model, ref, result.images, mean, std)  # (images, channels)
     finally:
@@ -65,5 +69,4 @@ def test_optimised_images_beat_the_best_photo_for_nearly_every_live_channel(trai
     # the channels are 1x1-conv colour detectors: several share an optimum (a saturated colour), so
     # "best of the set" allows ties within 5 % of the set's best for that channel
     own_best = int(((own >= 0.95 * acts.max(dim=0).values) & live).sum())
-    # measured: 24 of 32 (standard), 31 of 32 (jitter; channel 23 is the one: image 29 excites it more)
-    assert own_best >= own_share * int(live.sum()), (own_best, int(live.sum()), seconds)
+    assert own_best >= 0.9 * int(live.sum()), (own_best, int(live.sum()), seconds)  # measured: 29 of 32

