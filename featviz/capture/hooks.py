@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from featviz.capture.calls import CallCounter
-from featviz.capture.frozen import frozen
+from featviz.capture.frozen import frozen, restore_modes
 from featviz.capture.gatetrace import GateRecorder, first_tensor
 from featviz.capture.layers import LayerRef, feature_stack, is_script
 from featviz.capture.layouts import PLAIN, MapLayout, map_layout
@@ -45,8 +45,7 @@ def _release(stack: ExitStack | None, training: list[tuple[nn.Module, bool]]) ->
         if stack is not None:
             stack.close()
     finally:
-        for module, flag in training:
-            module.train(flag)
+        restore_modes(training)
 
 
 class ActivationCapture:
