@@ -5,8 +5,9 @@ Class-attention passes (:class:`featviz.capture.hooks.GradientCapture`), the att
 the input) and the optimiser's passes (:class:`featviz.capture.drive.DrivenLayer`) differentiate
 with respect to something other than the weights (a layer's output, the input image), so the
 parameters' ``requires_grad`` flags are turned off (no weight gradients are computed or kept)
-and dropout and batch-norm statistics are frozen by ``eval()``. The user's model must come back exactly as it was, also when
-the pass raised: every module's train/eval flag and every parameter's flag are restored.
+and dropout and batch-norm statistics are frozen by ``eval()``. The user's model must come back
+exactly as it was, also when the pass raised: every module's train/eval flag and every
+parameter's flag are restored.
 """
 
 from __future__ import annotations
