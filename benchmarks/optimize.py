@@ -12,10 +12,11 @@ piece's cost:
 1. floor: a leaf tensor of the step's size -> forward to the layer -> backward of the objective;
 2. floor + redirected ReLU (Lucid's gradient, a TorchFunctionMode during the forward pass; the
    engine turns it on for the first 16 steps only, as Lucid does);
-3. floor + transforms and normalisation (a leaf RGB image at --size -> pad with jitter, then
-   scale, rotation and the last jitter as one resampling -> (x - mean) / std -> 1.);
-4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step): the
-   engine's whole step after step 16.
+3. floor + transforms and normalisation (a leaf RGB image at --size -> Lucid's pad, jitter,
+   scale, rotation and last jitter as one resampling of the unpadded image, the grey pad's share
+   added in the normalisation, (x - mean) / std -> 1.);
+4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step, fused
+   where torch has it): the engine's whole step after step 16.
 
 Rungs run in interleaved rounds (the machine is shared) and the median per-step time of the
 rounds is reported.
@@ -24,6 +25,7 @@ rounds is reported.
     python benchmarks/optimize.py --quick    # 16 channels, 64 px, 8 steps
     python benchmarks/optimize.py --quick --profile   # + torch.profiler's top operators of the engine's step
     python benchmarks/optimize.py --quick --threads 1 # one torch thread (steadier on a shared machine)
+    python benchmarks/optimize.py --quick --glibc-default  # without the CLI's glibc thresholds (cli/heap.py)
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import torchvision
 
 from featviz.capture.drive import DrivenLayer
 from featviz.capture.layers import LayerRef, resolve_layers
+from featviz.cli.heap import keep_freed_memory
 from featviz.optimize import transforms
-from featviz.optimize.engine import OptimizeSettings, optimize
+from featviz.optimize.engine import OptimizeSettings, adam, optimize
 from featviz.optimize.param import FFTImage
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -66,6 +69,10 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     shift, gain = -mean_t / std_t, 1 / std_t  # the engine's normalisation: one addcmul
     sizes = transformed_sizes(channels, size, steps)
 
+    def normalised(seen: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+        """The engine's normalisation, with the transforms' grey fill folded in."""
+        return torch.addcmul(shift if fill is None else torch.addcmul(shift, fill, gain), seen, gain)
+
     def objective(acts: torch.Tensor | None) -> torch.Tensor:
         assert acts is not None
         return -acts[rows, units].flatten(1).mean(dim=1).sum()
@@ -87,19 +94,19 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
-                objective(driven.run(torch.addcmul(shift, transforms.standard(rgb, generator), gain))).backward()
+                objective(driven.run(normalised(*transforms.standard_parts(rgb, generator)))).backward()
             return time.perf_counter() - start, time.process_time() - cpu
 
     def engine_step() -> tuple[float, float]:
         generator = torch.Generator().manual_seed(0)
         image = FFTImage(channels, size, generator)
-        optimiser = torch.optim.Adam(image.parameters(), lr=0.05)
+        optimiser = adam(list(image.parameters()), 0.05)
         with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for _ in sizes:
-                seen = transforms.standard(image(), generator)
+                parts = transforms.standard_parts(image(), generator)
                 optimiser.zero_grad(set_to_none=True)
-                objective(driven.run(torch.addcmul(shift, seen, gain))).backward()
+                objective(driven.run(normalised(*parts))).backward()
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 
@@ -120,7 +127,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's). On a shared machine 1 is steadier: with 2, a "
                              "descheduled thread leaves the other waiting, and wall and CPU times swing by 9x.")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="Leave glibc's mmap/trim thresholds as they are (the CLI raises them: cli/heap.py).")
     args = parser.parse_args()
+    kept = False if args.glibc_default else keep_freed_memory()  # as `featviz optimize` does, before any tensor
     if args.threads:
         torch.set_num_threads(args.threads)
     channels, size, steps = (16, 64, 8) if args.quick else (64, 224, 128)
@@ -158,6 +168,7 @@ def main() -> None:
     sizes = transformed_sizes(channels, size, steps)
     print(json.dumps({
         "channels": channels, "size": size, "steps": steps, "threads": torch.get_num_threads(),
+        "freed_memory_kept": kept,
         "transformed_side_mean": round(statistics.mean(h for h, _ in sizes), 1),
         "batched_s": round(batched, 2), "batched_step_ms": round(1000 * batched / steps, 1),
         "per_channel_loop_s": None if looped is None else round(looped, 2),

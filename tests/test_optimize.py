@@ -322,3 +322,74 @@ def test_the_default_transforms_are_jitter_below_128_px_and_lucids_from_128_on()
     assert not OptimizeSettings(size=64, jitter_only=False).uses_jitter_only()
     assert OptimizeSettings(size=224, jitter_only=True).as_json()["jitter_only"] is True
     assert OptimizeSettings(size=64).as_json()["jitter_only"] is True  # the JSON records the set that ran
+
+
+def padded_resampling(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """standard()'s geometry on an explicitly padded batch (grey pad, then one resampling of the
+    padded image, Lucid's fill outside it): the form the engine used before the pad was folded
+    into the normalisation, restated with torch's own pad."""
+    from torch.nn import functional
+
+    from featviz.optimize import transforms
+
+    dy, dx = torch.randint(8, (2,), generator=generator).tolist()
+    x = functional.pad(images, [12 - dx, 4 + dx, 12 - dy, 4 + dy], value=0.5)
+    factor = transforms.SCALES[int(torch.randint(11, (1,), generator=generator))]
+    degrees = transforms.ANGLES[int(torch.randint(len(transforms.ANGLES), (1,), generator=generator))]
+    ey, ex = torch.randint(4, (2,), generator=generator).tolist()
+    rows, cols = round(x.shape[2] * factor), round(x.shape[3] * factor)
+    crop = (ey, ey + rows - 4, ex, ex + cols - 4)
+    if (rows, cols) == tuple(x.shape[2:]) and degrees == 0:
+        return x[:, :, crop[0]:crop[1], crop[2]:crop[3]]
+    grid = transforms.scaled_rotation_grid(rows, cols, degrees, crop, x.dtype, x.device)
+    return functional.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), padding_mode="zeros" if degrees else "border",
+                                  align_corners=False)
+
+
+def test_the_pad_folded_into_a_fill_gives_the_padded_images_pixels() -> None:
+    """standard_parts never builds the padded batch: its photo share plus its grey fill equal the
+    padded image resampled, for every drawn scale and angle, on a non-square batch (measured
+    worst 1.1e-5: the grid's coordinates rounded in another order)."""
+    from featviz.optimize import transforms
+
+    images = torch.rand(2, 3, 37, 45, generator=torch.Generator().manual_seed(3))
+    fills = 0
+    for seed in range(60):
+        sampled, fill = transforms.standard_parts(images, torch.Generator().manual_seed(seed))
+        expected = padded_resampling(images, torch.Generator().manual_seed(seed))
+        assert sampled.shape == expected.shape
+        if fill is not None:
+            assert fill.shape == (1, 1, *expected.shape[2:])
+            fills += 1
+        torch.testing.assert_close(sampled if fill is None else sampled + fill, expected, atol=3e-5, rtol=0)
+    assert 0 < fills < 60  # both the resampled and the plain-crop case were drawn
+
+
+def test_adam_is_fused_where_torch_has_it_and_plain_where_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused kernel takes the same steps as torch's plain Adam (to float rounding); a torch
+    that refuses fused=True for the device (older than 2.4 on the CPU) gets the plain one."""
+    from featviz.optimize.engine import adam
+
+    start = torch.randn(4, 3, 8, 5, 2, generator=torch.Generator().manual_seed(1))
+    results = []
+    for make in (lambda p: adam([p], 0.05), lambda p: torch.optim.Adam([p], lr=0.05)):
+        parameter = torch.nn.Parameter(start.clone())
+        optimiser = make(parameter)
+        for step in range(5):
+            optimiser.zero_grad()
+            ((parameter - step) ** 2 * torch.linspace(0.1, 3, 2)).sum().backward()
+            optimiser.step()
+        results.append(parameter.detach())
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-5)
+    assert not torch.equal(results[0], start)
+
+    plain = torch.optim.Adam
+
+    def refusing(params: list[torch.nn.Parameter], lr: float, fused: bool | None = None) -> torch.optim.Adam:
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be CUDA tensors")
+        return plain(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", refusing)
+    chosen = adam([torch.nn.Parameter(torch.zeros(2))], 0.1)
+    assert isinstance(chosen, plain) and not chosen.defaults.get("fused")

@@ -32,7 +32,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
                 {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"write"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals"}, {"common"},
+    ("cli", [{"progress", "viewer", "signals", "heap"}, {"common"},
              {"atlas", "optimize", "batch", "sweep", "layers", "spectrum", "tokenoptions"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]

@@ -24,6 +24,7 @@ from featviz.cli.common import (
     report_found,
     reports_errors,
 )
+from featviz.cli.heap import keep_freed_memory
 from featviz.errors import UsageError
 
 
@@ -109,6 +110,7 @@ def atlas(inputs: tuple[str, ...], recursive: bool, shard: str | None, merge: bo
                          hint="leave --optimize out here and add it to the --merge command that combines the shards")
     if params["optimize"]:  # what needs no model, before the merged state is written
         check_optimize_options(params["optimize_channels"], **_optimize_settings(params))
+        keep_freed_memory()  # before the model's first allocation
 
     picture_errors: list[str] = []
 

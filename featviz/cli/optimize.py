@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from featviz.cli.common import EXIT_CODES, progress_enabled, reports_errors
+from featviz.cli.heap import keep_freed_memory
 
 
 @click.command(epilog=EXIT_CODES)
@@ -67,6 +68,7 @@ def optimize(**params: Any) -> None:
     from featviz.optimize.api import extra_settings, layer_name, prepare, run_prepared
     from featviz.optimize.export import write_optimized
 
+    keep_freed_memory()  # before the model's first allocation
     if params["interpolate"] is not None:
         _interpolate(params)
         return

@@ -116,32 +116,6 @@ def _distances(grid: tuple[int, int], patch: tuple[int, int], dtype: torch.dtype
     return torch.hypot(difference[..., 0], difference[..., 1]).to(device=device, dtype=dtype)
 
 
-def _mean_distance(a: torch.Tensor, layout: TokenLayout, renormalise: bool) -> torch.Tensor:
-    """a: checked float32/64 (N, heads, T, T) -> float64 (N, heads)."""
-    p = layout.prefix
-    patches = a[:, :, p:, p:]  # (N, heads, P, P), a view
-    # Σ_k a_qk ‖c_q − c_k‖ for every query q: one row-wise dot product with the cached distances
-    distances = _distances(layout.grid, layout.patch, a.dtype, a.device)  # (P, P)
-    weighted: torch.Tensor = torch.linalg.vecdot(patches, distances)  # (N, heads, P)
-    if renormalise:
-        mass = patches.sum(-1)
-        weighted = torch.where(mass > 0, weighted / torch.where(mass > 0, mass, 1), 0)
-    return weighted.mean(-1, dtype=torch.float64)
-
-
-def _entropy(a: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """a: checked float32/64 (N, heads, T, T) -> float64 (N, heads). 0·ln 0 = 0: a zero
-    probability is clamped to the dtype's smallest normal number before the log, 0·ln(tiny) = 0."""
-    rows = a[:, :, layout.prefix:, :]  # (N, heads, P, T), a view
-    terms = rows * rows.clamp_min(torch.finfo(a.dtype).tiny).log()
-    return -terms.sum(-1).mean(-1, dtype=torch.float64)
-
-
-def _prefix_mass(a: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """a: checked float32/64 (N, heads, T, T) -> float64 (N, heads)."""
-    return a[:, :, layout.prefix:, :layout.prefix].sum(-1).mean(-1, dtype=torch.float64)
-
-
 def mean_attention_distance(attention: torch.Tensor, layout: TokenLayout, renormalise: bool = True) -> torch.Tensor:
     """Mean attention distance in pixels per photo and head, float64 (N, heads), in [0, diagonal].
 
@@ -149,17 +123,17 @@ def mean_attention_distance(attention: torch.Tensor, layout: TokenLayout, renorm
     module docstring); a patch query that puts no mass at all on patches counts 0 when
     ``renormalise`` (it looks at no place in the image).
     """
-    return _mean_distance(_checked(attention, layout), layout, renormalise)
+    return _block_statistics(attention, layout, renormalise)[0]
 
 
 def attention_entropy(attention: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """Mean entropy (nats) of the patch queries' attention rows, float64 (N, heads), in [0, ln T]."""
-    return _entropy(_checked(attention, layout), layout)
+    return _block_statistics(attention, layout, renormalise=False)[1]
 
 
 def prefix_mass(attention: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """Mean attention of patch queries on prefix keys, float64 (N, heads), in [0, 1]."""
-    return _prefix_mass(_checked(attention, layout), layout)
+    return _block_statistics(attention, layout, renormalise=False)[2]
 
 
 @dataclass(frozen=True)
@@ -190,13 +164,33 @@ def attention_statistics(attentions: Sequence[torch.Tensor], layout: TokenLayout
     if len(shapes) != 1:
         raise FeatvizError(f"the blocks' attention differ in batch size or heads: {sorted(shapes)}",
                            hint="capture every block from the same forward pass")
-    checked = [_checked(a, layout) for a in attentions]  # each block checked once, not once per statistic
-    return AttentionStatistics(
-        mean_distance_px=torch.stack([_mean_distance(a, layout, renormalise) for a in checked], 1),
-        entropy_nats=torch.stack([_entropy(a, layout) for a in checked], 1),
-        prefix_mass=torch.stack([_prefix_mass(a, layout) for a in checked], 1),
-        layout=layout,
-    )
+    per_block = [_block_statistics(a, layout, renormalise) for a in attentions]
+    distance, entropy, mass = (torch.stack(values, 1) for values in zip(*per_block, strict=True))
+    return AttentionStatistics(mean_distance_px=distance, entropy_nats=entropy, prefix_mass=mass, layout=layout)
+
+
+def _block_statistics(attention: torch.Tensor, layout: TokenLayout,
+                      renormalise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block's mean distance, entropy and prefix mass, float64 (N, heads) each, by the
+    module doc's formulas, in few passes over the (N, heads, T, T) attention (they run on every
+    block of every photo). The distances: one row-wise dot product with the cached (P, P)
+    matrix; a patch query with no mass on patches counts 0 when ``renormalise``. The entropy's
+    logarithm is taken in place on one clamped copy and met with the probabilities by a row-wise
+    dot product (no product tensor, no separate sum). Five passes instead of nine: 25.5 -> X ms
+    for DeiT-small's 12 blocks, one photo, one thread (benchmarks/vit.py)."""
+    a = _checked(attention, layout)
+    p = layout.prefix
+    queries = a[:, :, p:, :]  # (N, heads, P, T): the patch queries' rows, a view
+    prefix_rows = queries[..., :p].sum(-1)  # (N, heads, P): mass on prefix keys (small: p columns)
+    logs = queries.clamp_min(torch.finfo(a.dtype).tiny)  # 0·ln 0 = 0: 0 · ln(tiny) = 0
+    logs.log_()
+    entropy = -torch.linalg.vecdot(queries, logs).mean(-1, dtype=torch.float64)
+    weighted: torch.Tensor = torch.linalg.vecdot(queries[..., p:], _distances(layout.grid, layout.patch, a.dtype,
+                                                                               a.device))  # (N, heads, P)
+    if renormalise:
+        patch_mass = queries[..., p:].sum(-1)  # not row sum - prefix mass: that cancels when registers hold it
+        weighted = torch.where(patch_mass > 0, weighted / torch.where(patch_mass > 0, patch_mass, 1), 0)
+    return weighted.mean(-1, dtype=torch.float64), entropy, prefix_rows.mean(-1, dtype=torch.float64)
 
 
 @dataclass

@@ -102,7 +102,7 @@ class MACOImage(torch.nn.Module):
         return recorrelate(standardise(self.decorrelated()), self.color)
 
     def forward(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits())
+        return recorrelate(standardise(self.decorrelated()), self.color, squash=True)
 
 
 def spectrum_of(path: str | None) -> Spectrum:
