@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,16 @@ def _read(path: Path) -> dict[str, Any] | None:
     return document
 
 
-def run_average(out: Path, model: str, weights: str) -> dict[str, Any] | None:
+def run_average(out: Path, model: str, weights: str, folders: Iterable[Path] | None = None) -> dict[str, Any] | None:
     """The mean statistics over the done photos of ``out`` made with ``model`` and ``weights``,
     JSON-ready (the per-photo format, ``photos`` = how many, ``left_out`` = photos with a
-    statistics file that did not fit the run), or None when no photo has statistics."""
+    statistics file that did not fit the run), or None when no photo has statistics.
+
+    ``folders``: the photo folders to average instead of the manifest's done photos (``featviz
+    sweep`` writes no manifest: the photos it swept)."""
     documents = []
     left_out: Counter[str] = Counter()
-    for folder in done_photo_folders(out).values():
+    for folder in done_photo_folders(out).values() if folders is None else folders:
         document = _read(folder / STATISTICS_JSON)
         if document is None:
             continue
@@ -100,10 +104,12 @@ def run_average(out: Path, model: str, weights: str) -> dict[str, Any] | None:
     }
 
 
-def write_run_average(out: Path, model: str, weights: str, level: int = 1) -> list[Path]:
+def write_run_average(out: Path, model: str, weights: str, level: int = 1,
+                      folders: Iterable[Path] | None = None) -> list[Path]:
     """Write ``OUT/attention_statistics.json`` and ``OUT/attention_statistics.png`` (the chart of
-    the means); nothing when no done photo has statistics. Returns the paths written."""
-    average = run_average(out, model, weights)
+    the means); nothing when no done photo has statistics. Returns the paths written.
+    ``folders``: as :func:`run_average` takes them."""
+    average = run_average(out, model, weights, folders)
     if average is None:
         return []
     chart = statistics_chart({name: average[name] for name in STATISTICS},
