@@ -112,3 +112,35 @@ def test_artifacts_png_outlines_each_blocks_own_patches_on_a_shrunk_photo() -> N
         outline = outlined((256, 384), patches, left=64, top=0, step=64)
         assert (panel[outline] == [255, 0, 255]).all(), f"block {b}"
         assert (np.abs(panel[~outline] - 128) <= 1).all(), f"block {b}"  # the rest is the (resampled) grey photo
+
+
+TINY_TORCHVISION = '''
+import torch
+import torchvision
+
+
+def build():
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=5).eval()
+'''
+
+
+def test_default_stages_colour_only_the_token_layers(held_out: Path, tmp_path: Path) -> None:  # noqa: F811
+    """torchvision's ViT: sweep's default stages start with the patch convolution conv_proj, a
+    feature map; --pca-tokens colours the two encoder layers and leaves conv_proj uncoloured. Named
+    with --layer, conv_proj is refused as in show."""
+    factory = tmp_path / "tinytv.py"
+    factory.write_text(TINY_TORCHVISION)
+    photo = held_out / "photo0.png"
+    args = ["--model", f"{factory}:build", "--weights", "none", "--resize", "32", "--crop", "32", "--pca-tokens"]
+    result = invoke(["sweep", photo, *args, "--out", tmp_path / "out", "--json"])
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(result.stdout)["results"]
+    assert [stage["layer"] for stage in record["stages"]] == [
+        "conv_proj", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert record["files"] == [str(tmp_path / "out" / "photo0" / name) for name in (
+        "sweep.png", "encoder.layers.encoder_layer_0/pca.png", "encoder.layers.encoder_layer_1/pca.png")]
+    named = invoke(["sweep", photo, *args, "--layer", "conv_proj,encoder.layers.encoder_layer_0",
+                    "--out", tmp_path / "named"])
+    assert named.exit_code == 2 and "layer conv_proj of" in named.stderr and "no token layer" in named.stderr
