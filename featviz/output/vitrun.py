@@ -6,7 +6,8 @@ files of every photo the manifest lists as done** (its last line per photo says 
 not from what this process happened to see. That keeps the average right when a run is resumed
 (``--skip-existing``: the skipped photos count, read back) and over shards writing into one OUT
 (``--shard I/N``: each shard recomputes it at its end over everything finished by then, so the
-shard that finishes last writes the average of the whole collection).
+shard that finishes last writes the average of the whole collection). ``featviz sweep`` writes
+no manifest: it names the folders of the photos it swept instead.
 
 The average is the plain mean over photos of each (block, head) value, taken from the per-photo
 files (rounded to 6 decimals there, so the mean agrees with unrounded maths to about 1e-6).
