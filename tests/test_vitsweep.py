@@ -144,3 +144,28 @@ def test_default_stages_colour_only_the_token_layers(held_out: Path, tmp_path: P
     named = invoke(["sweep", photo, *args, "--layer", "conv_proj,encoder.layers.encoder_layer_0",
                     "--out", tmp_path / "named"])
     assert named.exit_code == 2 and "layer conv_proj of" in named.stderr and "no token layer" in named.stderr
+
+
+def test_a_full_disk_stops_the_sweep_with_whole_files_only(held_out: Path, tmp_path: Path,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from featviz.output import layout
+
+    real, room = os.write, [3000]  # sweep.png (a few kB) does not fit: the first file fails
+
+    def filling(fd: int, data: bytes) -> int:
+        if room[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real(fd, memoryview(data)[:room[0]])
+        room[0] -= written
+        return written
+
+    monkeypatch.setattr(layout.os, "write", filling)
+    out = tmp_path / "out"
+    result = invoke(["sweep", held_out / "photo0.png", *EXAMPLE, "--artifacts", "--out", out])
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot write into {out / 'photo0'} (No space left on device)" in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []  # no partial file, no temporary
