@@ -27,13 +27,13 @@ STACK: list[tuple[str, list[set[str]]]] = [
                                             "tokenstats", "artifacts", "tokenpca"}, {"explain", "tokenpcafit"},
               {"camscore", "vitexplain", "tokenrun"}]),
     ("output", [{"png"}, {"layout"}, {"render", "tokencharts"}, {"notebook", "heads"}, {"vitfiles"},
-                {"options", "resultfiles"}, {"result", "tokenextras"},
+                {"options", "resultfiles"}, {"result", "tokenextras", "sweepfiles"},
                 {"estimate", "settings", "resume", "startup", "vitrun"}, {"pipeline"}, {"reportdata"}, {"report"},
                 {"records"}, {"export"}]),
     ("optimize", [{"param", "transforms"}, {"spectrum"}, {"maco"}, {"engine"}, {"export"}, {"api"}]),
     ("atlas", [{"schema"}, {"accumulator"}, {"pictures", "page"}, {"write"}, {"export"}, {"optimized"}]),
-    ("cli", [{"progress", "viewer", "signals", "heap"}, {"common"},
-             {"atlas", "optimize", "batch", "sweep", "layers", "spectrum", "tokenoptions"}, {"main"}]),
+    ("cli", [{"progress", "viewer", "signals", "heap"}, {"common"}, {"tokenoptions"},
+             {"atlas", "optimize", "batch", "sweep", "layers", "spectrum"}, {"main"}]),
     ("__main__", [{"__main__"}]),
 ]
 

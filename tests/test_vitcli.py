@@ -271,7 +271,7 @@ def test_export_writes_each_photo_and_the_run_mean_of_the_reference_statistics(
         for name in STATS:
             np.testing.assert_allclose(document[name], [e[name][i] for e in expected], atol=2e-5)
         artifacts = json.loads((out / photo.stem / "artifacts.json").read_text())
-        assert artifacts["k"] == 3.0 and artifacts["drawn_block"] == "blocks.3"
+        assert artifacts["k"] == 3.0 and artifacts["drawn_blocks"] == [f"blocks.{b}" for b in range(4)]
         for b, block in enumerate(artifacts["blocks"]):
             norms = np.sqrt((outputs[b][i, 1:] ** 2).sum(-1))
             threshold = np.median(norms) + 3 * 1.482602218505602 * np.median(np.abs(norms - np.median(norms)))
@@ -344,7 +344,35 @@ def test_foreground_blacks_out_the_patches_at_or_below_the_threshold(held_out: P
     assert (masked[kept] == plain[kept]).all() and not masked[~kept].any()
 
 
-def test_artifact_outlines_are_crop_exact_on_a_wide_photo(held_out: Path, tmp_path: Path) -> None:
+def artifact_panels(drawn: np.ndarray, blocks: int, panel: tuple[int, int]) -> list[np.ndarray]:
+    """The panels of an ``artifacts.png``, cut out by the layout it documents: ceil(sqrt(blocks))
+    panels to a row, 8-px gaps, a 24-px title band on top, 36 px of caption under each row."""
+    width, height = panel
+    per_row = math.ceil(math.sqrt(blocks))
+    rows = math.ceil(blocks / per_row)
+    assert drawn.shape[:2] == (24 + rows * (height + 36 + 8) + 8, per_row * (width + 8) + 8)
+    panels = []
+    for b in range(blocks):
+        x, y = 8 + (b % per_row) * (width + 8), 24 + 8 + (b // per_row) * (height + 36 + 8)
+        panels.append(drawn[y:y + height, x:x + width])
+    return panels
+
+
+def outlined(shape: tuple[int, int], flagged: list[dict], left: int, top: int, step: int) -> np.ndarray:
+    """bool (H, W): the one-pixel outline of each flagged patch, patch (r, c) covering the square of
+    side ``step`` at (left + step·c, top + step·r)."""
+    outline = np.zeros(shape, dtype=bool)
+    for patch in flagged:
+        x0, y0 = left + step * patch["col"], top + step * patch["row"]
+        box = np.zeros_like(outline)
+        box[y0:y0 + step, x0:x0 + step] = True
+        box[y0 + 1:y0 + step - 1, x0 + 1:x0 + step - 1] = False
+        outline |= box
+    return outline
+
+
+def test_artifact_outlines_are_crop_exact_on_a_wide_photo_in_every_blocks_panel(held_out: Path,
+                                                                              tmp_path: Path) -> None:
     from PIL import Image
 
     wide = next(held_out.parent.glob("wide*/wide.png"))
@@ -352,21 +380,21 @@ def test_artifact_outlines_are_crop_exact_on_a_wide_photo(held_out: Path, tmp_pa
     result = invoke(["show", wide, *EXAMPLE, "--top-k", "1", "--artifacts", "0.5", "--out", out])
     assert result.exit_code == 0, result.output
     assert str(out / "wide" / "artifacts.png") in result.stdout.splitlines()  # listed without a ..
-    flagged = json.loads((out / "wide" / "artifacts.json").read_text())["blocks"][-1]["flagged"]
-    assert flagged
+    blocks = json.loads((out / "wide" / "artifacts.json").read_text())["blocks"]
+    flagged = [block["flagged"] for block in blocks]
+    assert len(flagged) == 4 and all(flagged)
+    assert len({json.dumps([(f["row"], f["col"]) for f in b]) for b in flagged}) > 1  # the blocks differ
     photo = np.asarray(Image.open(wide).convert("RGB")).astype(int)
+    big = photo.repeat(2, axis=0).repeat(2, axis=1)  # 96x64 is under 192 px: each panel 2x, nearest
+    magenta = (big == [255, 0, 255]).all(-1)
     drawn = np.asarray(Image.open(out / "wide" / "artifacts.png").convert("RGB")).astype(int)
-    # resize 64 keeps 96x64, the 64-px centre crop starts at x = 16: patch (r, c) covers x 16+8c.., y 8r..
-    outline = np.zeros(photo.shape[:2], dtype=bool)
-    for patch in flagged:
-        x0, y0 = 16 + 8 * patch["col"], 8 * patch["row"]
-        box = np.zeros_like(outline)
-        box[y0:y0 + 8, x0:x0 + 8] = True
-        box[y0 + 1:y0 + 7, x0 + 1:x0 + 7] = False
-        outline |= box
-    changed = (photo != drawn).any(-1)
-    magenta = (photo == [255, 0, 255]).all(-1)
-    assert (changed == (outline & ~magenta)).all()
+    for b, panel in enumerate(artifact_panels(drawn, 4, (192, 128))):
+        # resize 64 keeps 96x64, the 64-px centre crop starts at x = 16: patch (r, c) covers x 16+8c.., y 8r..
+        # of the photo, x 32+16c.., y 16r.. of the 2x panel
+        outline = outlined(big.shape[:2], flagged[b], left=32, top=0, step=16)
+        changed = (big != panel).any(-1)
+        assert (changed == (outline & ~magenta)).all(), f"block {b}"
+        assert (panel[outline] == [255, 0, 255]).all()
 
 
 def test_the_api_takes_the_options_and_writes_the_same_files(held_out: Path, tmp_path: Path) -> None:

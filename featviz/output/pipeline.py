@@ -201,9 +201,9 @@ class Visualizer(VisualizerStartup):
         return per_image
 
     def fit_token_pca(self, sources: Sequence[Any]) -> dict[str, RunBasis]:
-        """``--pca-tokens``: one basis per layer over ``sources`` (paths, PIL images or prepared
-        photos) in that order, used for every later photo; unreadable photos are left out."""
-        self.pca_bases = fit_bases(self.layers, list(sources), readable_tokens(
+        """``--pca-tokens``: one basis per coloured layer (``pca_layers``) over ``sources`` (paths, PIL
+        images or prepared photos), used for every later photo; unreadable photos are left out."""
+        self.pca_bases = fit_bases(self.pca_layers, list(sources), readable_tokens(
             lambda s: s if isinstance(s, PreparedImage) else self.prepare(s),
             lambda batch, ref: self.feature_maps(batch.to(self.device), [ref])[ref.path]))
         return self.pca_bases

@@ -74,13 +74,7 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         if options.save_raw:
             raw_heads = heads.float().cpu().numpy()
             files.append(("attention_heads.npy", lambda: npy_bytes(raw_heads)))
-    if result.pca is not None:  # --pca-tokens
-        pca, size = result.pca, result.options.size
-        files.append((PCA_PNG, lambda: png_bytes(pca.picture(size), level)))
-    if result.token_facts is not None:  # --vit-stats/--artifacts: the photo's files, one folder up
-        files.extend(photo_files(result.token_facts, result.photo, result.box, result.input_size,
-                                 model=result.model_name, weights=result.weights, level=level,
-                                 title=f"{result.model_name}: {result.key}"))
+    files.extend(token_files(result))
     if result.options.save_raw and result.cams:
         raw = {f"{cam.method}:{'none' if cam.target is None else cam.target}": cam.map.float().cpu().numpy()
                for cam in result.cams}
@@ -92,6 +86,23 @@ def result_files(result: LayerResult) -> list[tuple[str, Producer]]:
         files.append(("activations.npy", lambda: npy_bytes(activations)))
         gates = {name: value.float().cpu().numpy() for name, value in result.raw_gates.items()}
         files.append(("attention.npz", lambda: npz_bytes(spatial=spatial, channel=channel_values, **gates)))
+    return files
+
+
+def token_files(result: LayerResult) -> list[tuple[str, Producer]]:
+    """What ``--pca-tokens`` (``pca.png``) and ``--vit-stats``/``--artifacts`` (the photo's files,
+    one folder up) add to one result: names relative to its layer folder, as in
+    :func:`result_files`. Shared by show/export and ``featviz sweep`` (:mod:`featviz.output.sweepfiles`),
+    so both write the same files with the same bytes."""
+    level = result.options.png_level
+    files: list[tuple[str, Producer]] = []
+    if result.pca is not None:  # --pca-tokens
+        pca, size = result.pca, result.options.size
+        files.append((PCA_PNG, lambda: png_bytes(pca.picture(size), level)))
+    if result.token_facts is not None:  # --vit-stats/--artifacts: the photo's files, one folder up
+        files.extend(photo_files(result.token_facts, result.photo, result.box, result.input_size,
+                                 model=result.model_name, weights=result.weights, level=level,
+                                 title=f"{result.model_name}: {result.key}"))
     return files
 
 

@@ -27,7 +27,7 @@ from featviz.maps.explain import build_explainers
 from featviz.maps.vitexplain import build_transformer_explainers, is_transformer_method
 from featviz.models.build import load_model
 from featviz.output.options import RenderOptions
-from featviz.output.tokenextras import check_pca_layers, needs_block, token_runner
+from featviz.output.tokenextras import needs_block, pca_layers, token_runner
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,11 +58,13 @@ class VisualizerStartup:
         vit_methods = [m for m in self.options.cam if is_transformer_method(m)]
         # calls per module in one pass: a module that runs twice is drawn only at a picked call (layer@K)
         self.calls: dict[str, int] = self._count_calls()
+        named = layers is not None or default_layers is None  # False: sweep's default stages
         if layers is None and default_layers is not None:  # sweep's stages, one per call of a repeated one
             layers = default_layers(self.loaded.module, self.calls)
         # --vit-stats, --artifacts: every block measured once on seeded noise (a CNN fails here)
         self.token_runner = token_runner(self.loaded.module, self._example(), self.options, self.loaded.name)
         self.pca_bases: dict[str, RunBasis] = {}  # --pca-tokens: layer path -> the run's basis (fit_token_pca)
+        self.pca_layers: list[LayerRef] = []  # --pca-tokens: the layers coloured (pca_layers)
         # the layer featviz chose because none was named (class maps: the last feature map; transformer
         # maps: the last block), for the CLI to say
         self.default_layer: LayerRef | None = None
@@ -87,7 +89,7 @@ class VisualizerStartup:
                                              if self.options.heads or vit_methods else {})
         self._check_layers()
         if self.options.pca_tokens:
-            check_pca_layers(self.layers, self.layouts, self.loaded.name)
+            self.pca_layers = pca_layers(self.layers, self.layouts, self.loaded.name, named=named)
         cam_methods = [m for m in self.options.cam if not is_transformer_method(m)]
         self.explainers: dict[str, Any] = self._class_explainers(cam_methods) if cam_methods else {}
 

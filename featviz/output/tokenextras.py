@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from featviz.output.result import LayerResult
 
-__all__ = ["attach", "check_pca_layers", "fit_bases", "measures_tokens", "needs_block", "readable_tokens",
+__all__ = ["attach", "check_pca_layers", "fit_bases", "measures_tokens", "needs_block", "pca_layers", "readable_tokens",
            "token_runner"]
 
 #: tokens_of(source photo, layer): the photo's patch tokens at the layer, float (P, D), or None
@@ -79,6 +79,20 @@ def check_pca_layers(layers: Sequence[LayerRef], layouts: Mapping[str, MapLayout
                              f"{model_name} is no token layer",
                              hint="name a transformer block (e.g. --layer blocks.11; `featviz layers` marks token "
                                   "layers), or leave --layer out for the last block")
+
+
+def pca_layers(layers: Sequence[LayerRef], layouts: Mapping[str, MapLayout], model_name: str,
+               named: bool = True) -> list[LayerRef]:
+    """``--pca-tokens``: the layers whose patch tokens are coloured. Layers the user named must all
+    be token layers (:func:`check_pca_layers`); of stages featviz chose (``sweep``'s default, which
+    on torchvision's ViT starts with the patch convolution ``conv_proj``) the token layers, at
+    least one."""
+    if not named:
+        tokens = [ref for ref in layers if (layout := layouts.get(ref.path)) is not None and layout.kind == TOKENS]
+        if tokens:
+            return tokens
+    check_pca_layers(layers, layouts, model_name)
+    return list(layers)
 
 
 def fit_bases(layers: Sequence[LayerRef], sources: Sequence[Any],

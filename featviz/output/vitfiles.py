@@ -8,12 +8,22 @@ next to ``OUT/<image>/<layer>/``); their names are therefore given relative to a
 whose summary exists has them: ``--skip-existing`` stays right). The PCA colours belong to the
 chosen token layer: ``OUT/<image>/<layer>/pca.png``.
 
+``artifacts.png`` shows **every block**, one panel each (block index and flagged count under it),
+so that a reader sees where register-style outliers appear with depth. Each panel is the whole
+photo with that block's flagged patches outlined on exactly the photo pixels the patch saw (as
+``--heads`` places its maps); photos whose longer side is under :data:`PANEL_MIN` pixels are
+enlarged by a whole factor (nearest: each photo pixel a square, outlines still on patch borders)
+so the captions fit, photos over :data:`PANEL_MAX` are shrunk so that twelve panels stay about
+1,600 pixels wide; the panels are laid out ``ceil(sqrt(blocks))`` to a row
+(:func:`featviz.output.render.sweep_picture`, the depth sweep's sheet).
+
 Nothing is written here (the one writer, :mod:`featviz.output.layout`, does); the run average
 over an export is :mod:`featviz.output.vitrun`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +37,12 @@ from featviz.maps.tokenrun import PhotoTokenFacts
 from featviz.models.preprocess import CropBox
 from featviz.output.heads import patch_box
 from featviz.output.layout import json_bytes, png_bytes
+from featviz.output.render import sweep_picture
 from featviz.output.tokencharts import artifact_picture, pca_picture, statistics_chart
 
-__all__ = ["ARTIFACTS_JSON", "ARTIFACTS_PNG", "PCA_PNG", "PHOTO_FOLDER", "STATISTICS_JSON", "STATISTICS_PNG",
-           "PcaColours", "artifacts_document", "artifacts_overlay", "facts_record", "pca_colours", "photo_files",
-           "statistics_document"]
+__all__ = ["ARTIFACTS_JSON", "ARTIFACTS_PNG", "PANEL_MAX", "PANEL_MIN", "PCA_PNG", "PHOTO_FOLDER", "PcaColours",
+           "STATISTICS_JSON", "STATISTICS_PNG", "artifacts_document", "artifacts_overlay", "facts_record",
+           "panel_size", "pca_colours", "photo_files", "statistics_document"]
 
 PHOTO_FOLDER = ".."  # the photo's folder, seen from one of its layer folders
 STATISTICS_JSON = "attention_statistics.json"
@@ -39,6 +50,8 @@ STATISTICS_PNG = "attention_statistics.png"
 ARTIFACTS_JSON = "artifacts.json"
 ARTIFACTS_PNG = "artifacts.png"
 PCA_PNG = "pca.png"
+PANEL_MIN = 192  # px: a smaller photo's panels are enlarged by a whole factor (captions fit under them)
+PANEL_MAX = 384  # px: a larger photo's panels are shrunk (12 panels, 4 to a row: about 1,600 px wide)
 
 Producer = Callable[[], bytes]
 
@@ -50,20 +63,45 @@ def statistics_document(facts: PhotoTokenFacts, model: str, weights: str) -> dic
 
 
 def artifacts_document(facts: PhotoTokenFacts, model: str, weights: str) -> dict[str, Any]:
-    """``artifacts.json``: the model, the block the picture shows, then one record per block."""
-    return {"model": model, "weights": weights, "drawn_block": facts.blocks[-1], **facts.artifacts_json()}
+    """``artifacts.json``: the model, the blocks the picture shows (every one, in panel order),
+    then one record per block."""
+    return {"model": model, "weights": weights, "drawn_blocks": list(facts.blocks), **facts.artifacts_json()}
+
+
+def panel_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of one ``artifacts.png`` panel for a photo of ``size``: a longer side under
+    :data:`PANEL_MIN` enlarged by the smallest whole factor reaching it, over :data:`PANEL_MAX`
+    shrunk to it, else the photo's own size."""
+    width, height = size
+    longer = max(width, height)
+    if longer < PANEL_MIN:
+        factor = math.ceil(PANEL_MIN / longer)
+        return width * factor, height * factor
+    if longer > PANEL_MAX:
+        return max(1, round(width * PANEL_MAX / longer)), max(1, round(height * PANEL_MAX / longer))
+    return width, height
 
 
 def artifacts_overlay(facts: PhotoTokenFacts, photo: Image.Image, box: CropBox,
                       input_size: tuple[int, int]) -> Image.Image:
-    """``artifacts.png``: the photo with the last block's flagged patches outlined, each outline on
-    exactly the photo pixels its patch saw (the crop box, cut to the part the patch grid covers)."""
+    """``artifacts.png``: one panel per block (``block B`` and its flagged count underneath), each
+    the photo (at :func:`panel_size`) with that block's flagged patches outlined on exactly the
+    photo pixels the patch saw (the crop box, cut to the part the patch grid covers, scaled with
+    the panel)."""
     if facts.flags is None:
         raise ValueError("no artifact flags: measure with artifacts_k")
+    rgb = photo.convert("RGB")
+    size = panel_size(rgb.size)
+    enlarged = size[0] > rgb.width
+    shown = rgb.resize(size, Image.Resampling.NEAREST if enlarged else Image.Resampling.LANCZOS)
+    sx, sy = shown.width / rgb.width, shown.height / rgb.height
     where = patch_box(box, input_size, facts.layout)
-    width = max(1, round(min(photo.size) / 200))
-    return artifact_picture(photo, facts.layout, facts.flags[-1], box=(where.left, where.top, where.right,
-                                                                       where.bottom), width=width)
+    scaled = (where.left * sx, where.top * sy, where.right * sx, where.bottom * sy)
+    width = max(1, round(min(shown.size) / 200))
+    panels = [(artifact_picture(shown, facts.layout, flags, box=scaled, width=width),
+               f"block {index}\n{int(flags.sum())} flagged") for index, flags in enumerate(facts.flags)]
+    title = "artifact tokens by block" + ("" if facts.k is None else f" (k = {facts.k:g})")
+    return sweep_picture(panels, height=shown.height, per_row=math.ceil(math.sqrt(len(panels))), title=title)
 
 
 def photo_files(facts: PhotoTokenFacts, photo: Image.Image, box: CropBox, input_size: tuple[int, int], *,

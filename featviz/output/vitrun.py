@@ -6,7 +6,8 @@ files of every photo the manifest lists as done** (its last line per photo says 
 not from what this process happened to see. That keeps the average right when a run is resumed
 (``--skip-existing``: the skipped photos count, read back) and over shards writing into one OUT
 (``--shard I/N``: each shard recomputes it at its end over everything finished by then, so the
-shard that finishes last writes the average of the whole collection).
+shard that finishes last writes the average of the whole collection). ``featviz sweep`` writes
+no manifest: it names the folders of the photos it swept instead.
 
 The average is the plain mean over photos of each (block, head) value, taken from the per-photo
 files (rounded to 6 decimals there, so the mean agrees with unrounded maths to about 1e-6).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,16 @@ def _read(path: Path) -> dict[str, Any] | None:
     return document
 
 
-def run_average(out: Path, model: str, weights: str) -> dict[str, Any] | None:
+def run_average(out: Path, model: str, weights: str, folders: Iterable[Path] | None = None) -> dict[str, Any] | None:
     """The mean statistics over the done photos of ``out`` made with ``model`` and ``weights``,
     JSON-ready (the per-photo format, ``photos`` = how many, ``left_out`` = photos with a
-    statistics file that did not fit the run), or None when no photo has statistics."""
+    statistics file that did not fit the run), or None when no photo has statistics.
+
+    ``folders``: the photo folders to average instead of the manifest's done photos (``featviz
+    sweep`` writes no manifest: the photos it swept)."""
     documents = []
     left_out: Counter[str] = Counter()
-    for folder in done_photo_folders(out).values():
+    for folder in done_photo_folders(out).values() if folders is None else folders:
         document = _read(folder / STATISTICS_JSON)
         if document is None:
             continue
@@ -100,10 +105,12 @@ def run_average(out: Path, model: str, weights: str) -> dict[str, Any] | None:
     }
 
 
-def write_run_average(out: Path, model: str, weights: str, level: int = 1) -> list[Path]:
+def write_run_average(out: Path, model: str, weights: str, level: int = 1,
+                      folders: Iterable[Path] | None = None) -> list[Path]:
     """Write ``OUT/attention_statistics.json`` and ``OUT/attention_statistics.png`` (the chart of
-    the means); nothing when no done photo has statistics. Returns the paths written."""
-    average = run_average(out, model, weights)
+    the means); nothing when no done photo has statistics. Returns the paths written.
+    ``folders``: as :func:`run_average` takes them."""
+    average = run_average(out, model, weights, folders)
     if average is None:
         return []
     chart = statistics_chart({name: average[name] for name in STATISTICS},
