@@ -15,6 +15,8 @@ piece's cost:
 3. floor + transforms and normalisation (a leaf RGB image at --size -> Lucid's pad, jitter,
    scale, rotation and last jitter as one resampling of the unpadded image, the grey pad's share
    added in the normalisation, (x - mean) / std -> 1.);
+(2b. floor + the recipe's least: a leaf spectrum -> irfft2 -> one resampling -> 1., and Adam:
+   what Lucid's recipe cannot do without, in torch alone; no featviz code);
 4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step, fused
    where torch has it): the engine's whole step after step 16.
 
@@ -110,7 +112,27 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 
+    def recipe() -> tuple[float, float]:
+        """The floor plus the least the issue's recipe itself needs, in torch alone: the inverse
+        FFT of a leaf spectrum (the 1/f image's own transform), one bilinear resampling (the least
+        any random scale and rotation cost), one Adam step; no scale, colour, sigmoid or
+        normalisation."""
+        generator = torch.Generator().manual_seed(0)
+        FFTImage(channels, size, generator)  # the same draws, so the same sizes as the floor
+        spectrum = torch.randn(channels, 3, size, size // 2 + 1, 2, generator=generator, requires_grad=True)
+        optimiser = adam([spectrum], 0.05)
+        with DrivenLayer(model, ref, redirect=False) as driven:
+            start, cpu = time.perf_counter(), time.process_time()
+            for _ in sizes:
+                image = torch.fft.irfft2(torch.view_as_complex(spectrum), s=(size, size), norm="ortho")
+                sampled, _ = transforms.standard_parts(image, generator)
+                optimiser.zero_grad(set_to_none=True)
+                objective(driven.run(sampled)).backward()
+                optimiser.step()
+            return time.perf_counter() - start, time.process_time() - cpu
+
     return {"floor": floor(False), "floor + redirected ReLU (steps 1-16)": floor(True),
+            "floor + the recipe's least: irfft2, one resampling, Adam": recipe,
             "floor + transforms, normalisation": with_transforms,
             "+ FFT image, colour, sigmoid, Adam (the engine's step after step 16)": engine_step}
 
@@ -124,6 +146,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="Override the steps (the ladder's too).")
     parser.add_argument("--size", type=int, default=None, help="Override the image side.")
     parser.add_argument("--channels", type=int, default=None, help="Override the number of channels.")
+    parser.add_argument("--layer", default="features.3", help="AlexNet layer (a deeper one has a costlier floor).")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's). On a shared machine 1 is steadier: with 2, a "
                              "descheduled thread leaves the other waiting, and wall and CPU times swing by 9x.")
@@ -137,7 +160,7 @@ def main() -> None:
     steps, size, channels = args.steps or steps, args.size or size, args.channels or channels
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None)
-    ref = resolve_layers(model, ["features.3"])[0]
+    ref = resolve_layers(model, [args.layer])[0]
     settings = OptimizeSettings(steps=steps, size=size, jitter_only=False)  # Lucid's set at any size, as the ladder
     optimize(model, ref, [0], OptimizeSettings(steps=2, size=size), MEAN, STD)  # warm-up
 
@@ -167,7 +190,7 @@ def main() -> None:
     floor, cpu_floor = per_step["floor"], cpu_step["floor"]
     sizes = transformed_sizes(channels, size, steps)
     print(json.dumps({
-        "channels": channels, "size": size, "steps": steps, "threads": torch.get_num_threads(),
+        "layer": args.layer, "channels": channels, "size": size, "steps": steps, "threads": torch.get_num_threads(),
         "freed_memory_kept": kept,
         "transformed_side_mean": round(statistics.mean(h for h, _ in sizes), 1),
         "batched_s": round(batched, 2), "batched_step_ms": round(1000 * batched / steps, 1),
