@@ -461,18 +461,22 @@ def test_a_photo_whose_attention_is_not_probabilities_fails_alone(held_out: Path
     (["--model", "alexnet", "--weights", "none", "--vit-stats"], "--vit-stats measures every block"),
     (["--model", "alexnet", "--weights", "none", "--artifacts"], "--artifacts measures every block"),
     (["--model", "alexnet", "--weights", "none", "--pca-tokens"], "--pca-tokens colours the patch tokens"),
-    ([*EXAMPLE, "--layer", "patch_embed.proj", "--pca-tokens"], "layer patch_embed.proj of .* is no token layer"),
+    ([*EXAMPLE, "--layer", "patch_embed.proj,blocks.0", "--pca-tokens"],
+     "layer patch_embed.proj of .* is no token layer"),
     ([*EXAMPLE, "--pca-foreground", "0"], "--pca-tokens was not given"),
     ([*EXAMPLE, "--artifacts=nan"], "not a valid outlier factor"),
 ])
-def test_bad_input_is_a_usage_error_before_any_photo_is_read(args: list[str], message: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["show", "sweep"])
+def test_bad_input_is_a_usage_error_before_any_photo_is_read(command: str, args: list[str], message: str,
+                                                              tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a picture")  # read first, it would fail as an image error (exit 1)
-    result = invoke(["show", broken, *args, "--out", tmp_path / "out"])
+    result = invoke([command, broken, *args, "--out", tmp_path / "out"])
     assert result.exit_code == 2, result.output
     import re
 
     assert re.search(message, result.stderr) and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "broken").exists()
 
 
 def test_the_pca_fit_leaves_out_unreadable_and_non_finite_photos() -> None:
