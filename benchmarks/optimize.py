@@ -45,7 +45,7 @@ from featviz.capture.drive import DrivenLayer
 from featviz.capture.layers import LayerRef, resolve_layers
 from featviz.cli.heap import keep_freed_memory
 from featviz.optimize import transforms
-from featviz.optimize.engine import OptimizeSettings, adam, optimize
+from featviz.optimize.engine import OptimizeSettings, adam, normalise, optimize
 from featviz.optimize.param import FFTImage
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -71,10 +71,6 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     shift, gain = -mean_t / std_t, 1 / std_t  # the engine's normalisation: one addcmul
     sizes = transformed_sizes(channels, size, steps)
 
-    def normalised(seen: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
-        """The engine's normalisation, with the transforms' grey fill folded in."""
-        return torch.addcmul(shift if fill is None else torch.addcmul(shift, fill, gain), seen, gain)
-
     def objective(acts: torch.Tensor | None) -> torch.Tensor:
         assert acts is not None
         return -acts[rows, units].flatten(1).mean(dim=1).sum()
@@ -96,7 +92,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
         with DrivenLayer(model, ref, redirect=False) as driven:
             start, cpu = time.perf_counter(), time.process_time()
             for rgb in inputs:
-                objective(driven.run(normalised(*transforms.standard_parts(rgb, generator)))).backward()
+                objective(driven.run(normalise(*transforms.standard_parts(rgb, generator), shift, gain))).backward()
             return time.perf_counter() - start, time.process_time() - cpu
 
     def engine_step() -> tuple[float, float]:
@@ -108,7 +104,7 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
             for _ in sizes:
                 parts = transforms.standard_parts(image(), generator)
                 optimiser.zero_grad(set_to_none=True)
-                objective(driven.run(normalised(*parts))).backward()
+                objective(driven.run(normalise(*parts, shift, gain))).backward()
                 optimiser.step()
             return time.perf_counter() - start, time.process_time() - cpu
 

@@ -228,8 +228,8 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
         for step in range(1, settings.steps + 1):
             rgb = image()
             seen, fill = transform(rgb, generator) if settings.transforms else (rgb, None)
-            normalised = torch.addcmul(shift if fill is None else torch.addcmul(shift, fill, gain_t), seen, gain_t)
-            acts = driven.run(normalised, redirect=settings.redirect and step <= REDIRECT_STEPS)
+            acts = driven.run(normalise(seen, fill, shift, gain_t),
+                              redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
                       else _values(acts, driven.output, unit_t, settings.objective))
             gain = sign * values
@@ -261,6 +261,14 @@ def adam(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(parameters, lr=lr)
+
+
+def normalise(seen: torch.Tensor, fill: torch.Tensor | None, shift: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The model's normalisation of a transformed batch, (seen + fill - mean) / std, as one
+    ``addcmul`` over the batch: ``seen`` float (N, 3, H, W), ``fill`` the transforms' grey share
+    (1, 1, H, W) or None (:func:`~featviz.optimize.transforms.standard_parts`), ``shift`` =
+    -mean / std and ``gain`` = 1 / std, each (1, 3, 1, 1)."""
+    return torch.addcmul(shift if fill is None else torch.addcmul(shift, fill, gain), seen, gain)
 
 
 def _jitter_parts(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
