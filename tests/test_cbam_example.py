@@ -4,10 +4,8 @@ training script still trains."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
+from examplescripts import example_module
 from featviz.cli.main import main
 from featviz.output.pipeline import RenderOptions, Visualizer
 
@@ -25,18 +24,11 @@ WEIGHTS = ROOT / "examples" / "cbam_shapes.safetensors"
 HELD_OUT = 60
 
 
-def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cbam_shapes_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def held_out() -> list[tuple[Image.Image, int, tuple[int, int, int, int]]]:
     """Photos 80x64 the network never saw (another seed), the disc inside the centre 64x64 that
     --resize 64 --crop 64 keeps, so the crop box is (8, 0, 72, 64), not the whole photo."""
-    shapes = example()
+    shapes = example_module("cbam_shapes")
     rng = np.random.default_rng(123)
     margin = shapes.RADIUS + 1
     photos = []
@@ -90,7 +82,7 @@ def test_the_cli_loads_the_example_by_path_and_writes_the_learned_pictures(held_
 
 
 def test_the_training_script_still_trains_into_the_shipped_layout() -> None:
-    shapes = example()
+    shapes = example_module("cbam_shapes")
     shipped = load_file(str(WEIGHTS))
     torch.manual_seed(0)
     untrained = {k: v.clone() for k, v in shapes.build().state_dict().items()}

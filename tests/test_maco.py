@@ -3,7 +3,6 @@ resampling, bad --spectrum refused before any step, and MACO on the trained exam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from examplescripts import cbam_conv2
 from featviz.capture.layers import resolve_layers
 from featviz.cli.main import main
-from featviz.models.build import load_model
 from featviz.optimize.engine import OptimizeSettings, activation_of, optimize
 from featviz.optimize.maco import MACO_LR, MACOImage
 from featviz.optimize.spectrum import default_spectrum, load_spectrum, resample
@@ -298,19 +297,9 @@ def test_a_bad_spectrum_is_one_sentence_and_exit_2(tmp_path: Path, which: str, p
 # --- the trained example ------------------------------------------------------------------
 
 def test_maco_on_the_trained_example_reaches_the_best_photo_for_most_channels() -> None:
-    script = ROOT / "examples" / "cbam_shapes.py"
-    spec = importlib.util.spec_from_file_location("cbam_shapes_for_maco", script)
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    loaded = load_model(f"{script}:build", str(ROOT / "examples" / "cbam_shapes.safetensors"))
-    model, pre = loaded.module, loaded.preprocess
-    ref = resolve_layers(model, ["conv2"])[0]
-    rng = np.random.default_rng(2024)  # not the training seed
-    photos = torch.stack([torch.from_numpy(shapes.photo(rng, 32, 32)[0]).permute(2, 0, 1).float() / 255
-                          for _ in range(300)])
-    best_photo = activation_of(model, ref, photos, pre.mean, pre.std).max(dim=0).values  # (32,)
+    _, model, ref, mean, std, best_photo = cbam_conv2(32)
     settings = OptimizeSettings(steps=64, size=32, param="maco", lr=MACO_LR)
-    result = optimize(model, ref, list(range(32)), settings, pre.mean, pre.std)
-    own = activation_of(model, ref, result.images, pre.mean, pre.std).diagonal()
+    result = optimize(model, ref, list(range(32)), settings, mean, std)
+    own = activation_of(model, ref, result.images, mean, std).diagonal()
     reached = int((own >= best_photo).sum())
     assert reached >= 27, reached  # measured: 30 of 32 (fft: 32 of 32); see docs/optimize.md

@@ -11,21 +11,15 @@ See docs/optimize.md, "Own image, best image"."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from featviz.capture.layers import LayerRef, resolve_layers
-from featviz.models.build import load_model
+from examplescripts import cbam_conv2
+from featviz.capture.layers import LayerRef
 from featviz.optimize.engine import OptimizeSettings, activation_of, optimize
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "cbam_shapes.py"
-WEIGHTS = ROOT / "examples" / "cbam_shapes.safetensors"
 SIZE = 64  # the example's photos and the model's input (examples/cbam_shapes.py: SIDE)
 
 
@@ -33,18 +27,9 @@ SIZE = 64  # the example's photos and the model's input (examples/cbam_shapes.py
 def trained() -> tuple[torch.nn.Module, LayerRef, tuple[float, ...], tuple[float, ...], torch.Tensor]:
     """The trained model, conv2, its normalisation and the best spatial mean of each channel over
     300 held-out synthetic 64 px photos (float32 (32,))."""
-    spec = importlib.util.spec_from_file_location("cbam_shapes_for_optimize", SCRIPT)
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    assert shapes.SIDE == SIZE
-    loaded = load_model(f"{SCRIPT}:build", str(WEIGHTS))
-    model, pre = loaded.module, loaded.preprocess
-    ref = resolve_layers(model, ["conv2"])[0]
-    rng = np.random.default_rng(2024)  # not the training seed
-    photos = torch.stack([torch.from_numpy(shapes.photo(rng, SIZE, SIZE)[0]).permute(2, 0, 1).float() / 255
-                          for _ in range(300)])
-    best_photo = activation_of(model, ref, photos, pre.mean, pre.std).max(dim=0).values  # (32,)
-    return model, ref, tuple(pre.mean), tuple(pre.std), best_photo
+    trained = cbam_conv2(SIZE)
+    assert trained.shapes.SIDE == SIZE
+    return trained.model, trained.ref, trained.mean, trained.std, trained.best_photo
 
 
 def test_optimised_images_beat_the_best_photo_and_are_their_channels_best_at_64_px(trained) -> None:

@@ -8,9 +8,7 @@ featviz's own capture belong with branch ``vitattn``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from examplescripts import example_module
 from featviz.capture.tokens import TokenLayout, token_layout
 from featviz.maps.artifacts import artifact_tokens
 from featviz.maps.faithfulness import FaithfulnessScore, deletion_insertion
@@ -29,14 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "vit_shapes.py"
 WEIGHTS = ROOT / "examples" / "vit_shapes.safetensors"
 HELD_OUT = 60
-
-
-def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vit_shapes_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def capture_attention(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -86,7 +77,7 @@ def peak_in_box(maps: torch.Tensor, boxes: list[tuple[int, int, int, int]], layo
 
 @pytest.fixture(scope="module")
 def trained() -> dict[str, object]:
-    shapes = example()
+    shapes = example_module("vit_shapes")
     model = load_model(f"{SCRIPT}:build", str(WEIGHTS)).module
     rng = np.random.default_rng(123)  # photos the network never saw (training uses seed 0)
     photos = [shapes.photo(rng) for _ in range(HELD_OUT)]
@@ -151,7 +142,7 @@ def test_statistics_of_learned_attention(trained) -> None:
 
 
 def test_the_training_script_still_trains_into_the_shipped_layout() -> None:
-    shapes = example()
+    shapes = example_module("vit_shapes")
     shipped = load_file(str(WEIGHTS))
     torch.manual_seed(0)
     untrained = {k: v.clone() for k, v in shapes.build().state_dict().items()}

@@ -12,15 +12,14 @@ the heads' mean peaks inside the disc's box in 59 of 60, rollout and relevance i
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from examplescripts import example_module
 from featviz.maps.camscore import score_cams
 from featviz.maps.explain import CamBatch, CamMap
 from featviz.output.options import RenderOptions
@@ -35,18 +34,10 @@ HELD_OUT = 60
 SCORED = 20  # photos scored for deletion (8 steps): enough for a margin of ~0.45 AUC
 
 
-def _shapes() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vit_shapes_trained_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def held_out() -> list[tuple[np.ndarray, int, tuple[int, int, int, int]]]:
     rng = np.random.default_rng(123)  # photos the network never saw (training uses seed 0)
-    shapes = _shapes()
+    shapes = example_module("vit_shapes")
     return [shapes.photo(rng) for _ in range(HELD_OUT)]
 
 
@@ -122,7 +113,7 @@ def test_relevance_on_the_trained_example_equals_the_rule_written_out(held_out) 
     results = [per[0] for per in vis.forward([vis.prepare(Image.fromarray(p)) for p, _, _ in photos])]
     model = vis.loaded.module
     assert all(block.attn.fused_attn for block in model.blocks)  # featviz restored timm's flag
-    shapes = _shapes()
+    shapes = example_module("vit_shapes")
     x = torch.stack([shapes.to_tensor(p) for p, _, _ in photos])
     expected, predicted, logits = _chefer_relevance(model, x)
     with torch.no_grad():

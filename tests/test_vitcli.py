@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from examplescripts import example_module
 from featviz.capture.tokens import TokenLayout
 from featviz.errors import UsageError
 from featviz.maps.tokenpcafit import fit_run_basis
@@ -219,14 +220,10 @@ def invoke(args: list[object]):
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four held-out photos of the example's task (seed 123), 64×64 PNGs, plus one 96×64 photo."""
-    import importlib.util
 
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("vit_shapes_for_cli", ROOT / "examples" / "vit_shapes.py")
-    assert spec is not None and spec.loader is not None
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
+    shapes = example_module("vit_shapes")
     folder = tmp_path_factory.mktemp("held-out")
     rng = np.random.default_rng(123)
     for i in range(4):
