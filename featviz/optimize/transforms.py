@@ -99,14 +99,12 @@ def standard_parts(images: torch.Tensor, generator: torch.Generator) -> tuple[to
         return x[:, :, crop[0]:crop[1], crop[2]:crop[3]], None
     grid = scaled_rotation_grid(rows, cols, degrees, crop, images.dtype, images.device)
     mode = "zeros" if degrees else "border"
-    # the same points in the unpadded image's normalised coordinates (align_corners=False: pixel u
-    # of the padded image is u - pad of the image, x_norm = (2 u + 1) / side - 1), per axis (x, y)
-    # x_inner = x * padded / side + (padded - 2 pad) / side - 1
-    sides = (images.shape[3], images.shape[2])
-    scale = torch.tensor([width / sides[0], height / sides[1]], dtype=grid.dtype, device=grid.device)
-    shift = torch.tensor([(width - 2 * pads[0]) / sides[0] - 1, (height - 2 * pads[2]) / sides[1] - 1],
-                         dtype=grid.dtype, device=grid.device)
-    inner = torch.addcmul(shift, grid, scale)
+    # the same points in the unpadded image's normalised coordinates (align_corners=False:
+    # pixel u of the padded image is u - pad of the image, and x_norm = (2 u + 1) / side - 1)
+    span = torch.tensor([width / images.shape[3], height / images.shape[2]], dtype=grid.dtype, device=grid.device)
+    offset = torch.tensor([pads[0], pads[2]], dtype=grid.dtype, device=grid.device)
+    inner = (grid + 1) * span - 1 - 2 * offset / torch.tensor([images.shape[3], images.shape[2]], dtype=grid.dtype,
+                                                                device=grid.device)
     sampled = functional.grid_sample(images, inner.expand(images.shape[0], -1, -1, -1), mode="bilinear",
                                      padding_mode="zeros", align_corners=False)
     # the grey ring's share: 0.5 * (weight on the padded image - weight on the photo), where the
