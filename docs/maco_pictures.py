@@ -13,11 +13,11 @@ of spectral energy above 0.25 cycles/pixel of each kind of image.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
+from optimize_pictures import trained_conv2  # docs/, the script's own folder
 from PIL import Image
 
 from featviz.capture.layers import resolve_layers
@@ -52,16 +52,8 @@ def _two_rows(pictures: np.ndarray, padding: int = 2) -> np.ndarray:
 def main() -> None:
     torch.set_num_threads(1)
     HERE.mkdir(exist_ok=True)
-    script = ROOT / "examples" / "cbam_shapes.py"
-    spec = importlib.util.spec_from_file_location("cbam_shapes_docs", script)
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    loaded = load_model(f"{script}:build", str(ROOT / "examples" / "cbam_shapes.safetensors"))
+    loaded, ref, photos = trained_conv2()
     pre = loaded.preprocess
-    ref = resolve_layers(loaded.module, ["conv2"])[0]
-    rng = np.random.default_rng(2024)
-    photos = torch.stack([torch.from_numpy(shapes.photo(rng, 32, 32)[0]).permute(2, 0, 1).float() / 255
-                          for _ in range(300)])
     best = activation_of(loaded.module, ref, photos, pre.mean, pre.std).max(dim=0).values
     results = {}
     for param, lr in (("fft", 0.05), ("maco", MACO_LR)):

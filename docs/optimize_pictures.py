@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from featviz.capture.layers import resolve_layers
+from featviz.capture.layers import LayerRef, resolve_layers
 from featviz.models.build import load_model
 from featviz.optimize.engine import OptimizeSettings, activation_of, interpolate, optimize
 from featviz.optimize.export import grid, row, to_uint8
@@ -48,19 +49,27 @@ def own_best(acts: torch.Tensor) -> tuple[int, int, list[tuple[int, int, float, 
     return int((own >= best.values).sum()), int((own >= 0.95 * best.values).sum()), misses
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    HERE.mkdir(exist_ok=True)
+def trained_conv2() -> tuple[Any, LayerRef, torch.Tensor]:
+    """The trained example (its loaded model), its ``conv2`` and 300 held-out 32 px photos
+    (``default_rng(2024)``, not the training seed), float (300, 3, 32, 32) in [0, 1]; shared with
+    ``docs/maco_pictures.py``."""
     script = ROOT / "examples" / "cbam_shapes.py"
     spec = importlib.util.spec_from_file_location("cbam_shapes_docs", script)
     shapes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shapes)
     loaded = load_model(f"{script}:build", str(ROOT / "examples" / "cbam_shapes.safetensors"))
-    model, pre = loaded.module, loaded.preprocess
-    ref = resolve_layers(model, ["conv2"])[0]
+    ref = resolve_layers(loaded.module, ["conv2"])[0]
     rng = np.random.default_rng(2024)
     photos = torch.stack([torch.from_numpy(shapes.photo(rng, 32, 32)[0]).permute(2, 0, 1).float() / 255
                           for _ in range(300)])
+    return loaded, ref, photos
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    HERE.mkdir(exist_ok=True)
+    loaded, ref, photos = trained_conv2()
+    model, pre = loaded.module, loaded.preprocess
     photo_acts = activation_of(model, ref, photos, pre.mean, pre.std)
     best_value, best_index = photo_acts.max(dim=0)
     runs = {}
