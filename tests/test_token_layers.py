@@ -31,7 +31,7 @@ from featviz.errors import LayerError
 from featviz.maps.explain import ClassExplainer
 from featviz.maps.targets import Target
 from featviz.output.pipeline import Visualizer
-from vitmodels import tiny_swin, tiny_timm_vit, tiny_torchvision_vit
+from vitmodels import module_output, tiny_swin, tiny_timm_vit, tiny_torchvision_vit
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -52,19 +52,6 @@ def _grid(out: torch.Tensor, prefix: int, rows: int, cols: int) -> torch.Tensor:
             grid[:, :, i, j] = patches[:, i * cols + j, :]
     return grid
 
-
-def _output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
-    kept: list[torch.Tensor] = []
-    training = model.training
-    model.eval()  # stochastic depth and dropout off, as featviz runs the model
-    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-        model.train(training)
-    return kept[0]
 
 
 CASES = [
@@ -88,7 +75,7 @@ def _timm(name: str, **kwargs: object) -> nn.Module:
 def test_token_layers_are_drawn_on_the_patch_grid(name, factory, path, prefix, grid, rows, cols) -> None:
     model = factory()
     x = torch.randn(2, 3, rows, cols, generator=torch.Generator().manual_seed(0))
-    out = _output(model, path, x)
+    out = module_output(model, path, x)
     assert out.shape[1] == prefix + grid[0] * grid[1]
     layout = map_layout(model, LayerRef(path, None, model.get_submodule(path)), tuple(out.shape), (rows, cols))
     assert layout is not None and layout.kind == "tokens"
@@ -116,7 +103,7 @@ def test_show_export_on_a_deit_block(tmp_path: Path) -> None:
     vis = Visualizer("timm:deit_tiny_distilled_patch16_224", "none", ["blocks.1"], resize=32, crop=32,
                      model_kwargs={"depth": 2, "img_size": 32, "patch_size": 8, "num_classes": 5})
     x = vis.prepare(photo).tensor[None]
-    expected = _grid(_output(vis.loaded.module, "blocks.1", x), 2, 4, 4)[0]
+    expected = _grid(module_output(vis.loaded.module, "blocks.1", x), 2, 4, 4)[0]
     np.testing.assert_allclose(raw, expected.numpy(), atol=1e-5)
     channels = sorted(p.name for p in (folder / "channels").glob("*.png")) if (folder / "channels").is_dir() else []
     assert len(channels) == 3, sorted(p.name for p in folder.rglob("*"))
@@ -145,7 +132,7 @@ def test_channels_last_layers_are_permuted(name, factory, paths) -> None:
     model = factory()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for path in paths:
-        out = _output(model, path, x)
+        out = module_output(model, path, x)
         assert out.dim() == 4
         layout = map_layout(model, LayerRef(path, None, model.get_submodule(path)), tuple(out.shape), (64, 64))
         assert layout is not None and layout.kind == "channels_last", path
@@ -155,7 +142,7 @@ def test_channels_last_layers_are_permuted(name, factory, paths) -> None:
         assert torch.equal(mapped[0, :, 1, 0], out[0, 1, 0, :])
         assert layout.record() == {"layout": "channels_last"}
     conv = "features.0.0" if name.startswith("torchvision") else "patch_embed.proj"
-    out = _output(model, conv, x)
+    out = module_output(model, conv, x)
     assert map_layout(model, LayerRef(conv, None, model.get_submodule(conv)), tuple(out.shape), (64, 64)).kind == "nchw"
 
 
@@ -165,7 +152,8 @@ def test_swin_through_the_pipeline_records_the_layout() -> None:
     assert [tuple(r.activations.shape) for r in results] == [(128, 2, 2), (64, 4, 4)]
     assert all(r.summary()["layout"] == "channels_last" for r in results)
     x = vis.prepare(_photo(64, 64)).tensor[None]
-    torch.testing.assert_close(results[0].activations, _output(vis.loaded.module, "features.7", x)[0].permute(2, 0, 1))
+    expected = module_output(vis.loaded.module, "features.7", x)[0].permute(2, 0, 1)
+    torch.testing.assert_close(results[0].activations, expected)
 
 
 def test_undecidable_layouts_are_errors() -> None:
@@ -312,7 +300,7 @@ def test_atlas_of_a_vit_block_ranks_patches(tmp_path: Path) -> None:
     document = json.loads((out / "blocks.1" / "atlas.json").read_text())
     assert document["shape"] == [32, 4, 4]
     vis = Visualizer("vitmodels:tiny_timm_vit", "none", ["blocks.1"], resize=32, crop=32)
-    grids = {p.stem: _grid(_output(vis.loaded.module, "blocks.1", vis.prepare(p).tensor[None]), 1, 4, 4)[0]
+    grids = {p.stem: _grid(module_output(vis.loaded.module, "blocks.1", vis.prepare(p).tensor[None]), 1, 4, 4)[0]
              for p in sorted(folder.iterdir())}
     for c in (0, 7, 31):
         ranked = sorted(((float(g[c].max()), key, int(g[c].argmax())) for key, g in grids.items()),
@@ -339,10 +327,10 @@ def test_dynamic_img_size_reads_the_grid_of_each_input() -> None:
     tokens sit on a 5×3 grid (rows 40/8, columns 24/8), not the 4×4 it was built with."""
     model = tiny_timm_vit(img_size=32, dynamic_img_size=True)
     x = torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(4))
-    embed = _output(model, "patch_embed", x)
+    embed = module_output(model, "patch_embed", x)
     layout = map_layout(model, LayerRef("patch_embed", None, model.patch_embed), tuple(embed.shape), (40, 24))
     assert embed.shape == (1, 5, 3, 32) and layout.kind == "channels_last"
-    out = _output(model, "blocks.1", x)
+    out = module_output(model, "blocks.1", x)
     layout = map_layout(model, LayerRef("blocks.1", None, model.blocks[1]), tuple(out.shape), (40, 24))
     assert layout.tokens.grid == (5, 3)
     torch.testing.assert_close(layout.to_map(out), _grid(out, 1, 5, 3), rtol=0, atol=0)

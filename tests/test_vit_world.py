@@ -39,7 +39,7 @@ from featviz.maps.explain import ClassExplainer
 from featviz.maps.targets import Target
 from featviz.output.options import RenderOptions
 from featviz.output.pipeline import Visualizer
-from vitmodels import timm_reference, tiny_timm_vit, torchvision_reference
+from vitmodels import module_output, timm_reference, tiny_timm_vit, torchvision_reference
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
@@ -162,20 +162,6 @@ def test_torchvision_vit_b_16_heads_through_forced_per_head_weights() -> None:
     assert torch.equal(before, after) and _no_hooks(model)
 
 
-def _hooked(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
-    """The module's output in eval mode (featviz runs the model so: Swin's stochastic depth off)."""
-    kept: list[torch.Tensor] = []
-    training = model.training
-    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-        model.train(training)
-    return kept[0]
-
 
 SWINS = [("swin_t", "features.7", "features.1.0.attn"),
          ("timm:swin_tiny_patch4_window7_224", "layers.3", "layers.0.blocks.0")]
@@ -190,7 +176,7 @@ def test_swin_is_drawn_channels_last_and_its_attention_refused(name: str, layer:
     vis = Visualizer(name, "none", [layer], resize=224, crop=224)
     prepared = vis.prepare(_photo(224, 224, seed=3))
     (result,) = vis.forward([prepared])[0]
-    raw = _hooked(vis.loaded.module, layer, prepared.tensor[None])
+    raw = module_output(vis.loaded.module, layer, prepared.tensor[None])
     assert raw.shape == (1, 7, 7, 768) and result.activations.shape == (768, 7, 7)
     for c in (0, 100, 767):
         torch.testing.assert_close(result.activations[c], raw[0, :, :, c])

@@ -124,3 +124,20 @@ def functional_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
     """A seeded :class:`FunctionalViT` (``--model vitmodels:functional_vit``)."""
     torch.manual_seed(seed)
     return FunctionalViT(num_classes).eval()
+
+
+def module_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of module ``path`` on ``x`` in eval mode (featviz runs the model so: stochastic
+    depth and dropout off), by a plain forward hook: the tests' reference, independent of
+    featviz's capture. The model's train/eval flag is put back."""
+    kept: list[torch.Tensor] = []
+    training = model.training
+    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+        model.train(training)
+    return kept[0]
