@@ -18,7 +18,14 @@ piece's cost:
 (2b. floor + the recipe's least: a leaf spectrum -> irfft2 -> one resampling -> 1., and Adam:
    what Lucid's recipe cannot do without, in torch alone; no featviz code);
 4. 3. + parameterisation and Adam (1/f spectrum -> irfft2 -> colour -> sigmoid, Adam step, fused
-   where torch has it): the engine's whole step after step 16.
+   where torch has it): the engine's step after step 16 as it was before it computed only each
+   image's own channel of a convolution layer;
+5. the floor with each image's own channel only (featviz/capture/onechannel.py: at a plain
+   convolution layer, the other C_out - 1 channels are neither computed nor back-propagated);
+6. the engine's step after step 16 as it runs now: 4. with 5.'s layer.
+
+Rungs 1-4 compare with the floor the issue defines (a bare forward + backward of the whole
+layer); 6. against 5. is the engine's own overhead over what it now computes.
 
 Rungs run in interleaved rounds (the machine is shared) and the median per-step time of the
 rounds is reported.
@@ -49,6 +56,7 @@ from featviz.optimize.engine import OptimizeSettings, adam, normalise, optimize
 from featviz.optimize.param import FFTImage
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PICKED_FLOOR = "floor, each image's own channel only (capture/onechannel.py)"
 
 
 def transformed_sizes(batch: int, size: int, steps: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -71,17 +79,17 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     shift, gain = -mean_t / std_t, 1 / std_t  # the engine's normalisation: one addcmul
     sizes = transformed_sizes(channels, size, steps)
 
-    def objective(acts: torch.Tensor | None) -> torch.Tensor:
+    def objective(acts: torch.Tensor | None, picked: bool = False) -> torch.Tensor:
         assert acts is not None
-        return -acts[rows, units].flatten(1).mean(dim=1).sum()
+        return -(acts if picked else acts[rows, units]).flatten(1).mean(dim=1).sum()
 
-    def floor(redirect: bool) -> Callable[[], tuple[float, float]]:
+    def floor(redirect: bool, pick: bool = False) -> Callable[[], tuple[float, float]]:
         def run() -> tuple[float, float]:
             inputs = [torch.rand(channels, 3, h, w, requires_grad=True) for h, w in sizes]
-            with DrivenLayer(model, ref, redirect=redirect) as driven:
+            with DrivenLayer(model, ref, redirect=redirect, pick=units if pick else None) as driven:
                 start, cpu = time.perf_counter(), time.process_time()
                 for x in inputs:
-                    objective(driven.run(x)).backward()
+                    objective(driven.run(x), driven.picked).backward()
                 return time.perf_counter() - start, time.process_time() - cpu
         return run
 
@@ -95,18 +103,20 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
                 objective(driven.run(normalise(*transforms.standard_parts(rgb, generator), shift, gain))).backward()
             return time.perf_counter() - start, time.process_time() - cpu
 
-    def engine_step() -> tuple[float, float]:
-        generator = torch.Generator().manual_seed(0)
-        image = FFTImage(channels, size, generator)
-        optimiser = adam(list(image.parameters()), 0.05)
-        with DrivenLayer(model, ref, redirect=False) as driven:
-            start, cpu = time.perf_counter(), time.process_time()
-            for _ in sizes:
-                parts = transforms.standard_parts(image(), generator)
-                optimiser.zero_grad(set_to_none=True)
-                objective(driven.run(normalise(*parts, shift, gain))).backward()
-                optimiser.step()
-            return time.perf_counter() - start, time.process_time() - cpu
+    def engine_step(pick: bool) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            generator = torch.Generator().manual_seed(0)
+            image = FFTImage(channels, size, generator)
+            optimiser = adam(list(image.parameters()), 0.05)
+            with DrivenLayer(model, ref, redirect=False, pick=units if pick else None) as driven:
+                start, cpu = time.perf_counter(), time.process_time()
+                for _ in sizes:
+                    parts = transforms.standard_parts(image(), generator)
+                    optimiser.zero_grad(set_to_none=True)
+                    objective(driven.run(normalise(*parts, shift, gain)), driven.picked).backward()
+                    optimiser.step()
+                return time.perf_counter() - start, time.process_time() - cpu
+        return run
 
     def recipe() -> tuple[float, float]:
         """The floor plus the least the issue's recipe itself needs, in torch alone: the inverse
@@ -130,7 +140,9 @@ def rungs(model: torch.nn.Module, ref: LayerRef, channels: int, size: int,
     return {"floor": floor(False), "floor + redirected ReLU (steps 1-16)": floor(True),
             "floor + the recipe's least: irfft2, one resampling, Adam": recipe,
             "floor + transforms, normalisation": with_transforms,
-            "+ FFT image, colour, sigmoid, Adam (the engine's step after step 16)": engine_step}
+            "+ FFT image, colour, sigmoid, Adam (the engine's step, whole layer)": engine_step(False),
+            PICKED_FLOOR: floor(False, pick=True),
+            "the engine's step after step 16 (own channels only)": engine_step(True)}
 
 
 def main() -> None:
@@ -196,6 +208,7 @@ def main() -> None:
         "ladder_rounds_ms": {k: [round(v, 1) for v in values] for k, values in times.items()},
         "ladder_cpu_step_ms": cpu_step,
         "ladder_cpu_over_floor": {k: round(v / cpu_floor, 2) for k, v in cpu_step.items()},
+        "ladder_cpu_over_picked_floor": {k: round(v / cpu_step[PICKED_FLOOR], 2) for k, v in cpu_step.items()},
         "ladder_cpu_rounds_ms": {k: [round(v, 1) for v in values] for k, values in cpu_times.items()},
     }, indent=1))
     if args.profile:

@@ -21,7 +21,7 @@ STACK: list[tuple[str, list[set[str]]]] = [
     ("errors", [{"errors"}]),
     ("inputs", [{"names"}, {"images", "discover"}]),
     ("models", [{"checkpoints", "downloads", "official", "preprocess"}, {"timm_models", "userfiles"}, {"build"}]),
-    ("capture", [{"layers", "tokens"}, {"gatetrace", "layouts", "stn", "calls", "frozen"},
+    ("capture", [{"layers", "tokens"}, {"gatetrace", "layouts", "stn", "calls", "frozen", "onechannel"},
                  {"hooks", "selfattention", "drive"}, {"gates"}]),
     ("maps", [{"targets", "aucscores"}, {"attention", "cam", "faithfulness", "receptive", "transformer",
                                             "tokenstats", "artifacts", "tokenpca"}, {"explain", "tokenpcafit"},

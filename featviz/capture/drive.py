@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from featviz.capture.frozen import frozen
 from featviz.capture.layers import LayerRef
+from featviz.capture.onechannel import is_plain_conv, one_channel_conv, worth_picking
 from featviz.errors import LayerError
 
 if TYPE_CHECKING:
@@ -79,17 +80,24 @@ class DrivenLayer:
 
     ``need_output``: run the whole network and keep its output in :attr:`output` (the class
     objective); otherwise the pass stops once the layer ran. ``redirect``: redirected ReLU.
+    ``pick``: int (N,), the one channel of each image that the caller will read; when the layer
+    is a plain convolution and computing those channels alone is cheaper
+    (:mod:`featviz.capture.onechannel`), :meth:`run` returns them, float (N, H', W'), and
+    :attr:`picked` is True; otherwise it returns the whole output and :attr:`picked` is False.
     """
 
     def __init__(self, model: nn.Module, layer: LayerRef | None, need_output: bool = False,
-                 redirect: bool = True) -> None:
+                 redirect: bool = True, pick: torch.Tensor | None = None) -> None:
         self.model = model
         self.layer = layer
         self.need_output = need_output or layer is None
         self.redirect = redirect
         self.output: torch.Tensor | None = None
+        self.picked = False  # whether the last run's result is the picked channels (N, H', W')
+        self._pick = pick
         self._acts: torch.Tensor | None = None
         self._calls = 0  # calls of the layer's module in the current pass
+        self._pre_calls = 0  # the same, counted before each call (the pick's hook)
         self._stack: ExitStack | None = None
 
     def __enter__(self) -> DrivenLayer:
@@ -97,6 +105,9 @@ class DrivenLayer:
         try:
             self._stack.enter_context(frozen(self.model, "optimising an image"))
             if self.layer is not None:
+                if self._pick is not None and not self.need_output and is_plain_conv(self.layer.module):
+                    pre = self.layer.module.register_forward_pre_hook(self._pick_hook)
+                    self._stack.callback(pre.remove)
                 handle = self.layer.module.register_forward_hook(self._hook)
                 self._stack.callback(handle.remove)  # removed before the model is given back
         except BaseException:
@@ -122,11 +133,22 @@ class DrivenLayer:
         if not self.need_output:
             raise _Stop
 
+    def _pick_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        """Before the layer's convolution runs: its picked channels instead, then stop."""
+        self._pre_calls += 1
+        if self._pre_calls != ((self.layer.call if self.layer else None) or 1) or self._pick is None:
+            return
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(module, torch.nn.Conv2d) \
+                and inputs[0].shape[0] == self._pick.shape[0] and worth_picking(module, inputs[0]):
+            self._acts, self.picked = one_channel_conv(module, inputs[0], self._pick), True
+            raise _Stop
+
     def run(self, images: torch.Tensor, redirect: bool | None = None) -> torch.Tensor | None:
         """Forward ``images`` (float32 (N, 3, H, W), normalised, requiring grad); the layer's
-        output (float (N, C, ...)) with its graph, or None without a layer. ``redirect``: this
-        pass's redirected ReLU, overriding the constructor's (None: the constructor's)."""
-        self._acts, self.output, self._calls = None, None, 0
+        output (float (N, C, ...); the picked channels, float (N, H', W'), when :attr:`picked`)
+        with its graph, or None without a layer. ``redirect``: this pass's redirected ReLU,
+        overriding the constructor's (None: the constructor's)."""
+        self._acts, self.output, self._calls, self._pre_calls, self.picked = None, None, 0, 0, False
         with ExitStack() as stack:
             if self.redirect if redirect is None else redirect:
                 stack.enter_context(_RedirectMode())

@@ -8,7 +8,8 @@ images of one channel). Per step: RGB from :class:`~featviz.optimize.param.FFTIm
 standard transforms (:mod:`featviz.optimize.transforms`), the model's OWN normalisation
 (``mean``/``std`` of its preprocessing), the forward pass to the layer
 (:class:`~featviz.capture.drive.DrivenLayer`, redirected ReLU for the first 16 steps as in
-Lucid), Adam on the spectrum.
+Lucid; when the layer is a plain convolution, only each image's own channel of it is computed:
+:mod:`featviz.capture.onechannel`), Adam on the spectrum.
 
 Objectives per image (maximised; ``negative`` flips the sign):
 
@@ -183,12 +184,14 @@ def _present(tensor: torch.Tensor | None, what: str) -> torch.Tensor:
 
 
 def _values(acts: torch.Tensor | None, output: torch.Tensor | None, units: torch.Tensor,
-            objective: str) -> torch.Tensor:
-    """The objective's raw value per image: float (B,)."""
+            objective: str, picked: bool = False) -> torch.Tensor:
+    """The objective's raw value per image: float (B,). ``picked``: ``acts`` is already each
+    image's own channel, (B, H, W) (:class:`~featviz.capture.drive.DrivenLayer`'s ``pick``)."""
     rows = torch.arange(units.shape[0], device=units.device)
     if objective == "class":
         return _present(output, "model output")[rows, units]
-    chosen = _present(acts, "layer activations")[rows, units]  # (B, H, W)
+    present = _present(acts, "layer activations")
+    chosen = present if picked else present[rows, units]  # (B, H, W)
     if objective == "neuron":
         return chosen[:, chosen.shape[1] // 2, chosen.shape[2] // 2]
     return chosen.flatten(1).mean(dim=1)
@@ -223,15 +226,17 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
     per_image: list[list[float]] = []
     need_output = settings.objective == "class"
     transform = _jitter_parts if settings.uses_jitter_only() else transforms.standard_parts
+    # each image reads one channel of the layer (not with diversity's Gram matrices or a mix)
+    pick = unit_t if settings.objective != "class" and k == 1 and mix_t is None else None
     with DrivenLayer(model, None if need_output and k == 1 else layer, need_output=need_output,
-                     redirect=settings.redirect) as driven:
+                     redirect=settings.redirect, pick=pick) as driven:
         for step in range(1, settings.steps + 1):
             rgb = image()
             seen, fill = transform(rgb, generator) if settings.transforms else (rgb, None)
             acts = driven.run(normalise(seen, fill, shift, gain_t),
                               redirect=settings.redirect and step <= REDIRECT_STEPS)
             values = (_mixed(acts, mix_t) if mix_t is not None
-                      else _values(acts, driven.output, unit_t, settings.objective))
+                      else _values(acts, driven.output, unit_t, settings.objective, driven.picked))
             gain = sign * values
             if k > 1 and acts is not None:
                 gain = gain - settings.diversity_weight * _diversity(acts, k)
@@ -248,7 +253,7 @@ def optimize(model: torch.nn.Module, layer: LayerRef | None, units: Sequence[int
             final = image().detach()
             last = driven.run((final - mean_t) / std_t)
             reached = (_mixed(last, mix_t) if mix_t is not None
-                       else _values(last, driven.output, unit_t, settings.objective))
+                       else _values(last, driven.output, unit_t, settings.objective, driven.picked))
     return Optimized(final.cpu(), unit_list, [float(v) for v in reached.double().cpu()], history, per_image)
 
 
