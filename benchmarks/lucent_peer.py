@@ -25,8 +25,9 @@ What it times, on AlexNet (torchvision, ``weights=None``, seeded, eval) at ``fea
     Lucent user can build by hand), to tell how much of (a)/(b) is featviz stopping at the layer.
 (b) featviz: ``featviz.optimize.engine.optimize`` on all C channels in one batch, the same steps,
     size, lr and Lucid's standard transform set (``OptimizeSettings(jitter_only=False)``); its
-    forward pass stops at the layer, and it redirects the ReLUs' gradient for the first 16 steps
-    (Lucid's default; Lucent does not).
+    forward pass stops at the layer, computes only each image's own channel of it where the
+    layer is a plain convolution (featviz/capture/onechannel.py; ``features.3`` is), and it
+    redirects the ReLUs' gradient for the first 16 steps (Lucid's default; Lucent does not).
 (c) featviz's engine one channel at a time (the loop of benchmarks/optimize.py).
 
 Lucent gets deep copies of the model (its leftover hooks would slow featviz's runs otherwise).
