@@ -3,10 +3,12 @@ back to the input, and Lucid's redirected ReLU gradient so that a dead channel s
 
 :class:`DrivenLayer` is the optimiser's view of the model. On entry it puts the model in eval
 mode and turns every parameter's ``requires_grad`` off (only the image is optimised); on exit it
-removes its hook and restores every module's train/eval flag and every parameter's flag, also
+removes its hooks and restores every module's train/eval flag and every parameter's flag, also
 when the pass raised. Nothing on the model is changed in between: the redirected ReLU is a
 :class:`~torch.overrides.TorchFunctionMode` active only during :meth:`DrivenLayer.run`, not a
-module swap.
+module swap, and a convolution layer read one channel per image
+(:mod:`featviz.capture.onechannel`) is skipped by a forward pre-hook that computes those
+channels from its input, not replaced.
 
 **Redirected ReLU** (Lucid, ``lucid/misc/redirected_relu_grad.py``): a ReLU whose input is
 negative passes no gradient, so a channel that is 0 everywhere on the first random image would
