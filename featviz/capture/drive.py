@@ -98,6 +98,7 @@ class DrivenLayer:
         self.picked = False  # whether the last run's result is the picked channels (N, H', W')
         self._pick = pick
         self._acts: torch.Tensor | None = None
+        self._call = (layer.call if layer is not None else None) or 1  # ``layer@K``'s K, else the first
         self._calls = 0  # calls of the layer's module in the current pass
         self._pre_calls = 0  # the same, counted before each call (the pick's hook)
         self._stack: ExitStack | None = None
@@ -124,7 +125,7 @@ class DrivenLayer:
 
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self._calls += 1
-        if self._acts is not None or self._calls != ((self.layer.call if self.layer else None) or 1):
+        if self._acts is not None or self._calls != self._call:
             return  # a module that runs several times: only the picked call (``layer@K``, else the first)
         tensor = output if isinstance(output, torch.Tensor) else next(
             (v for v in (output if isinstance(output, (tuple, list)) else ()) if isinstance(v, torch.Tensor)), None)
@@ -138,7 +139,7 @@ class DrivenLayer:
     def _pick_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         """Before the layer's convolution runs: its picked channels instead, then stop."""
         self._pre_calls += 1
-        if self._pre_calls != ((self.layer.call if self.layer else None) or 1) or self._pick is None:
+        if self._pre_calls != self._call or self._pick is None:
             return
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(module, torch.nn.Conv2d) \
                 and inputs[0].shape[0] == self._pick.shape[0] and worth_picking(module, inputs[0]):
