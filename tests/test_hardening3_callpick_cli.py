@@ -2,8 +2,8 @@
 refuse a double-called layer named without a call (exit 2, before any photo), draw the picked
 call (``layer1.0.relu@2``) and record it; ``featviz layers --all`` says how often a module runs.
 
-ResNet-18 (``weights=None``) at 32 px keeps these fast; the reference is a forward hook written
-here that counts the calls of ``layer1.0.relu`` and keeps the second.
+ResNet-18 (``weights=None``) at 32 px keeps these fast; the reference is a plain forward hook
+(``vitmodels.module_calls``) that records every call of ``layer1.0.relu``; the second is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import oddimages
 from featviz.cli.main import main
 from featviz.errors import LayerError
 from featviz.output.pipeline import Visualizer, sweep_visualizer
+from vitmodels import module_calls
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -29,19 +30,9 @@ SMALL = ["--model", "resnet18", "--weights", "none", "--resize", "32", "--crop",
 
 
 def _second_call(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-        for m, mode in modes:
-            m.train(mode)
-    assert len(seen) == 2
-    return seen[1]
+    calls = module_calls(model, module, x)
+    assert len(calls) == 2
+    return calls[1]
 
 
 def test_the_api_draws_the_picked_call() -> None:

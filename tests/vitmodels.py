@@ -3,6 +3,7 @@
 The references run the blocks one by one and compute each block's softmax(q·kᵀ·scale) from the
 module's own weights, in plain loops: nothing of featviz.capture is used, so a capture that
 records the wrong tensor, the wrong block order or a stale flag disagrees with them.
+:func:`module_calls` is the other reference: a plain forward hook's record of a module's outputs.
 """
 
 from __future__ import annotations
@@ -126,18 +127,24 @@ def functional_vit(num_classes: int = 5, seed: int = 0) -> nn.Module:
     return FunctionalViT(num_classes).eval()
 
 
-def module_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
-    """The output of module ``path`` on ``x`` in eval mode (featviz runs the model so: stochastic
-    depth and dropout off), by a plain forward hook: the tests' reference, independent of
-    featviz's capture. The model's train/eval flag is put back."""
+def module_calls(model: nn.Module, module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every call of ``module`` (a submodule of ``model``) on ``x`` in eval mode
+    (featviz runs the model so: stochastic depth and dropout off), by a plain forward hook: the
+    tests' reference, independent of featviz's capture. Every module's train/eval flag is put back."""
     kept: list[torch.Tensor] = []
-    training = model.training
-    handle = model.get_submodule(path).register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
+    modes = [(m, m.training) for m in model.modules()]
+    handle = module.register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
     try:
         model.eval()
         with torch.no_grad():
             model(x)
     finally:
         handle.remove()
-        model.train(training)
-    return kept[0]
+        for m, mode in modes:
+            m.train(mode)
+    return kept
+
+
+def module_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of module ``path``'s first call on ``x`` (:func:`module_calls`)."""
+    return module_calls(model, model.get_submodule(path), x)[0]
